@@ -1,0 +1,10 @@
+"""LLaDA-1B of the paper's scaling study (Table 5): 22 layers, d 2048, 32 heads with 4 kv heads, FFN 5634."""
+
+from llada_jax.config import base_config
+
+
+def get_config():
+  cfg = base_config()
+  cfg.model.update(d_model=2048, n_heads=32, n_kv_heads=4, n_layers=22, mlp_hidden_size=5634,
+                   param_dtype="float32", dtype="bfloat16", remat_policy="save_dots")
+  return cfg

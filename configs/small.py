@@ -1,0 +1,11 @@
+"""small: the CPU benchmark size (d 512, 8 heads, 8 layers, mlp 1536, vocab 8192, batch 8 × seq 512)."""
+
+from llada_jax.config import base_config
+
+
+def get_config():
+  cfg = base_config()
+  cfg.model.update(d_model=512, n_heads=8, n_kv_heads=8, n_layers=8, mlp_hidden_size=1536, vocab_size=8192,
+                   embedding_size=8192, max_sequence_length=2048, rope_theta=10000.0, weight_tying=False,
+                   bos_token_id=1, eos_token_id=2, pad_token_id=2, mask_token_id=3, eot_token_id=6)
+  return cfg

@@ -1,0 +1,9 @@
+"""llada-jax: LLaDA masked-diffusion language models in JAX — model, conversion, training, sampling, evaluation."""
+
+__version__ = "0.1.0"
+
+
+def load_pretrained(path: str, dtype: str | None = None, mesh=None):
+  """Loads an HF LLaDA directory or a llada-jax checkpoint; see `llada_jax.pretrained.load_pretrained`."""
+  from llada_jax.pretrained import load_pretrained as _load
+  return _load(path, dtype=dtype, mesh=mesh)

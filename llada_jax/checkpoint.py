@@ -1,0 +1,156 @@
+"""Parameter checkpoints on disk (Orbax), with the on-disk naming as a versioned API.
+
+On disk, parameters are stored per layer, named like the official state dict without `model.transformer.` and
+`.weight` (`wte`, `blocks/<i>/q_proj`, …, `ln_f`, `ff_out`), in our layout (Linear kernels `[in, out]`,
+attention kernels split into `[embed, heads, head_dim]`). In memory the blocks are stacked on a `layers` axis;
+`to_layered`/`from_layered` convert. The layout is recorded as `layout_version` in `llada_jax.json` beside the
+Orbax item; a change to the on-disk naming must bump it, and old versions must keep loading.
+
+A params checkpoint directory holds:
+  llada_jax.json   {"layout_version", "model_config", "kind": "params"}
+  params/          the Orbax PyTree item (per-layer names)
+"""
+
+import json
+import os
+import shutil
+import tempfile
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+from llada_jax import model as model_lib
+from llada_jax import sharding
+from llada_jax.config import ModelConfig
+from llada_jax.errors import UserError
+
+LAYOUT_VERSION = 1
+METADATA_FILE = "llada_jax.json"
+PARAMS_ITEM = "params"
+
+Params = dict[str, Any]
+
+
+def to_layered(params: Params, n_layers: int) -> Params:
+  """Stacked in-memory params → the on-disk per-layer tree."""
+  blocks = params["blocks"]
+  layered = {k: v for k, v in params.items() if k != "blocks"}
+  layered["blocks"] = {str(i): {name: w[i] for name, w in blocks.items()} for i in range(n_layers)}
+  return layered
+
+
+def from_layered(layered: Params, n_layers: int, stack: Callable = np.stack) -> Params:
+  """The on-disk per-layer tree → stacked in-memory params."""
+  blocks = layered["blocks"]
+  params = {k: v for k, v in layered.items() if k != "blocks"}
+  params["blocks"] = {name: stack([blocks[str(i)][name] for i in range(n_layers)]) for name in blocks["0"]}
+  return params
+
+
+def layered_abstract(config: ModelConfig, dtype: str | None = None, mesh=None) -> Params:
+  """ShapeDtypeStructs of the on-disk tree, optionally carrying per-layer shardings for `mesh`."""
+  abstract = model_lib.abstract_params(config)
+  axes = model_lib.param_logical_axes(config)
+  dt = model_lib.jnp_dtype(dtype or config.param_dtype)
+
+  def leaf(a, ax, drop_layer):
+    shape, ax = (a.shape[1:], ax[1:]) if drop_layer else (a.shape, ax)
+    shard = None if mesh is None else sharding.named_sharding(mesh, ax, shape)
+    return jax.ShapeDtypeStruct(shape, dt, sharding=shard)
+
+  tree = {k: leaf(abstract[k], axes[k], False) for k in abstract if k != "blocks"}
+  block = {k: leaf(abstract["blocks"][k], axes["blocks"][k], True) for k in abstract["blocks"]}
+  tree["blocks"] = {str(i): dict(block) for i in range(config.n_layers)}
+  return tree
+
+
+def write_metadata(path: str, config: ModelConfig, kind: str = "params") -> None:
+  with open(os.path.join(path, METADATA_FILE), "w") as f:
+    json.dump({"layout_version": LAYOUT_VERSION, "kind": kind, "model_config": config.to_dict()}, f, indent=2)
+
+
+def read_metadata(path: str) -> tuple[ModelConfig, dict[str, Any]]:
+  meta_path = os.path.join(path, METADATA_FILE)
+  if not os.path.isfile(meta_path):
+    raise UserError(f"{path} is not a llada-jax checkpoint (no {METADATA_FILE}); for a Hugging Face directory "
+                    "pass the folder that holds config.json")
+  try:
+    with open(meta_path) as f:
+      meta = json.load(f)
+  except (OSError, json.JSONDecodeError) as e:
+    raise UserError(f"{meta_path} is unreadable ({e}); the checkpoint is corrupt — re-export it") from None
+  version = meta.get("layout_version")
+  if version != LAYOUT_VERSION:
+    raise UserError(f"{path} has parameter layout version {version}; this llada-jax reads version "
+                    f"{LAYOUT_VERSION} — upgrade llada-jax or re-export the checkpoint")
+  return ModelConfig.from_dict(meta["model_config"]), meta
+
+
+def is_checkpoint(path: str) -> bool:
+  return os.path.isfile(os.path.join(path, METADATA_FILE))
+
+
+def save_params(out_dir: str, layered: Params, config: ModelConfig, overwrite: bool = False) -> None:
+  """Writes a params checkpoint atomically: into a temporary sibling, renamed into place when complete."""
+  out_dir = os.path.abspath(out_dir)
+  if os.path.exists(out_dir) and os.listdir(out_dir) and not overwrite:
+    raise UserError(f"{out_dir} exists and is not empty; choose a new directory or pass --overwrite")
+  parent = os.path.dirname(out_dir)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=".llada-jax-", dir=parent)
+  try:
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(os.path.join(tmp, PARAMS_ITEM), layered)
+    checkpointer.wait_until_finished()
+    write_metadata(tmp, config)
+    if os.path.exists(out_dir):
+      shutil.rmtree(out_dir)
+    os.rename(tmp, out_dir)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+
+
+def restore_layered(path: str, config: ModelConfig, *, dtype: str | None = None, mesh=None,
+                    as_numpy: bool = False, item: str = PARAMS_ITEM) -> Params:
+  """Reads the on-disk tree: host numpy arrays, or jax arrays sharded for `mesh` (default: one device)."""
+  item_path = os.path.join(os.path.abspath(path), item)
+  if not os.path.isdir(item_path):
+    raise UserError(f"{path} has no {item}/ item; the checkpoint is incomplete — re-export or re-train it")
+  target = layered_abstract(config, dtype, mesh)
+  if as_numpy:
+    restore_args = jax.tree.map(lambda a: ocp.RestoreArgs(restore_type=np.ndarray, dtype=a.dtype), target)
+  else:
+    if mesh is None:
+      device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+      target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), target)
+    restore_args = ocp.checkpoint_utils.construct_restore_args(target)
+  try:
+    return ocp.PyTreeCheckpointer().restore(
+        item_path, args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args))
+  except (ValueError, KeyError, OSError, RuntimeError) as e:
+    raise UserError(f"could not read the parameters in {item_path}: {str(e).splitlines()[0]} — the checkpoint "
+                    "is corrupt or does not match its llada_jax.json; re-export it") from None
+
+
+def restore_params(path: str, *, dtype: str | None = None, mesh=None) -> tuple[ModelConfig, Params]:
+  """(config, stacked params as jax arrays), sharded by the logical rules when a mesh is given."""
+  config, _ = read_metadata(path)
+  if dtype:
+    config = config.replace(param_dtype=dtype)
+  layered = restore_layered(path, config, dtype=dtype, mesh=mesh)
+  return config, stack_on_device(layered, config, mesh)
+
+
+def stack_on_device(layered: Params, config: ModelConfig, mesh=None) -> Params:
+  """Per-layer jax arrays → stacked params, placed with the logical shardings when a mesh is given."""
+  stack = jax.jit(lambda tree: from_layered(tree, config.n_layers, jnp.stack),
+                  out_shardings=None if mesh is None else params_shardings(config, mesh))
+  return stack(layered)
+
+
+def params_shardings(config: ModelConfig, mesh) -> Params:
+  return sharding.tree_shardings(mesh, model_lib.param_logical_axes(config), model_lib.abstract_params(config))

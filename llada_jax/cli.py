@@ -1,0 +1,127 @@
+"""`llada-jax <command>`: the one command-line entry point.
+
+Each command is a small function taking parsed arguments; a `UserError` anywhere becomes one line on stderr and
+exit status 2, never a traceback.
+"""
+
+import argparse
+import os
+import sys
+import time
+
+from llada_jax.errors import UserError
+
+
+def _cmd_convert(args: argparse.Namespace) -> None:
+  from llada_jax import convert
+  start = time.time()
+  if args.direction == "hf-to-jax":
+    config = convert.hf_to_jax(args.src, args.dst, dtype=args.dtype, overwrite=args.overwrite)
+    what = f"llada-jax checkpoint ({config.param_dtype})"
+  else:
+    files = convert.jax_to_hf(args.src, args.dst, max_shard_size=args.max_shard_size, dtype=args.dtype,
+                              overwrite=args.overwrite)
+    what = f"Hugging Face checkpoint, {len(files)} safetensors shard(s)"
+  print(f"wrote {what} to {args.dst} in {time.time() - start:.1f}s")
+
+
+def _cmd_init(args: argparse.Namespace) -> None:
+  import jax
+  from llada_jax import checkpoint, config as config_lib, convert
+  from llada_jax import model as model_lib
+  import numpy as np
+  cfg = config_lib.apply_overrides(config_lib.load_config_file(args.config), args.overrides)
+  model_config = config_lib.model_config_from(cfg)
+  params = jax.jit(model_lib.init_params, static_argnums=0)(model_config, jax.random.key(args.seed))
+  layered = jax.tree.map(np.asarray, checkpoint.to_layered(params, model_config.n_layers))
+  if args.format == "hf":
+    convert.save_hf(layered, model_config, args.out, overwrite=args.overwrite)
+  else:
+    checkpoint.save_params(args.out, layered, model_config, overwrite=args.overwrite)
+  print(f"wrote a randomly initialised model ({model_config.num_params():,} parameters, {args.format} format) "
+        f"to {args.out}")
+
+
+def _cmd_info(args: argparse.Namespace) -> None:
+  from llada_jax import checkpoint, convert
+  from llada_jax.config import from_hf_config
+  if checkpoint.is_checkpoint(args.path):
+    config, meta = checkpoint.read_metadata(args.path)
+    kind = f"llada-jax {meta.get('kind', 'params')} checkpoint, layout version {meta['layout_version']}"
+  else:
+    config, kind = from_hf_config(convert.read_hf_config(args.path)), "Hugging Face LLaDA directory"
+  print(f"{args.path}: {kind}")
+  print(f"parameters: {config.num_params():,} ({config.num_params(False):,} without embeddings)")
+  for key, value in config.to_dict().items():
+    print(f"  {key:20s} {value}")
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+  p.add_argument("--config", required=True, help="an ml_collections config file with get_config(), e.g. "
+                 "configs/tiny.py")
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      prog="llada-jax", description="LLaDA masked-diffusion language models in JAX: convert, train, sample, "
+      "evaluate. Every config key can be overridden as --config.section.key=value.")
+  commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+  p = commands.add_parser("convert", help="convert weights between Hugging Face/PyTorch and llada-jax",
+                          description="Convert weights. hf-to-jax reads config.json plus safetensors (sharded with "
+                          "an index, or single) or pytorch_model*.bin and writes an Orbax checkpoint; jax-to-hf "
+                          "writes config.json, generation_config.json and sharded safetensors that the official "
+                          "LLaDA code loads. Tensors stream one at a time.")
+  p.add_argument("direction", choices=["hf-to-jax", "jax-to-hf"], help="which way to convert")
+  p.add_argument("src", help="the source directory (HF directory for hf-to-jax, llada-jax checkpoint otherwise)")
+  p.add_argument("dst", help="the output directory (must not exist or be empty unless --overwrite)")
+  p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+                 help="cast the weights to this dtype (default: keep the source dtype)")
+  p.add_argument("--max-shard-size", default="5GB",
+                 help="jax-to-hf: largest safetensors shard, e.g. 5GB, 500MB, 2GiB (default 5GB)")
+  p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+  p.set_defaults(func=_cmd_convert)
+
+  p = commands.add_parser("init", help="write a randomly initialised model (mitchell init) for a config",
+                          description="Create a model from a config with fresh random weights and save it, in "
+                          "Hugging Face format or as a llada-jax checkpoint (for tests, benchmarks, conversion).")
+  _add_config_args(p)
+  p.add_argument("--out", required=True, help="output directory")
+  p.add_argument("--format", choices=["hf", "jax"], default="jax", help="checkpoint format (default jax)")
+  p.add_argument("--seed", type=int, default=0, help="random seed for the initialisation (default 0)")
+  p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+  p.set_defaults(func=_cmd_init)
+
+  p = commands.add_parser("info", help="print the config and size of a checkpoint or HF directory",
+                          description="Describe a llada-jax checkpoint or an HF LLaDA directory.")
+  p.add_argument("path", help="checkpoint or HF directory")
+  p.set_defaults(func=_cmd_info)
+  return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  # --config.key=value overrides are not argparse flags: pull them out first.
+  overrides = [a[len("--config."):] for a in argv if a.startswith("--config.")]
+  argv = [a for a in argv if not a.startswith("--config.")]
+  args = build_parser().parse_args(argv)
+  args.overrides = overrides
+  if overrides and not hasattr(args, "config"):
+    print(f"llada-jax {args.command}: error: --config.* overrides need a command that takes --config",
+          file=sys.stderr)
+    return 2
+  try:
+    args.func(args)
+  except UserError as e:
+    print(f"llada-jax {args.command}: error: {e}", file=sys.stderr)
+    return 2
+  except BrokenPipeError:  # output piped into `head` and the like
+    return 0
+  except KeyboardInterrupt:
+    print(f"llada-jax {args.command}: interrupted", file=sys.stderr)
+    return 130
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,254 @@
+"""The model configuration: every architectural field of the official config.json, plus our own runtime fields.
+
+`ModelConfig` is frozen and hashable so it can be a static argument of jitted functions. It maps both ways to the
+official Hugging Face `config.json` (LLADA_SPEC §1–2); values the official code supports but we do not implement
+(ALiBi, biases, non-RMS norms, …) are refused rather than silently ignored.
+"""
+
+import dataclasses
+import os
+from typing import Any, Mapping
+
+import ml_collections
+
+from llada_jax.errors import UserError
+
+ATTENTION_IMPLS = ("xla", "cudnn")
+REMAT_POLICIES = ("none", "full", "save_dots", "save_qkv_proj")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Architecture (names follow the official config.json) and how we run it."""
+  d_model: int = 4096
+  n_heads: int = 32
+  n_kv_heads: int = 32
+  n_layers: int = 32
+  mlp_hidden_size: int = 12288
+  vocab_size: int = 126464  # tokenizer vocabulary
+  embedding_size: int = 126464  # rows of the embedding table = columns of the logits (may be padded above vocab)
+  max_sequence_length: int = 4096
+  rope_theta: float = 500000.0
+  rms_norm_eps: float = 1e-5
+  weight_tying: bool = False
+  mask_token_id: int = 126336
+  eos_token_id: int = 126081
+  pad_token_id: int = 126081
+  bos_token_id: int = 126080
+  eot_token_id: int = 126348
+  # Ours, not in config.json.
+  param_dtype: str = "float32"
+  dtype: str = "float32"  # compute dtype; logits come out in it
+  causal: bool = False  # True gives the paper's autoregressive baseline from the same code
+  attention_impl: str = "xla"
+  scan_layers: bool = True  # lax.scan over the stacked layers (fast compiles) or a Python loop
+  remat_policy: str = "none"
+
+  def __post_init__(self):
+    problems = []
+    if self.d_model % self.n_heads:
+      problems.append(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+    if self.n_kv_heads <= 0 or self.n_heads % self.n_kv_heads:
+      problems.append(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
+    elif (self.d_model // self.n_heads) % 2:
+      problems.append(f"head_dim={self.d_model // self.n_heads} must be even for rotate-half RoPE")
+    if self.embedding_size < self.vocab_size:
+      problems.append(f"embedding_size={self.embedding_size} is smaller than vocab_size={self.vocab_size}")
+    for name in ("mask_token_id", "eos_token_id", "pad_token_id"):  # bos/eot are the tokenizer's business
+      if not 0 <= getattr(self, name) < self.embedding_size:
+        problems.append(f"{name}={getattr(self, name)} is outside the embedding table (size {self.embedding_size})")
+    for name, allowed in (("param_dtype", DTYPES), ("dtype", DTYPES), ("attention_impl", ATTENTION_IMPLS),
+                          ("remat_policy", REMAT_POLICIES)):
+      if getattr(self, name) not in allowed:
+        problems.append(f"{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}")
+    if min(self.d_model, self.n_layers, self.mlp_hidden_size, self.max_sequence_length) <= 0:
+      problems.append("d_model, n_layers, mlp_hidden_size and max_sequence_length must be positive")
+    if problems:
+      raise UserError("invalid model config: " + "; ".join(problems))
+
+  @property
+  def head_dim(self) -> int:
+    return self.d_model // self.n_heads
+
+  def replace(self, **changes) -> "ModelConfig":
+    unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+    if unknown:
+      raise UserError(f"unknown model config field(s): {', '.join(sorted(unknown))}")
+    return dataclasses.replace(self, **changes)
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls, values: Mapping[str, Any]) -> "ModelConfig":
+    unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+      raise UserError(f"unknown model config field(s): {', '.join(sorted(unknown))}; "
+                      f"valid fields: {', '.join(f.name for f in dataclasses.fields(cls))}")
+    return cls(**values)
+
+  def num_params(self, include_embeddings: bool = True) -> int:
+    hd, e = self.head_dim, self.d_model
+    attn = e * self.n_heads * hd * 2 + e * self.n_kv_heads * hd * 2
+    block = attn + 3 * e * self.mlp_hidden_size + 2 * e
+    total = self.n_layers * block + e
+    if include_embeddings:
+      total += self.embedding_size * e * (1 if self.weight_tying else 2)
+    return total
+
+
+def model_config_from(cfg: ml_collections.ConfigDict) -> ModelConfig:
+  """The `model` section of an ml_collections experiment config as a ModelConfig."""
+  if "model" not in cfg:
+    raise UserError("the config has no `model` section; start from one of the files in configs/")
+  return ModelConfig.from_dict(cfg.model.to_dict())
+
+
+# ---- The official Hugging Face config.json (LLADA_SPEC §2) ----
+
+# Keys whose official values we do not implement: anything else must be refused, not ignored.
+_REQUIRED_HF_VALUES = {
+    "alibi": False,
+    "include_bias": False,
+    "include_qkv_bias": False,
+    "layer_norm_type": "rms",
+    "layer_norm_with_affine": True,
+    "bias_for_layer_norm": False,
+    "activation_type": "silu",
+    "block_type": "llama",
+    "rope": True,
+    "rope_full_precision": True,
+    "scale_logits": False,
+    "input_emb_norm": False,
+    "attention_layer_norm": False,
+    "block_group_size": 1,
+}
+_ZERO_DROPOUTS = ("attention_dropout", "residual_dropout", "embedding_dropout")
+
+
+def from_hf_config(hf: Mapping[str, Any], **overrides) -> ModelConfig:
+  """Builds a ModelConfig from an official LLaDA config.json dict; refuses features we do not implement."""
+  if hf.get("model_type", "llada") != "llada":
+    raise UserError(f"config.json has model_type={hf.get('model_type')!r}; this is not an LLaDA checkpoint")
+  missing = [k for k in ("d_model", "n_heads", "n_layers", "vocab_size") if k not in hf]
+  if missing:
+    raise UserError(f"config.json lacks {', '.join(missing)}; this is not an LLaDA checkpoint")
+  refused = [f"{k}={hf[k]!r} (we implement {v!r})" for k, v in _REQUIRED_HF_VALUES.items()
+             if k in hf and hf[k] is not None and hf[k] != v]
+  refused += [f"{k}={hf[k]}" for k in _ZERO_DROPOUTS if hf.get(k)]
+  if hf.get("clip_qkv") is not None:
+    refused.append(f"clip_qkv={hf['clip_qkv']}")
+  if refused:
+    raise UserError("this checkpoint uses features llada-jax does not implement: " + ", ".join(refused))
+  n_kv_heads = hf.get("n_kv_heads")
+  if n_kv_heads is None:
+    n_kv_heads = 1 if hf.get("multi_query_attention") else hf["n_heads"]
+  mlp = hf.get("mlp_hidden_size") or hf.get("mlp_ratio", 4) * hf["d_model"]
+  values = dict(
+      d_model=hf["d_model"], n_heads=hf["n_heads"], n_kv_heads=n_kv_heads, n_layers=hf["n_layers"],
+      mlp_hidden_size=mlp, vocab_size=hf["vocab_size"],
+      embedding_size=hf.get("embedding_size") or hf["vocab_size"],
+      max_sequence_length=hf.get("max_sequence_length", 4096), rope_theta=float(hf.get("rope_theta", 10000.0)),
+      rms_norm_eps=float(hf.get("rms_norm_eps", 1e-5)), weight_tying=bool(hf.get("weight_tying", False)))
+  for ours in ("mask_token_id", "eos_token_id", "pad_token_id", "bos_token_id", "eot_token_id"):
+    if hf.get(ours) is not None:
+      values[ours] = hf[ours]
+  values.update(overrides)
+  return ModelConfig(**values)
+
+
+def to_hf_config(config: ModelConfig) -> dict[str, Any]:
+  """Every key of the official config.json, so the official remote code loads what we export."""
+  return {
+      "activation_type": "silu", "alibi": False, "alibi_bias_max": 8.0, "architectures": ["LLaDAModelLM"],
+      "attention_dropout": 0.0, "attention_layer_norm": False, "attention_layer_norm_with_affine": True,
+      "auto_map": {"AutoConfig": "configuration_llada.LLaDAConfig",
+                   "AutoModelForCausalLM": "modeling_llada.LLaDAModelLM",
+                   "AutoModel": "modeling_llada.LLaDAModelLM"},
+      "bias_for_layer_norm": False, "block_group_size": 1, "block_type": "llama", "d_model": config.d_model,
+      "embedding_dropout": 0.0, "embedding_size": config.embedding_size, "eos_token_id": config.eos_token_id,
+      "flash_attention": False, "include_bias": False, "include_qkv_bias": False, "init_cutoff_factor": None,
+      "init_device": "meta", "init_fn": "mitchell", "init_std": 0.02, "input_emb_norm": False,
+      "layer_norm_type": "rms", "layer_norm_with_affine": True, "mask_token_id": config.mask_token_id,
+      "max_sequence_length": config.max_sequence_length, "mlp_hidden_size": config.mlp_hidden_size,
+      "mlp_ratio": 4, "model_type": "llada",
+      "multi_query_attention": None, "n_heads": config.n_heads, "n_kv_heads": config.n_kv_heads,
+      "n_layers": config.n_layers, "pad_token_id": config.pad_token_id, "precision": "amp_bf16",  # the training precision
+      "residual_dropout": 0.0, "rms_norm_eps": config.rms_norm_eps, "rope": True, "rope_full_precision": True,
+      "rope_theta": config.rope_theta, "scale_logits": False, "use_cache": False, "vocab_size": config.vocab_size,
+      "weight_tying": config.weight_tying,
+      # Not read by the official code; keeps our special ids and HF's dtype hint with the weights.
+      "bos_token_id": config.bos_token_id, "eot_token_id": config.eot_token_id,
+      "torch_dtype": config.param_dtype,
+  }
+
+
+def hf_generation_config(config: ModelConfig) -> dict[str, Any]:
+  return {"_from_model_config": True, "bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id,
+          "pad_token_id": config.pad_token_id}
+
+
+# ---- Experiment configs (the files in configs/) ----
+
+def base_config() -> ml_collections.ConfigDict:
+  """Defaults every file in configs/ starts from; sections: model (ModelConfig fields), mesh."""
+  cfg = ml_collections.ConfigDict()
+  cfg.model = ml_collections.ConfigDict(ModelConfig().to_dict())
+  cfg.seed = 0
+  # Sizes of the (data, fsdp, tensor) mesh axes; one may be -1 to take the remaining devices.
+  cfg.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
+  return cfg
+
+
+def load_config_file(path: str) -> ml_collections.ConfigDict:
+  """Runs `get_config()` of an ml_collections config file."""
+  import importlib.util
+  if not os.path.isfile(path):
+    raise UserError(f"config file {path} does not exist; see configs/ for the shipped ones")
+  spec = importlib.util.spec_from_file_location(f"llada_jax_config_{abs(hash(path))}", path)
+  module = importlib.util.module_from_spec(spec)
+  try:
+    spec.loader.exec_module(module)
+  except Exception as e:  # a user's Python file may fail in any way
+    raise UserError(f"config file {path} failed to load: {type(e).__name__}: {e}") from None
+  if not hasattr(module, "get_config"):
+    raise UserError(f"config file {path} has no get_config() function")
+  return module.get_config()
+
+
+def apply_overrides(cfg: ml_collections.ConfigDict, overrides: list[str]) -> ml_collections.ConfigDict:
+  """Applies `key.sub=value` overrides (from `--config.key.sub=value`), typed by the existing field."""
+  for item in overrides:
+    key, sep, text = item.partition("=")
+    if not sep:
+      raise UserError(f"override {item!r} must look like --config.key=value")
+    *parents, leaf = key.split(".")
+    node = cfg
+    for part in parents:
+      if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
+        raise UserError(f"unknown config section {key!r}; see the config file for valid keys")
+      node = node[part]
+    if leaf not in node:
+      raise UserError(f"unknown config key {key!r}; valid keys here: {', '.join(sorted(node.keys()))}")
+    node[leaf] = _parse_value(key, text, node[leaf])
+  return cfg
+
+
+def _parse_value(key: str, text: str, current: Any) -> Any:
+  import ast
+  if isinstance(current, bool):
+    if text.lower() not in ("true", "false", "1", "0"):
+      raise UserError(f"--config.{key} takes true or false, got {text!r}")
+    return text.lower() in ("true", "1")
+  if isinstance(current, str) or (current is None and not text[:1].isdigit()):
+    return text
+  try:
+    value = ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    raise UserError(f"--config.{key}={text!r} is not a valid {type(current).__name__}") from None
+  if isinstance(current, float) and isinstance(value, int):
+    value = float(value)
+  if current is not None and not isinstance(value, type(current)):
+    raise UserError(f"--config.{key} must be a {type(current).__name__}, got {text!r}")
+  return value

@@ -1,0 +1,214 @@
+"""The LLaDA network (LLADA_SPEC §1) as a Flax NNX module, used functionally.
+
+Parameters live in a plain pytree (`init_params`); `apply(params, tokens, attention_mask, config=...)` merges them
+into the module inside the traced function, so everything is a pure function under `jax.jit`. The layers' weights
+are stacked along a leading `layers` axis and run with `lax.scan` (one compiled block, whatever the depth).
+Every parameter carries logical axis names; `sharding.LOGICAL_RULES` maps them to the mesh.
+"""
+
+import functools
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
+
+from llada_jax import sharding
+from llada_jax.config import ModelConfig
+
+Params = dict[str, Any]
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+_REMAT_POLICIES = {
+    "full": None,  # save nothing but the layer input
+    "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "save_qkv_proj": jax.checkpoint_policies.save_only_these_names("query_proj", "key_proj", "value_proj"),
+}
+
+
+def jnp_dtype(name: str) -> jnp.dtype:
+  return jnp.dtype(_DTYPES[name])
+
+
+def _param(rngs: nnx.Rngs, shape: tuple[int, ...], std: Any, axes: tuple[str, ...], dtype) -> nnx.Param:
+  """Mitchell init: a normal truncated at ±3σ; `std` may be an array broadcasting over a stacked layers axis."""
+  value = (jax.random.truncated_normal(rngs.params(), -3.0, 3.0, shape, jnp.float32) * std).astype(dtype)
+  return nnx.Param(value, out_sharding=axes, eager_sharding=False)
+
+
+def _ones(shape: tuple[int, ...], axes: tuple[str, ...], dtype) -> nnx.Param:
+  return nnx.Param(jnp.ones(shape, dtype), out_sharding=axes, eager_sharding=False)
+
+
+def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
+  """Normalise in fp32, cast back to the input dtype, then scale in that dtype (as the official code does)."""
+  x32 = x.astype(jnp.float32)
+  normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+  return normed.astype(x.dtype) * scale.astype(x.dtype)
+
+
+def rope_tables(length: int, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
+  """fp32 cos/sin of shape [length, head_dim] for absolute positions 0..length-1 (left pads consume positions)."""
+  inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+  freqs = jnp.outer(jnp.arange(length, dtype=jnp.float32), inv_freq)
+  emb = jnp.concatenate([freqs, freqs], axis=-1)
+  return jnp.cos(emb), jnp.sin(emb)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+  """Rotate-half RoPE computed in fp32. x: [batch, length, heads, head_dim]."""
+  x32 = x.astype(jnp.float32)
+  half = x.shape[-1] // 2
+  rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
+  cos, sin = cos[None, :, None, :], sin[None, :, None, :]
+  return (x32 * cos + rotated * sin).astype(x.dtype)
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array | None, *, causal: bool,
+              impl: str) -> jax.Array:
+  """Scaled dot-product attention with grouped kv heads; every implementation must equal "xla".
+
+  q: [batch, q_len, heads, head_dim]; k, v: [batch, kv_len, kv_heads, head_dim]; key_mask: [batch, kv_len] bool,
+  False for padded keys (keys only: padded queries still produce outputs, as in the official model).
+  """
+  batch, q_len, heads, head_dim = q.shape
+  kv_heads = k.shape[2]
+  if impl == "cudnn":
+    mask = None if key_mask is None else key_mask[:, None, None, :]
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal, implementation="cudnn")
+  q = q.reshape(batch, q_len, kv_heads, heads // kv_heads, head_dim)
+  scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) / math.sqrt(head_dim)
+  allowed = None
+  if key_mask is not None:
+    allowed = key_mask[:, None, None, None, :]
+  if causal:
+    lower = jnp.tril(jnp.ones((q_len, k.shape[1]), bool))[None, None, None]
+    allowed = lower if allowed is None else allowed & lower
+  if allowed is not None:
+    scores = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+  return out.reshape(batch, q_len, heads, head_dim)
+
+
+class Blocks(nnx.Module):
+  """All transformer blocks, weights stacked on a leading `layers` axis; `__call__` runs one unstacked layer."""
+
+  def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
+    c = config
+    n, e, h, kv, hd, m = c.n_layers, c.d_model, c.n_heads, c.n_kv_heads, c.head_dim, c.mlp_hidden_size
+    dt = jnp_dtype(c.param_dtype)
+    depth_scale = 1.0 / jnp.sqrt(2.0 * jnp.arange(1, n + 1, dtype=jnp.float32))
+    std_in, std_mlp = 1.0 / math.sqrt(e), 1.0 / math.sqrt(m)
+    self.config = config
+    self.attn_norm = _ones((n, e), ("layers", "norm"), dt)
+    self.q_proj = _param(rngs, (n, e, h, hd), std_in, ("layers", "embed", "heads", "head_dim"), dt)
+    self.k_proj = _param(rngs, (n, e, kv, hd), std_in, ("layers", "embed", "kv_heads", "head_dim"), dt)
+    self.v_proj = _param(rngs, (n, e, kv, hd), std_in, ("layers", "embed", "kv_heads", "head_dim"), dt)
+    self.attn_out = _param(rngs, (n, h, hd, e), std_in * depth_scale[:, None, None, None],
+                           ("layers", "heads", "head_dim", "embed"), dt)
+    self.ff_norm = _ones((n, e), ("layers", "norm"), dt)
+    self.ff_proj = _param(rngs, (n, e, m), std_in, ("layers", "embed", "mlp"), dt)
+    self.up_proj = _param(rngs, (n, e, m), std_in, ("layers", "embed", "mlp"), dt)
+    self.ff_out = _param(rngs, (n, m, e), std_mlp * depth_scale[:, None, None], ("layers", "mlp", "embed"), dt)
+
+  def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, key_mask: jax.Array | None) -> jax.Array:
+    c = self.config
+    dt = x.dtype
+    h = rms_norm(x, self.attn_norm[...], c.rms_norm_eps)
+    q = jnp.einsum("bte,ehd->bthd", h, self.q_proj[...].astype(dt))
+    k = jnp.einsum("bte,ekd->btkd", h, self.k_proj[...].astype(dt))
+    v = jnp.einsum("bte,ekd->btkd", h, self.v_proj[...].astype(dt))
+    q = checkpoint_name(q, "query_proj")
+    k = checkpoint_name(k, "key_proj")
+    v = checkpoint_name(v, "value_proj")
+    q = sharding.constrain(apply_rope(q, cos, sin), ("activation_batch", "activation_length", "activation_heads",
+                                                     None))
+    k = apply_rope(k, cos, sin)
+    att = attention(q, k, v, key_mask, causal=c.causal, impl=c.attention_impl)
+    x = x + jnp.einsum("bthd,hde->bte", att, self.attn_out[...].astype(dt))
+    x = sharding.constrain(x, ("activation_batch", "activation_length", "activation_embed"))
+    h = rms_norm(x, self.ff_norm[...], c.rms_norm_eps)
+    gate = jnp.einsum("bte,em->btm", h, self.ff_proj[...].astype(dt))
+    up = jnp.einsum("bte,em->btm", h, self.up_proj[...].astype(dt))
+    act = sharding.constrain(jax.nn.silu(gate) * up, ("activation_batch", "activation_length", "activation_mlp"))
+    x = x + jnp.einsum("btm,me->bte", act, self.ff_out[...].astype(dt))
+    return sharding.constrain(x, ("activation_batch", "activation_length", "activation_embed"))
+
+
+class LLaDA(nnx.Module):
+  """Embedding → stacked blocks → final RMSNorm → output head (or the tied embedding)."""
+
+  def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
+    c = config
+    dt = jnp_dtype(c.param_dtype)
+    std = 1.0 / math.sqrt(c.d_model)
+    self.config = config
+    self.wte = _param(rngs, (c.embedding_size, c.d_model), std, ("vocab", "embed"), dt)
+    self.blocks = Blocks(config, rngs)
+    self.ln_f = _ones((c.d_model,), ("norm",), dt)
+    if not c.weight_tying:
+      self.ff_out = _param(rngs, (c.d_model, c.embedding_size), std, ("embed", "vocab"), dt)
+
+  def __call__(self, tokens: jax.Array, attention_mask: jax.Array | None = None) -> jax.Array:
+    c = self.config
+    dt = jnp_dtype(c.dtype)
+    x = jnp.take(self.wte[...], tokens, axis=0).astype(dt)
+    x = sharding.constrain(x, ("activation_batch", "activation_length", "activation_embed"))
+    cos, sin = rope_tables(tokens.shape[1], c.head_dim, c.rope_theta)
+    key_mask = None if attention_mask is None else attention_mask.astype(bool)
+    x = self._run_blocks(x, cos, sin, key_mask)
+    x = rms_norm(x, self.ln_f[...], c.rms_norm_eps)
+    head = self.wte[...].T if c.weight_tying else self.ff_out[...]
+    logits = jnp.einsum("bte,ev->btv", x, head.astype(dt))
+    return sharding.constrain(logits, ("activation_batch", "activation_length", "activation_vocab"))
+
+  def _run_blocks(self, x, cos, sin, key_mask):
+    c = self.config
+    graphdef, stacked = nnx.split(self.blocks)
+
+    def layer(x, layer_state):
+      return nnx.merge(graphdef, layer_state)(x, cos, sin, key_mask), None
+
+    if c.remat_policy != "none":
+      layer = jax.checkpoint(layer, policy=_REMAT_POLICIES[c.remat_policy], prevent_cse=not c.scan_layers)
+    if c.scan_layers:
+      return jax.lax.scan(layer, x, stacked)[0]
+    for i in range(c.n_layers):
+      x, _ = layer(x, jax.tree.map(lambda a, i=i: a[i], stacked))
+    return x
+
+
+@functools.cache
+def _structure(config: ModelConfig) -> tuple[nnx.GraphDef, Params, Params]:
+  """(graphdef, abstract params, logical axes) — pure structure, computed once per config without allocating."""
+  abstract = nnx.eval_shape(lambda: LLaDA(config, nnx.Rngs(0)))
+  graphdef, state = nnx.split(abstract)
+  axes = jax.tree.map(tuple, nnx.to_pure_dict(nnx.get_partition_spec(state)),
+                      is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+  return graphdef, nnx.to_pure_dict(state), axes
+
+
+def abstract_params(config: ModelConfig) -> Params:
+  """ShapeDtypeStructs of the parameter pytree."""
+  return _structure(config)[1]
+
+
+def param_logical_axes(config: ModelConfig) -> Params:
+  """The parameter pytree with a tuple of logical axis names at each leaf."""
+  return _structure(config)[2]
+
+
+def init_params(config: ModelConfig, rng: jax.Array) -> Params:
+  """Fresh parameters (pure function of the key; jit it with out_shardings to create them sharded)."""
+  return nnx.to_pure_dict(nnx.state(LLaDA(config, nnx.Rngs(params=rng))))
+
+
+def apply(params: Params, tokens: jax.Array, attention_mask: jax.Array | None = None, *,
+          config: ModelConfig) -> jax.Array:
+  """Logits [batch, length, embedding_size] in the compute dtype. tokens: int [batch, length]."""
+  model = nnx.merge(_structure(config)[0], params)
+  return model(tokens, attention_mask)

@@ -1,0 +1,83 @@
+"""`load_pretrained`: the object a Hugging Face user expects, over our functional model."""
+
+import contextlib
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from llada_jax import checkpoint, convert
+from llada_jax import model as model_lib
+from llada_jax.config import ModelConfig
+from llada_jax.errors import UserError
+
+
+@functools.partial(jax.jit, static_argnames="config")
+def _logits(params, tokens, attention_mask, config):
+  return model_lib.apply(params, tokens, attention_mask, config=config)
+
+
+class LLaDAModel:
+  """A loaded model: `.config`, `.params` (stacked pytree of jax arrays), `.logits(...)`, `.save_pretrained(...)`."""
+
+  def __init__(self, config: ModelConfig, params, mesh=None):
+    self.config, self.params, self.mesh = config, params, mesh
+
+  def _mesh_context(self):
+    return jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext()
+
+  def check_tokens(self, tokens, attention_mask=None) -> tuple[jax.Array, jax.Array | None]:
+    tokens = np.asarray(tokens)
+    if tokens.ndim == 1:
+      tokens = tokens[None]
+    if tokens.ndim != 2 or not np.issubdtype(tokens.dtype, np.integer):
+      raise UserError(f"tokens must be integer ids of shape [batch, length], got {tokens.dtype} {tokens.shape}")
+    if tokens.size and (tokens.min() < 0 or tokens.max() >= self.config.embedding_size):
+      raise UserError(f"token ids must lie in [0, {self.config.embedding_size}); got {tokens.min()}..{tokens.max()}"
+                      " — was the text encoded with this model's tokenizer?")
+    if attention_mask is not None:
+      attention_mask = np.asarray(attention_mask)
+      if attention_mask.ndim == 1:
+        attention_mask = attention_mask[None]
+      if attention_mask.shape != tokens.shape:
+        raise UserError(f"attention_mask shape {attention_mask.shape} differs from tokens shape {tokens.shape}")
+      attention_mask = jnp.asarray(attention_mask, jnp.int32)
+    return jnp.asarray(tokens, jnp.int32), attention_mask
+
+  def logits(self, tokens, attention_mask=None) -> jax.Array:
+    """Logits [batch, length, embedding_size]; `attention_mask` (1 = real token) masks padded keys."""
+    tokens, attention_mask = self.check_tokens(tokens, attention_mask)
+    with self._mesh_context():
+      return _logits(self.params, tokens, attention_mask, self.config)
+
+  def save_pretrained(self, out_dir: str, format: str = "hf", max_shard_size: str = "5GB",
+                      overwrite: bool = False) -> None:
+    """`format="hf"`: config.json + sharded safetensors; `format="jax"`: our Orbax params checkpoint."""
+    if format not in ("hf", "jax"):
+      raise UserError(f"format must be 'hf' or 'jax', got {format!r}")
+    host = jax.tree.map(np.asarray, checkpoint.to_layered(self.params, self.config.n_layers))
+    if format == "hf":
+      convert.save_hf(host, self.config, out_dir, max_shard_size, overwrite)
+    else:
+      checkpoint.save_params(out_dir, host, self.config, overwrite)
+
+
+def load_pretrained(path: str, dtype: str | None = None, mesh=None) -> LLaDAModel:
+  """Loads an HF LLaDA directory (config.json + weights) or a llada-jax params checkpoint.
+
+  `dtype` casts the parameters (float32 / bfloat16 / float16); `mesh` shards them by the logical-axis rules.
+  """
+  if not os.path.isdir(path):
+    raise UserError(f"{path} does not exist or is not a directory")
+  if checkpoint.is_checkpoint(path):
+    config, params = checkpoint.restore_params(path, dtype=dtype, mesh=mesh)
+  else:
+    config, layered = convert.load_hf(path, dtype)
+    placement = checkpoint.layered_abstract(config, mesh=mesh)
+    layered = jax.tree.map(lambda a, p: jax.device_put(a, p.sharding), layered, placement)
+    params = checkpoint.stack_on_device(layered, config, mesh)
+  if dtype:  # computing in the dtype the user asked for, as torch's model.to(dtype) does
+    config = config.replace(dtype=dtype)
+  return LLaDAModel(config, params, mesh)

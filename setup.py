@@ -1,0 +1,29 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="llada-jax",
+    version="0.1.0",
+    description="LLaDA masked-diffusion language models in JAX/Flax: training, sampling, evaluation, conversion",
+    python_requires=">=3.10",
+    packages=find_packages(include=["llada_jax", "llada_jax.*"]),
+    install_requires=[
+        "jax>=0.10.2",
+        "flax>=0.12.8",
+        "optax>=0.2.8",
+        "orbax-checkpoint>=0.12.8",
+        "grain>=0.2.18",
+        "sentencepiece>=0.2.0",
+        "ml-collections>=1.1.0",
+        "tensorboardX>=2.6",
+        "ml-dtypes>=0.5",
+        "numpy>=2.0",
+        "tqdm>=4.66",
+        "tokenizers>=0.20",
+    ],
+    extras_require={
+        "torch": ["torch==2.13.0", "safetensors>=0.4"],
+        "eval": ["pyarrow>=15"],
+        "dev": ["pytest>=8", "pytest-timeout>=2.3"],
+    },
+    entry_points={"console_scripts": ["llada-jax=llada_jax.cli:main"]},
+)

@@ -1,0 +1,73 @@
+"""ModelConfig ⇄ config.json, refusals, config files and command-line overrides."""
+
+import glob
+import os
+
+import pytest
+
+from conftest import REPO, SPEC_8B_CONFIG
+from llada_jax import config as config_lib
+from llada_jax.config import ModelConfig, from_hf_config, to_hf_config
+from llada_jax.errors import UserError
+
+
+def test_official_8b_config_maps_both_ways():
+  config = from_hf_config(SPEC_8B_CONFIG)
+  assert config == ModelConfig()  # our defaults are the released 8B
+  assert config.head_dim == 128
+  assert config.num_params() == 8_015_581_184
+  assert config.num_params(include_embeddings=False) == 6_979_588_096
+  exported = to_hf_config(config)
+  for key, value in SPEC_8B_CONFIG.items():
+    assert exported[key] == value, key
+  assert from_hf_config(exported) == config
+
+
+def test_gqa_tied_and_padded_embedding_fields_survive():
+  hf = dict(SPEC_8B_CONFIG, n_kv_heads=8, mlp_hidden_size=14336, vocab_size=155136, embedding_size=155200,
+            weight_tying=True, max_sequence_length=8192, mask_token_id=5)
+  config = from_hf_config(hf)
+  assert (config.n_kv_heads, config.mlp_hidden_size, config.embedding_size) == (8, 14336, 155200)
+  assert config.weight_tying and config.mask_token_id == 5
+  assert from_hf_config(to_hf_config(config)) == config
+  assert from_hf_config(dict(hf, n_kv_heads=None, multi_query_attention=True)).n_kv_heads == 1
+
+
+@pytest.mark.parametrize("values,match", [
+    ({"n_heads": 5}, "not divisible by n_heads"), ({"n_kv_heads": 3}, "not a multiple of n_kv_heads"),
+    ({"mask_token_id": 200_000}, "outside the embedding table"), ({"dtype": "int8"}, "dtype='int8'"),
+    ({"embedding_size": 100}, "smaller than vocab_size")])
+def test_invalid_model_configs_are_refused(values, match):
+  with pytest.raises(UserError, match=match):
+    ModelConfig(**values)
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(REPO, "configs", "*.py"))))
+def test_every_config_file_builds_a_model_config(path):
+  cfg = config_lib.load_config_file(path)
+  assert isinstance(config_lib.model_config_from(cfg), ModelConfig)
+
+
+def test_shipped_sizes_are_the_issue_sizes():
+  def model(name):
+    return config_lib.model_config_from(config_lib.load_config_file(os.path.join(REPO, "configs", name + ".py")))
+  assert model("llada_8b").num_params() == 8_015_581_184
+  tiny, small = model("tiny"), model("small")
+  assert (tiny.d_model, tiny.n_heads, tiny.n_layers, tiny.mlp_hidden_size, tiny.vocab_size) == (128, 4, 4, 384, 8192)
+  assert (small.d_model, small.n_heads, small.n_layers, small.mlp_hidden_size, small.vocab_size) == (
+      512, 8, 8, 1536, 8192)
+  assert 0.9e9 < model("llada_1b").num_params(include_embeddings=False) < 1.1e9
+
+
+def test_overrides_are_typed_and_checked():
+  cfg = config_lib.load_config_file(os.path.join(REPO, "configs", "tiny.py"))
+  config_lib.apply_overrides(cfg, ["model.n_layers=2", "model.rope_theta=500000", "model.weight_tying=true",
+                                   "model.dtype=bfloat16"])
+  assert (cfg.model.n_layers, cfg.model.rope_theta, cfg.model.weight_tying, cfg.model.dtype) == (
+      2, 500000.0, True, "bfloat16")
+  with pytest.raises(UserError, match="unknown config key 'model.n_layer'"):
+    config_lib.apply_overrides(cfg, ["model.n_layer=2"])
+  with pytest.raises(UserError, match="must be a int"):
+    config_lib.apply_overrides(cfg, ["model.n_layers=2.5"])
+  with pytest.raises(UserError, match="does not exist"):
+    config_lib.load_config_file("configs/nope.py")

@@ -1,0 +1,373 @@
+"""A small PyTorch LLaDA: the parity oracle for llada-jax and the PyTorch baseline for its benchmarks.
+
+Written from shared/reference/LLADA_SPEC.md alone (§1 network, §2 checkpoint names, §4 loss, §5 sampler,
+§6 likelihood), independently of the JAX code, so that the two implementations check each other. It follows the
+official release's numerics and sampling rules, quirks included; the one deliberate difference is that CFG without
+an attention mask works here (the official sampler crashes there).
+
+The model returns logits directly (not an HF output object); `generate` and `get_log_likelihood` call
+`model(ids, attention_mask=...)` / `model(ids)`, so any callable with that contract can stand in for it in tests.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MASK_ID = 126336
+EOS_ID = 126081
+EOT_ID = 126348
+
+# config.json fields whose other values select code paths the official model has and LLaDA does not use.
+# This reference implements only the LLaDA choice, so a config asking for anything else is refused, not misread.
+_LLADA_ONLY = {
+  'activation_type': 'silu', 'block_type': 'llama', 'layer_norm_type': 'rms', 'layer_norm_with_affine': True,
+  'bias_for_layer_norm': False, 'rope': True, 'rope_full_precision': True, 'alibi': False, 'include_bias': False,
+  'include_qkv_bias': False, 'scale_logits': False, 'input_emb_norm': False, 'attention_layer_norm': False,
+}
+
+
+class RMSNorm(nn.Module):
+  """RMSNorm as the official model computes it: normalise in fp32, cast back, then scale in the input dtype."""
+
+  def __init__(self, dim, eps):
+    super().__init__()
+    self.eps = eps
+    self.weight = nn.Parameter(torch.ones(dim))
+
+  def forward(self, x):
+    y = x.float()
+    y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + self.eps)
+    return self.weight * y.to(x.dtype)
+
+
+def rope_tables(seq_len, head_dim, theta, device):
+  """fp32 cos/sin tables (seq_len, head_dim) for absolute positions 0..seq_len-1, rotate-half layout."""
+  inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
+  freqs = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float32), inv_freq)
+  emb = torch.cat((freqs, freqs), dim=-1)
+  return emb.cos(), emb.sin()
+
+
+def rotate_half(x):
+  half = x.shape[-1] // 2
+  return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def apply_rope(x, cos, sin):
+  """Rotates in fp32 whatever the model dtype (`rope_full_precision`), then casts back."""
+  xf = x.float()
+  return (xf * cos + rotate_half(xf) * sin).to(x.dtype)
+
+
+class LLaDABlock(nn.Module):
+  """One LLaMA-style block: pre-norm attention (bidirectional unless masked) and a pre-norm SwiGLU MLP."""
+
+  def __init__(self, d_model, n_heads, n_kv_heads, mlp_hidden_size, eps):
+    super().__init__()
+    self.n_heads, self.n_kv_heads = n_heads, n_kv_heads
+    self.head_dim = d_model // n_heads
+    self.attn_norm = RMSNorm(d_model, eps)
+    self.q_proj = nn.Linear(d_model, d_model, bias=False)
+    self.k_proj = nn.Linear(d_model, n_kv_heads * self.head_dim, bias=False)
+    self.v_proj = nn.Linear(d_model, n_kv_heads * self.head_dim, bias=False)
+    self.attn_out = nn.Linear(d_model, d_model, bias=False)
+    self.ff_norm = RMSNorm(d_model, eps)
+    self.ff_proj = nn.Linear(d_model, mlp_hidden_size, bias=False)  # gate
+    self.up_proj = nn.Linear(d_model, mlp_hidden_size, bias=False)
+    self.ff_out = nn.Linear(mlp_hidden_size, d_model, bias=False)  # down
+
+  def forward(self, x, cos, sin, bias):
+    b, t, _ = x.shape
+    h = self.attn_norm(x)
+    q = self.q_proj(h).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+    k = self.k_proj(h).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+    v = self.v_proj(h).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    # GQA: query head h reads kv head h // group, which is what repeat_interleave on the head axis produces.
+    group = self.n_heads // self.n_kv_heads
+    k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    a = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0 / math.sqrt(self.head_dim))
+    x = x + self.attn_out(a.transpose(1, 2).reshape(b, t, -1))
+    h = self.ff_norm(x)
+    return x + self.ff_out(F.silu(self.ff_proj(h)) * self.up_proj(h))
+
+
+class TorchLLaDA(nn.Module):
+  """LLaDA's network, built from the keys of an official config.json.
+
+  Parameters are laid out so that `state_dict()` has exactly the checkpoint names of spec §2 (`model.transformer.…`),
+  which lets a published checkpoint load with `load_state_dict` and lets tests hand identical weights to JAX.
+  No buffers are registered: RoPE tables are computed per forward, so `max_sequence_length` needs no storage and is
+  not enforced (the official model also grows its table for longer inputs).
+  `causal=True` adds a causal mask on top of everything else: the paper's autoregressive baseline.
+  """
+
+  def __init__(self, config, causal=False):
+    super().__init__()
+    for key, want in _LLADA_ONLY.items():
+      if key in config and config[key] != want:
+        raise ValueError(f'config {key}={config[key]!r} is not supported (LLaDA uses {want!r})')
+    self.config = dict(config)
+    self.causal = causal
+    d_model, n_heads = config['d_model'], config['n_heads']
+    n_kv_heads = config.get('n_kv_heads') or n_heads
+    if d_model % n_heads or n_heads % n_kv_heads:
+      raise ValueError(f'd_model {d_model}, n_heads {n_heads}, n_kv_heads {n_kv_heads} do not divide evenly')
+    mlp_hidden_size = config.get('mlp_hidden_size') or config.get('mlp_ratio', 4) * d_model
+    embedding_size = config.get('embedding_size') or config['vocab_size']
+    eps = config.get('rms_norm_eps', 1e-5)
+    self.head_dim = d_model // n_heads
+    self.rope_theta = config.get('rope_theta', 10000.0)
+    self.weight_tying = bool(config.get('weight_tying', False))
+
+    transformer = nn.ModuleDict({
+      'wte': nn.Embedding(embedding_size, d_model),
+      'blocks': nn.ModuleList(
+        LLaDABlock(d_model, n_heads, n_kv_heads, mlp_hidden_size, eps) for _ in range(config['n_layers'])),
+      'ln_f': RMSNorm(d_model, eps),
+    })
+    if not self.weight_tying:
+      transformer['ff_out'] = nn.Linear(d_model, embedding_size, bias=False)
+    self.model = nn.Module()  # stands for the HF wrapper, which puts every name under `model.`
+    self.model.transformer = transformer
+
+  def _attention_bias(self, attention_mask, t, dtype, device):
+    """Additive bias: 0 where attention is allowed, the dtype's minimum on padded keys (and future keys if causal).
+
+    Queries are never masked, so padded positions still get (unused) outputs, as in the official model.
+    """
+    allowed = None
+    if attention_mask is not None:
+      allowed = (attention_mask != 0)[:, None, None, :]  # (B, 1, 1, T): keys only
+    if self.causal:
+      future_free = torch.ones(t, t, dtype=torch.bool, device=device).tril()
+      allowed = future_free if allowed is None else allowed & future_free
+    if allowed is None:
+      return None
+    return torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)
+
+  def forward(self, input_ids, attention_mask=None):
+    """(B, T) token ids [+ (B, T) mask, 0 = padding] -> (B, T, embedding_size) logits in the model dtype."""
+    tr = self.model.transformer
+    x = tr.wte(input_ids)
+    t = input_ids.shape[1]
+    cos, sin = rope_tables(t, self.head_dim, self.rope_theta, x.device)  # left pads consume positions
+    bias = self._attention_bias(attention_mask, t, x.dtype, x.device)
+    for block in tr.blocks:
+      x = block(x, cos, sin, bias)
+    x = tr.ln_f(x)
+    return F.linear(x, tr.wte.weight) if self.weight_tying else tr.ff_out(x)
+
+
+@torch.no_grad()
+def mitchell_init_(model, seed):
+  """Official "mitchell" init (spec §1): truncated normal at ±3σ, depth-scaled output projections, norms = 1.
+
+  Draws in fp32 on the CPU from a generator seeded with `seed`, then copies into the parameters, so the same seed
+  gives the same weights whatever the model's dtype or device.
+  """
+  gen = torch.Generator().manual_seed(seed)
+
+  def init(param, std):
+    w = torch.empty(param.shape, dtype=torch.float32)
+    nn.init.trunc_normal_(w, mean=0.0, std=std, a=-3 * std, b=3 * std, generator=gen)
+    param.copy_(w)
+
+  tr = model.model.transformer
+  d_model = tr.wte.weight.shape[1]
+  init(tr.wte.weight, 1 / math.sqrt(d_model))
+  for layer, block in enumerate(tr.blocks):
+    depth = math.sqrt(2 * (layer + 1))
+    for lin in (block.q_proj, block.k_proj, block.v_proj, block.ff_proj, block.up_proj):
+      init(lin.weight, 1 / math.sqrt(d_model))
+    init(block.attn_out.weight, 1 / math.sqrt(d_model) / depth)
+    init(block.ff_out.weight, 1 / math.sqrt(block.ff_out.weight.shape[1]) / depth)
+    block.attn_norm.weight.fill_(1.0)
+    block.ff_norm.weight.fill_(1.0)
+  tr.ln_f.weight.fill_(1.0)
+  if 'ff_out' in tr:
+    init(tr.ff_out.weight, 1 / math.sqrt(d_model))
+  return model
+
+
+# ----------------------------------------------------------------------------------------------- sampler (§5)
+
+def transfer_schedule(block_mask_index, steps):
+  """Tokens to commit at each step of a block, per row: n // steps each, the first n % steps steps one more."""
+  n = block_mask_index.sum(dim=1, keepdim=True)
+  schedule = (n // steps).repeat(1, steps)
+  schedule[torch.arange(steps, device=n.device)[None, :] < n % steps] += 1
+  return schedule
+
+
+def _cfg_logits(model, x, prompt_index, cfg_scale, mask_id, attention_mask=None):
+  """Logits with classifier-free guidance: the unconditional copy has every prompt position set to mask_id."""
+  if cfg_scale <= 0:
+    return model(x, attention_mask=attention_mask)
+  un_x = torch.where(prompt_index, mask_id, x)
+  both_mask = None if attention_mask is None else torch.cat([attention_mask, attention_mask])
+  cond, un = torch.chunk(model(torch.cat([x, un_x]), attention_mask=both_mask), 2, dim=0)
+  return un + (cfg_scale + 1) * (cond - un)
+
+
+def _uniform(shape, dtype, generator, device, noise_fn):
+  """Uniforms for one sampler draw: from `noise_fn` if given, else torch.rand in `dtype` as the official code."""
+  if noise_fn is None:
+    return torch.rand(shape, generator=generator, device=device, dtype=dtype)
+  return noise_fn(shape).to(device=device, dtype=dtype)
+
+
+@torch.no_grad()
+def generate(model, prompt, attention_mask=None, steps=128, gen_length=128, block_length=128, temperature=0.,
+             cfg_scale=0., remasking='low_confidence', mask_id=MASK_ID, logits_eos_inf=False,
+             confidence_eos_eot_inf=False, eos_id=EOS_ID, eot_id=EOT_ID, generator=None, noise_fn=None):
+  """The official LLaDA reverse sampler (spec §5); returns (canvas (B, Lp + gen_length), model calls).
+
+  `prompt` is (B, Lp), left-padded; `attention_mask` (B, Lp) marks padding with 0. Blocks are filled left to
+  right, `steps // num_blocks` steps each; every step runs the model once on the whole canvas (CFG doubles the
+  batch of that one call, so it still counts as one call) and commits the scheduled number of most confident
+  masked positions of the current block. Nothing is ever re-masked. Masked positions *before* the current block
+  (mask tokens inside the prompt) stay committable, as in the official code.
+
+  `confidence_eos_eot_inf` reproduces the official chained-assignment quirk on purpose (the published evaluation
+  numbers were produced with it): the confidence softmax sees the EoT column at -inf, and at temperature 0 the EOS
+  column too, so such tokens are ranked last but can still be committed; x0 itself is chosen before the edit.
+
+  Randomness: `torch.rand` with `generator`, or `noise_fn(shape)` -> uniforms in (0, 1) when given (to feed two
+  implementations identical noise). Per step it is drawn for the Gumbel noise, shape (B, L, V), only if
+  temperature > 0, then for the confidences, shape (B, L), only if remasking == 'random'.
+  """
+  if remasking not in ('low_confidence', 'random'):
+    raise ValueError(f'remasking must be low_confidence or random, got {remasking!r}')
+  if gen_length % block_length:
+    raise ValueError(f'gen_length {gen_length} is not a multiple of block_length {block_length}')
+  num_blocks = gen_length // block_length
+  if steps % num_blocks:
+    raise ValueError(f'steps {steps} is not a multiple of the number of blocks {num_blocks}')
+  steps_per_block = steps // num_blocks
+
+  b, lp = prompt.shape
+  device = prompt.device
+  x = torch.cat([prompt, torch.full((b, gen_length), mask_id, dtype=prompt.dtype, device=device)], dim=1)
+  if attention_mask is not None:
+    attention_mask = torch.cat([attention_mask, attention_mask.new_ones((b, gen_length))], dim=1)
+  prompt_index = x != mask_id
+  nfe = 0
+
+  for block in range(num_blocks):
+    start, end = lp + block * block_length, lp + (block + 1) * block_length
+    schedule = transfer_schedule(x[:, start:end] == mask_id, steps_per_block)
+    for step in range(steps_per_block):
+      mask_index = x == mask_id
+      logits = _cfg_logits(model, x, prompt_index, cfg_scale, mask_id, attention_mask)
+      nfe += 1
+      if logits_eos_inf:
+        logits[:, :, eos_id] = -torch.inf
+
+      if temperature > 0:
+        # Gumbel-max in float64: argmax exp(l) / (-log u)^T samples softmax(l / T).
+        u = _uniform(logits.shape, torch.float64, generator, device, noise_fn)
+        x0 = torch.argmax(logits.to(torch.float64).exp() / (-torch.log(u)) ** temperature, dim=-1)
+      else:
+        x0 = torch.argmax(logits, dim=-1)
+
+      if confidence_eos_eot_inf:
+        logits[:, :, eot_id] = -torch.inf
+        if temperature == 0:  # the official noisy logits *are* the logits at T = 0, so EOS is hit as well
+          logits[:, :, eos_id] = -torch.inf
+
+      if remasking == 'low_confidence':
+        x0_p = torch.gather(F.softmax(logits, dim=-1), -1, x0[..., None])[..., 0]
+      else:
+        x0_p = _uniform((b, x.shape[1]), torch.float32, generator, device, noise_fn)
+      x0_p[:, end:] = -torch.inf
+
+      x0 = torch.where(mask_index, x0, x)
+      confidence = torch.where(mask_index, x0_p, -torch.inf)
+      commit = torch.zeros_like(mask_index)
+      for row in range(b):
+        commit[row, torch.topk(confidence[row], k=int(schedule[row, step])).indices] = True
+      x[commit] = x0[commit]
+  return x, nfe
+
+
+# -------------------------------------------------------------------------------------------- likelihood (§6)
+
+def stratified_masks(batch_size, prompt_length, answer_length, generator=None):
+  """One mini-batch of likelihood masks (batch_size, Lp + T), bool, as the official `forward_process` draws them.
+
+  Mask counts are stratified over [1, T] from one random offset k; each row masks exactly that many answer
+  positions, picked by a random permutation; the prompt is never masked.
+  """
+  t = answer_length
+  k = torch.randint(1, t + 1, (), generator=generator)
+  counts = torch.round(torch.linspace(float(k), k + (batch_size - 1) * (t / batch_size), steps=batch_size)).long()
+  counts = ((counts - 1) % t) + 1
+  answer_mask = torch.arange(t).repeat(batch_size, 1) < counts[:, None]
+  for row in range(batch_size):
+    answer_mask[row] = answer_mask[row][torch.randperm(t, generator=generator)]
+  return torch.cat([torch.zeros(batch_size, prompt_length, dtype=torch.bool), answer_mask], dim=1)
+
+
+@torch.no_grad()
+def get_log_likelihood(model, prompt, answer, mc_num=128, batch_size=16, cfg_scale=0., mask_id=MASK_ID,
+                       generator=None, masks=None):
+  """Official Monte-Carlo estimate of log p(answer | prompt) (spec §6), a lower bound; returns a Python float.
+
+  `prompt` and `answer` are 1-D token tensors. Each of the mc_num // batch_size mini-batches scores
+  Σ_masked CE / (x_i / T) per row and averages over rows; the result is minus the mean over mini-batches.
+  `masks`: optional list of bool tensors (batch_size, Lp + T), one per mini-batch, used instead of drawing them,
+  so another implementation can be compared value for value. As in the official code, the loss covers every
+  position that holds mask_id after masking.
+  """
+  if mc_num % batch_size:
+    raise ValueError(f'mc_num {mc_num} is not a multiple of batch_size {batch_size}')
+  n_batches = mc_num // batch_size
+  if masks is not None and len(masks) != n_batches:
+    raise ValueError(f'got {len(masks)} masks for {n_batches} mini-batches')
+  device = prompt.device
+  lp, t = len(prompt), len(answer)
+  seq = torch.cat([prompt, answer])[None, :].repeat(batch_size, 1)
+  prompt_index = (torch.arange(lp + t, device=device) < lp)[None, :]
+
+  losses = []
+  for n in range(n_batches):
+    is_mask = masks[n] if masks is not None else stratified_masks(batch_size, lp, t, generator)
+    is_mask = is_mask.to(device=device, dtype=torch.bool)
+    if is_mask.shape != seq.shape or (is_mask & prompt_index).any():
+      raise ValueError(f'mask {n} must be ({batch_size}, {lp + t}) and leave the prompt unmasked')
+    noisy = torch.where(is_mask, mask_id, seq)
+    mask_index = noisy == mask_id
+    p_mask = (is_mask[:, lp:].sum(dim=1, keepdim=True) / t).expand(-1, lp + t)  # x_i / T
+    logits = _cfg_logits(model, noisy, prompt_index, cfg_scale, mask_id)
+    loss = F.cross_entropy(logits[mask_index], seq[mask_index], reduction='none') / p_mask[mask_index]
+    losses.append((loss.sum() / batch_size).item())
+  return -sum(losses) / len(losses)
+
+
+# ---------------------------------------------------------------------------------------------- training (§4)
+
+def diffusion_loss(model, x, generator, eps=1e-3, mask_id=MASK_ID):
+  """Pre-training loss (spec §4): per-row t ~ U(0, 1), mask each token with p = (1 - eps) t + eps, CE / p.
+
+  Summed over masked tokens and divided by b·l, it upper-bounds the per-token NLL. `generator` must live on x's
+  device. No attention mask, as in pre-training.
+  """
+  b, l = x.shape
+  t = torch.rand(b, generator=generator, device=x.device)
+  p = ((1 - eps) * t + eps)[:, None].expand(b, l)
+  masked = torch.rand((b, l), generator=generator, device=x.device) < p
+  logits = model(torch.where(masked, mask_id, x))
+  ce = F.cross_entropy(logits[masked], x[masked], reduction='none')
+  return (ce / p[masked]).sum() / (b * l)
+
+
+def train_step(model, optimizer, x, generator, mask_id=MASK_ID):
+  """One optimiser step on `diffusion_loss` (no clipping, no schedule: the benchmark's PyTorch baseline)."""
+  optimizer.zero_grad(set_to_none=True)
+  loss = diffusion_loss(model, x, generator, mask_id=mask_id)
+  loss.backward()
+  optimizer.step()
+  return loss.item()
