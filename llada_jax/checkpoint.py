@@ -67,16 +67,18 @@ def layered_abstract(config: ModelConfig, dtype: str | None = None, mesh=None) -
   return tree
 
 
-def write_metadata(path: str, config: ModelConfig, kind: str = "params") -> None:
+def write_metadata(path: str, config: ModelConfig, kind: str = "params", **extra) -> None:
+  """kind: "params" (a params checkpoint) or "train" (a training workdir, with the experiment config)."""
+  meta = {"layout_version": LAYOUT_VERSION, "kind": kind, "model_config": config.to_dict(), **extra}
   with open(os.path.join(path, METADATA_FILE), "w") as f:
-    json.dump({"layout_version": LAYOUT_VERSION, "kind": kind, "model_config": config.to_dict()}, f, indent=2)
+    json.dump(meta, f, indent=2)
 
 
 def read_metadata(path: str) -> tuple[ModelConfig, dict[str, Any]]:
   meta_path = os.path.join(path, METADATA_FILE)
   if not os.path.isfile(meta_path):
-    raise UserError(f"{path} is not a llada-jax checkpoint (no {METADATA_FILE}); for a Hugging Face directory "
-                    "pass the folder that holds config.json")
+    raise UserError(f"{path} is neither a llada-jax checkpoint (no {METADATA_FILE}) nor a Hugging Face LLaDA "
+                    "directory (no config.json); pass the folder that holds one of them")
   try:
     with open(meta_path) as f:
       meta = json.load(f)
@@ -137,8 +139,9 @@ def restore_layered(path: str, config: ModelConfig, *, dtype: str | None = None,
 
 
 def restore_params(path: str, *, dtype: str | None = None, mesh=None) -> tuple[ModelConfig, Params]:
-  """(config, stacked params as jax arrays), sharded by the logical rules when a mesh is given."""
-  config, _ = read_metadata(path)
+  """(config, stacked params as jax arrays), sharded by the logical rules when a mesh is given. `path`: a params
+  checkpoint, a training workdir (latest step) or a step directory."""
+  path, config = resolve(path)
   if dtype:
     config = config.replace(param_dtype=dtype)
   layered = restore_layered(path, config, dtype=dtype, mesh=mesh)
@@ -154,3 +157,99 @@ def stack_on_device(layered: Params, config: ModelConfig, mesh=None) -> Params:
 
 def params_shardings(config: ModelConfig, mesh) -> Params:
   return sharding.tree_shardings(mesh, model_lib.param_logical_axes(config), model_lib.abstract_params(config))
+
+
+# ---- Training checkpoints: a workdir with llada_jax.json and checkpoints/<step>/{state,params,data_iter} ----
+
+STATE_ITEM, DATA_ITEM = "state", "data_iter"
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")
+
+
+class TrainCheckpoints:
+  """Orbax CheckpointManager over composite items: the full train state, a params-only item in the on-disk
+  layout (what eval and conversion read, never touching optimizer state) and each process's Grain iterator."""
+
+  def __init__(self, workdir: str, experiment, model_config: ModelConfig, *, keep: int, async_save: bool):
+    import grain
+    self.workdir = os.path.abspath(workdir)
+    self.directory = os.path.join(self.workdir, "checkpoints")
+    self.model_config = model_config
+    os.makedirs(self.workdir, exist_ok=True)
+    meta_path = os.path.join(self.workdir, METADATA_FILE)
+    if os.path.isfile(meta_path):
+      previous, _ = read_metadata(self.workdir)
+      if previous != model_config:
+        raise UserError(f"{workdir} holds a run of a different model ({_config_diff(previous, model_config)}); "
+                        "choose a new --workdir or restore the old config")
+    elif jax.process_index() == 0:
+      write_metadata(self.workdir, model_config, kind="train", experiment=experiment.to_dict())
+    self.manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save, create=True),
+        item_handlers={STATE_ITEM: ocp.StandardCheckpointHandler(), PARAMS_ITEM: ocp.StandardCheckpointHandler(),
+                       DATA_ITEM: grain.checkpoint.CheckpointHandler()})
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save_tokenizer(self, tokenizer) -> None:
+    """Keeps the tokenizer with the run, so `generate`/`eval` on this workdir need nothing else."""
+    if jax.process_index() == 0:
+      tokenizer.save(self.workdir)
+
+  def save(self, step: int, state: dict, data_iterator) -> None:
+    import grain
+    layered = to_layered(state["params"], self.model_config.n_layers)
+    self.manager.save(step, args=ocp.args.Composite(**{
+        STATE_ITEM: ocp.args.StandardSave(state), PARAMS_ITEM: ocp.args.StandardSave(layered),
+        DATA_ITEM: grain.checkpoint.CheckpointSave(data_iterator)}))
+
+  def restore(self, abstract_state: dict, shardings: dict, data_iterator, step: int | None = None) -> dict:
+    """Restores into arrays carrying the *current* mesh's shardings, so a run can move to another topology."""
+    import grain
+    step = self.latest_step() if step is None else step
+    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, shardings)
+    try:
+      restored = self.manager.restore(step, args=ocp.args.Composite(**{
+          STATE_ITEM: ocp.args.StandardRestore(target), DATA_ITEM: grain.checkpoint.CheckpointRestore(data_iterator)}))
+    except (ValueError, KeyError, OSError, RuntimeError) as e:
+      raise UserError(f"could not restore step {step} from {self.directory}: {str(e).splitlines()[0]} — the "
+                      "checkpoint is corrupt, or was written by a different process count or optimizer config") from None
+    return restored[STATE_ITEM]
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+
+def _config_diff(a: ModelConfig, b: ModelConfig) -> str:
+  da, db = a.to_dict(), b.to_dict()
+  return ", ".join(f"{k}: {da[k]} → {db[k]}" for k in da if da[k] != db[k])
+
+
+def resolve(path: str) -> tuple[str, ModelConfig]:
+  """(directory holding a `params/` item, model config) for a params checkpoint, a training workdir (its latest
+  step) or one step directory of a workdir."""
+  path = os.path.abspath(path)
+  if is_checkpoint(path):
+    config, meta = read_metadata(path)
+    if meta.get("kind") != "train":
+      return path, config
+    steps = sorted(int(d) for d in os.listdir(os.path.join(path, "checkpoints")) if d.isdigit()) \
+        if os.path.isdir(os.path.join(path, "checkpoints")) else []
+    if not steps:
+      raise UserError(f"{path} is a training workdir without a finished checkpoint yet")
+    return os.path.join(path, "checkpoints", str(steps[-1])), config
+  workdir = os.path.dirname(os.path.dirname(path))
+  if os.path.basename(os.path.dirname(path)) == "checkpoints" and is_checkpoint(workdir):
+    return path, read_metadata(workdir)[0]
+  return path, read_metadata(path)[0]  # raises the "not a llada-jax checkpoint" error
+
+
+def find_tokenizer(path: str) -> str | None:
+  """The tokenizer saved with a run or checkpoint (searched upwards from a step directory), if any."""
+  path = os.path.abspath(path)
+  for directory in (path, os.path.dirname(os.path.dirname(path))):
+    for name in TOKENIZER_FILES:
+      if os.path.isfile(os.path.join(directory, name)):
+        return os.path.join(directory, name)
+  return None

@@ -351,7 +351,7 @@ def jax_to_hf(ckpt_dir: str, out_dir: str, max_shard_size: str = "5GB", dtype: s
               overwrite: bool = False) -> list[str]:
   parse_size(max_shard_size)  # fail on a bad size before reading gigabytes
   _target_dtype(dtype, np.dtype(np.float32))
-  config, _ = checkpoint.read_metadata(ckpt_dir)
+  ckpt_dir, config = checkpoint.resolve(ckpt_dir)
   if dtype:
     config = config.replace(param_dtype=dtype)
   layered = checkpoint.restore_layered(ckpt_dir, config, as_numpy=True)

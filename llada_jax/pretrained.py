@@ -65,13 +65,14 @@ class LLaDAModel:
 
 
 def load_pretrained(path: str, dtype: str | None = None, mesh=None) -> LLaDAModel:
-  """Loads an HF LLaDA directory (config.json + weights) or a llada-jax params checkpoint.
+  """Loads an HF LLaDA directory (config.json + weights), a llada-jax params checkpoint, a training workdir (its
+  latest checkpoint) or one step directory of it.
 
   `dtype` casts the parameters (float32 / bfloat16 / float16); `mesh` shards them by the logical-axis rules.
   """
   if not os.path.isdir(path):
     raise UserError(f"{path} does not exist or is not a directory")
-  if checkpoint.is_checkpoint(path):
+  if not os.path.isfile(os.path.join(path, "config.json")):
     config, params = checkpoint.restore_params(path, dtype=dtype, mesh=mesh)
   else:
     config, layered = convert.load_hf(path, dtype)

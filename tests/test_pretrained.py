@@ -35,7 +35,7 @@ def test_load_errors(tmp_path):
   with pytest.raises(UserError, match="does not exist"):
     load_pretrained(str(tmp_path / "missing"))
   (tmp_path / "empty").mkdir()
-  with pytest.raises(UserError, match="no config.json"):
+  with pytest.raises(UserError, match="neither a llada-jax checkpoint .* nor a Hugging Face LLaDA directory"):
     load_pretrained(str(tmp_path / "empty"))
   src, _ = write_hf_dir(tmp_path / "hf", tiny_hf_config())
   with pytest.raises(UserError, match="format must be"):

@@ -1,0 +1,108 @@
+"""The objectives against direct NumPy computations on fixed maskings, and the masking invariants."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from llada_jax import loss
+
+MASK = 7
+
+
+def _numpy_ce(logits, targets):
+  logits = logits.astype(np.float64)
+  log_z = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
+  return log_z - np.take_along_axis(logits, targets[..., None], -1)[..., 0]
+
+
+def _fixed(b=3, l=6, v=11, seed=0):
+  rng = np.random.default_rng(seed)
+  logits = rng.normal(size=(b, l, v)).astype(np.float32)
+  targets = rng.integers(0, v, (b, l))
+  masked = rng.random((b, l)) < 0.5
+  masked[0, 0] = True
+  p = np.array([0.3, 0.7, 0.05])[:b]
+  return logits, targets, masked, p
+
+
+def test_diffusion_loss_equals_hand_computation():
+  logits, targets, masked, p = _fixed()
+  noised = loss.Noised(jnp.where(masked, MASK, targets), jnp.asarray(masked), jnp.asarray(p, jnp.float32),
+                       jnp.ones(masked.shape, bool), jnp.asarray(6))
+  got = loss.diffusion_loss(jnp.asarray(logits), jnp.asarray(targets), noised)
+  ce = _numpy_ce(logits, targets)
+  want = sum(ce[i, j] / p[i] for i in range(3) for j in range(6) if masked[i, j]) / (3 * 6)
+  np.testing.assert_allclose(float(got), want, rtol=1e-5)
+
+
+def test_random_length_cut_normalises_by_the_cut_length():
+  logits, targets, masked, p = _fixed()
+  cut = 4
+  key_mask = np.arange(6)[None, :] < cut
+  noised = loss.Noised(jnp.asarray(targets), jnp.asarray(masked & key_mask), jnp.asarray(p, jnp.float32),
+                       jnp.asarray(np.broadcast_to(key_mask, masked.shape)), jnp.asarray(cut))
+  got = loss.diffusion_loss(jnp.asarray(logits), jnp.asarray(targets), noised)
+  ce = _numpy_ce(logits, targets)
+  want = sum(ce[i, j] / p[i] for i in range(3) for j in range(cut) if masked[i, j]) / (3 * cut)
+  np.testing.assert_allclose(float(got), want, rtol=1e-5)
+
+
+def test_sft_loss_equals_hand_computation():
+  logits, targets, masked, p = _fixed()
+  prompt_length = np.array([2, 0, 5])
+  masked = masked & (np.arange(6)[None, :] >= prompt_length[:, None])
+  noised = loss.Noised(jnp.asarray(targets), jnp.asarray(masked), jnp.asarray(p, jnp.float32),
+                       jnp.ones(masked.shape, bool), jnp.asarray(6))
+  got = loss.sft_loss(jnp.asarray(logits), jnp.asarray(targets), noised, jnp.asarray(prompt_length))
+  ce = _numpy_ce(logits, targets)
+  rows = [sum(ce[i, j] / p[i] for j in range(6) if masked[i, j]) / (6 - prompt_length[i]) for i in range(3)]
+  np.testing.assert_allclose(float(got), np.mean(rows), rtol=1e-5)
+
+
+def test_autoregressive_loss_is_next_token_ce():
+  logits, targets, _, _ = _fixed()
+  got = loss.autoregressive_loss(jnp.asarray(logits), jnp.asarray(targets))
+  np.testing.assert_allclose(float(got), _numpy_ce(logits[:, :-1], targets[:, 1:]).mean(), rtol=1e-5)
+
+
+def test_noise_masks_with_probability_p_and_only_to_the_mask_id():
+  tokens = jnp.asarray(np.random.default_rng(0).integers(8, 100, (512, 256)))
+  noised = loss.noise(jax.random.key(0), tokens, mask_id=MASK, eps=1e-3)
+  masked = np.asarray(noised.masked)
+  assert np.array_equal(np.asarray(noised.inputs) == MASK, masked)
+  assert np.array_equal(np.asarray(noised.inputs)[~masked], np.asarray(tokens)[~masked])
+  p = np.asarray(noised.p)
+  assert p.min() >= 1e-3 and p.max() <= 1.0
+  rate = masked.mean(axis=1)
+  assert np.abs(rate - p).max() < 0.12  # 256 Bernoulli draws per row
+  assert abs(np.corrcoef(rate, p)[0, 1] - 1) < 0.01
+  assert int(noised.length) == 256 and np.asarray(noised.key_mask).all()
+
+
+def test_random_length_cut_happens_at_the_configured_rate_and_masks_keys():
+  tokens = jnp.zeros((2, 64), jnp.int32) + 9
+  cuts = [loss.noise(jax.random.key(i), tokens, mask_id=MASK, eps=1e-3, random_length_prob=0.25)
+          for i in range(400)]
+  lengths = np.array([int(n.length) for n in cuts])
+  assert 0.18 < np.mean(lengths < 64) < 0.32
+  cut = next(n for n in cuts if int(n.length) < 64)
+  length = int(cut.length)
+  assert np.asarray(cut.key_mask)[:, :length].all() and not np.asarray(cut.key_mask)[:, length:].any()
+  assert not np.asarray(cut.masked)[:, length:].any()
+
+
+def test_sft_noise_never_touches_the_prompt():
+  tokens = jnp.asarray(np.random.default_rng(1).integers(8, 100, (64, 32)))
+  prompt_length = jnp.asarray(np.random.default_rng(2).integers(0, 32, (64,)))
+  noised = loss.noise_sft(jax.random.key(3), tokens, prompt_length, mask_id=MASK, eps=1e-3)
+  prompt = np.arange(32)[None, :] < np.asarray(prompt_length)[:, None]
+  assert np.array_equal(np.asarray(noised.inputs)[prompt], np.asarray(tokens)[prompt])
+  assert not np.asarray(noised.masked)[prompt].any()
+  assert np.asarray(noised.masked)[~prompt].mean() > 0.2
+
+
+@pytest.mark.parametrize("batch", [4, 16])
+def test_antithetic_t_is_evenly_spread(batch):
+  t = np.sort(np.asarray(loss.sample_t(jax.random.key(0), batch, antithetic=True)))
+  np.testing.assert_allclose(np.diff(t), 1 / batch, atol=1e-6)
