@@ -56,6 +56,20 @@ def _cmd_info(args: argparse.Namespace) -> None:
     print(f"  {key:20s} {value}")
 
 
+def _cmd_train(args: argparse.Namespace) -> None:
+  from llada_jax import config as config_lib, train
+  cfg = config_lib.apply_overrides(config_lib.load_config_file(args.config), args.overrides)
+  summary = train.run(cfg, args.workdir, resume=args.resume, recover_lr=args.recover_lr,
+                      progress=not args.no_progress)
+  print(train.format_summary(summary, cfg))
+
+
+def _cmd_bench(args: argparse.Namespace) -> None:
+  from llada_jax import bench
+  if args.what == "convert":
+    bench.bench_convert([int(n) for n in args.layers.split(",")], dtype=args.dtype)
+
+
 def _add_config_args(p: argparse.ArgumentParser) -> None:
   p.add_argument("--config", required=True, help="an ml_collections config file with get_config(), e.g. "
                  "configs/tiny.py")
@@ -82,6 +96,21 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
   p.set_defaults(func=_cmd_convert)
 
+  p = commands.add_parser("train", help="train (pre-training or SFT) on a mesh of all devices",
+                          description="Train a LLaDA model per an ml_collections config: the masked-diffusion "
+                          "objective (or SFT / autoregressive) on a (data, fsdp, tensor) mesh, Grain input, Orbax "
+                          "checkpoints every train.checkpoint_every steps, tensorboard metrics in WORKDIR/tensorboard "
+                          "and a summary at the end. Override any key with --config.section.key=value.")
+  _add_config_args(p)
+  p.add_argument("--workdir", required=True, help="where checkpoints, tensorboard events and the tokenizer go")
+  p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --workdir "
+                 "(model, optimizer, step, data position): the loss sequence continues exactly")
+  p.add_argument("--recover-lr", type=float, default=None, metavar="LR",
+                 help="after a NaN/loss spike: resume the latest checkpoint with peak learning rate LR (the LLaDA "
+                 "paper's recovery went 4e-4 → 1e-4)")
+  p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+  p.set_defaults(func=_cmd_train)
+
   p = commands.add_parser("init", help="write a randomly initialised model (mitchell init) for a config",
                           description="Create a model from a config with fresh random weights and save it, in "
                           "Hugging Face format or as a llada-jax checkpoint (for tests, benchmarks, conversion).")
@@ -96,6 +125,15 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Describe a llada-jax checkpoint or an HF LLaDA directory.")
   p.add_argument("path", help="checkpoint or HF directory")
   p.set_defaults(func=_cmd_info)
+
+  p = commands.add_parser("bench", help="measure speed and memory (prints a table; asserts nothing)",
+                          description="Benchmarks. convert: peak RSS and time of both conversions on a synthetic "
+                          "checkpoint with the 8B's tensor shapes and a few layers, extrapolated to 32 layers.")
+  p.add_argument("what", choices=["convert"], help="what to measure")
+  p.add_argument("--layers", default="2,4", help="convert: comma-separated layer counts to measure (default 2,4)")
+  p.add_argument("--dtype", choices=["float32", "bfloat16"], default="bfloat16",
+                 help="convert: weight dtype (default bfloat16)")
+  p.set_defaults(func=_cmd_bench)
   return parser
 
 

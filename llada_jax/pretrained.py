@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from llada_jax import checkpoint, convert
+from llada_jax import checkpoint, convert, sampler
 from llada_jax import model as model_lib
 from llada_jax.config import ModelConfig
 from llada_jax.errors import UserError
@@ -51,6 +51,13 @@ class LLaDAModel:
     tokens, attention_mask = self.check_tokens(tokens, attention_mask)
     with self._mesh_context():
       return _logits(self.params, tokens, attention_mask, self.config)
+
+  def generate(self, prompt, attention_mask=None, **options) -> "sampler.GenerateOutput":
+    """The reverse sampler (`llada_jax.sampler.generate`): steps, gen_length, block_length, temperature,
+    cfg_scale, remasking, mask_id, logits_eos_inf, confidence_eos_eot_inf, rng."""
+    prompt, attention_mask = self.check_tokens(prompt, attention_mask)
+    with self._mesh_context():
+      return sampler.generate(self.params, prompt, attention_mask, config=self.config, **options)
 
   def save_pretrained(self, out_dir: str, format: str = "hf", max_shard_size: str = "5GB",
                       overwrite: bool = False) -> None:

@@ -38,10 +38,11 @@ def tiny_config():
   return tiny_hf_config
 
 
-def write_hf_dir(path, hf_config: dict, seed: int = 0, dtype: str = "float32", layout: str = "sharded"):
+def write_hf_dir(path, hf_config: dict, seed: int = 0, dtype: str = "float32", layout: str = "sharded", edit=None):
   """An HF-format LLaDA directory written by the independent PyTorch reference; returns (path, torch model).
 
   layout: "sharded" (two safetensors shards + index), "single" (model.safetensors) or "bin" (pytorch_model.bin).
+  edit: optional function changing the torch model's weights in place before they are saved.
   """
   import json
 
@@ -50,6 +51,9 @@ def write_hf_dir(path, hf_config: dict, seed: int = 0, dtype: str = "float32", l
   from torch_reference import TorchLLaDA, mitchell_init_
 
   model = mitchell_init_(TorchLLaDA(hf_config), seed).to(getattr(torch, dtype))
+  if edit is not None:
+    with torch.no_grad():
+      edit(model)
   state = {k: v.contiguous() for k, v in model.state_dict().items()}
   os.makedirs(path, exist_ok=True)
   with open(os.path.join(path, "config.json"), "w") as f:

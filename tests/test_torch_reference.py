@@ -264,7 +264,7 @@ def test_log_likelihood_with_injected_masks_matches_hand_computation(cfg_scale):
 
 def test_diffusion_loss_matches_hand_computation_and_train_step_learns():
   model = tiny_model()
-  x = torch.randint(0, 120, (3, 16))
+  x = torch.randint(0, 120, (3, 16), generator=torch.Generator().manual_seed(4))
   loss = diffusion_loss(model, x, torch.Generator().manual_seed(5), mask_id=MASK)
 
   gen = torch.Generator().manual_seed(5)
@@ -281,4 +281,7 @@ def test_diffusion_loss_matches_hand_computation_and_train_step_learns():
   optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
   gen = torch.Generator().manual_seed(0)
   losses = [train_step(model, optimizer, x, gen, mask_id=MASK) for _ in range(30)]
-  assert math.isfinite(losses[0]) and sum(losses[-5:]) < sum(losses[:5])
+  assert all(math.isfinite(v) for v in losses)
+  # The same masks (same generator seed) before and after: training on x must lower its loss.
+  after = diffusion_loss(model, x, torch.Generator().manual_seed(5), mask_id=MASK).item()
+  assert after < 0.8 * loss.item()

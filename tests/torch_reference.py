@@ -286,9 +286,12 @@ def generate(model, prompt, attention_mask=None, steps=128, gen_length=128, bloc
 
       x0 = torch.where(mask_index, x0, x)
       confidence = torch.where(mask_index, x0_p, -torch.inf)
+      # torch.topk leaves the order of ties unspecified; confidence-0 ties are common with the EOS/EoT quirk, so
+      # rank with a stable sort (lowest index first among equals), the rule llada-jax documents.
+      order = torch.sort(confidence, dim=-1, descending=True, stable=True).indices
       commit = torch.zeros_like(mask_index)
       for row in range(b):
-        commit[row, torch.topk(confidence[row], k=int(schedule[row, step])).indices] = True
+        commit[row, order[row, :int(schedule[row, step])]] = True
       x[commit] = x0[commit]
   return x, nfe
 

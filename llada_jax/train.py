@@ -1,0 +1,383 @@
+"""The training loop: a sharded, donated `jax.jit` train step over a (data, fsdp, tensor) mesh, Orbax checkpoints,
+Grain input, tensorboard metrics and a final summary.
+
+The step is a pure function `(state, batch) → (state, metrics)`; the state is a plain dict
+`{params, opt_state, step, rng}` whose shardings come from the logical-axis rules. Randomness for step n is
+`fold_in(rng, n)`, so a resumed run draws exactly the masks the uninterrupted one would have.
+"""
+
+import dataclasses
+import functools
+import math
+import os
+import time
+from typing import Any, Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from llada_jax import checkpoint, loss as loss_lib, optim, sharding
+from llada_jax import model as model_lib
+from llada_jax.config import ModelConfig, model_config_from
+from llada_jax.errors import UserError
+
+OBJECTIVES = ("diffusion", "sft", "autoregressive")
+State = dict[str, Any]
+
+# Dense bf16 peak FLOP/s per device by `device_kind` prefix, for MFU. CPU: this project's 2-core f32 reference.
+PEAK_FLOPS = {"TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12, "TPU v5": 459e12,
+              "TPU v6 lite": 918e12, "TPU v6e": 918e12, "NVIDIA H100": 989e12, "NVIDIA H200": 989e12,
+              "NVIDIA A100": 312e12, "cpu": 118e9}
+
+
+def peak_flops(device) -> float:
+  kind = getattr(device, "device_kind", "cpu")
+  for prefix, flops in PEAK_FLOPS.items():
+    if kind.startswith(prefix):
+      return flops
+  return PEAK_FLOPS["cpu"] if device.platform == "cpu" else float("nan")
+
+
+def train_flops_per_token(config: ModelConfig, seq_len: int) -> float:
+  """Forward + backward (3× forward) FLOPs per token, counting full bidirectional attention and the head."""
+  matmul_params = config.num_params(include_embeddings=False) + config.d_model * config.embedding_size
+  attention = 2 * 2 * config.n_layers * seq_len * config.d_model  # QKᵀ and PV over every key: no causal halving
+  return 3 * (2 * matmul_params + attention)
+
+
+# ---- Checks that fail before anything compiles ----
+
+def check_experiment(cfg: ml_collections.ConfigDict, model_config: ModelConfig, mesh, process_count: int) -> None:
+  train, data = cfg.train, cfg.data
+  problems = []
+  if train.objective not in OBJECTIVES:
+    problems.append(f"train.objective={train.objective!r} is not one of {', '.join(OBJECTIVES)}")
+  if (train.objective == "autoregressive") != model_config.causal:
+    problems.append("train.objective=autoregressive needs model.causal=true, and the diffusion/sft objectives need "
+                    "model.causal=false")
+  if data.seq_len > model_config.max_sequence_length:
+    problems.append(f"data.seq_len={data.seq_len} exceeds model.max_sequence_length="
+                    f"{model_config.max_sequence_length}; lower seq_len or raise max_sequence_length")
+  batch_devices = mesh.shape["data"] * mesh.shape["fsdp"]
+  accum = int(train.grad_accum)
+  if accum < 1 or data.global_batch % accum:
+    problems.append(f"data.global_batch={data.global_batch} is not divisible by train.grad_accum={accum}")
+  elif (data.global_batch // accum) % batch_devices:
+    problems.append(f"the micro-batch of {data.global_batch // accum} sequences (global_batch/grad_accum) does not "
+                    f"divide over the mesh's data×fsdp = {batch_devices} devices; make it a multiple")
+  if data.global_batch % process_count:
+    problems.append(f"data.global_batch={data.global_batch} is not divisible by the {process_count} processes")
+  if train.steps < 1:
+    problems.append("train.steps must be at least 1")
+  if train.nan_policy not in ("skip", "stop"):
+    problems.append(f"train.nan_policy={train.nan_policy!r} is not skip or stop")
+  if problems:
+    raise UserError("; ".join(problems))
+
+
+# ---- State and its shardings ----
+
+def init_state(model_config: ModelConfig, optimizer: optax.GradientTransformation, seed: int) -> State:
+  init_rng, train_rng = jax.random.split(jax.random.key(seed))
+  params = model_lib.init_params(model_config, init_rng)
+  return {"params": params, "opt_state": optimizer.init(params), "step": jnp.zeros((), jnp.int32),
+          "skipped": jnp.zeros((), jnp.int32), "rng": jax.random.key_data(train_rng)}
+
+
+def state_shardings(model_config: ModelConfig, optimizer: optax.GradientTransformation, mesh) -> tuple[State, State]:
+  """(abstract state, shardings): optimizer moments shard like their parameters, scalars are replicated."""
+  abstract = jax.eval_shape(functools.partial(init_state, model_config, optimizer), 0)
+  param_shardings = checkpoint.params_shardings(model_config, mesh)
+  replicated = NamedSharding(mesh, P())
+  opt_shardings = optax.tree_map_params(optimizer, lambda _, s: s, abstract["opt_state"], param_shardings,
+                                        transform_non_params=lambda _: replicated,
+                                        is_leaf=lambda x: isinstance(x, NamedSharding))
+  shardings = {"params": param_shardings, "opt_state": opt_shardings, "step": replicated, "skipped": replicated,
+               "rng": replicated}
+  return abstract, shardings
+
+
+def batch_sharding(mesh) -> NamedSharding:
+  return NamedSharding(mesh, P(("data", "fsdp")))
+
+
+# ---- The step ----
+
+def _objective_loss(params, batch, rng, model_config: ModelConfig, train: ml_collections.ConfigDict,
+                    random_length_prob: float):
+  tokens = batch["tokens"]
+  apply = functools.partial(model_lib.apply, config=model_config)
+  if train.objective == "autoregressive":
+    return loss_lib.autoregressive_loss(apply(params, tokens), tokens)
+  if train.objective == "sft":
+    noised = loss_lib.noise_sft(rng, tokens, batch["prompt_length"], mask_id=model_config.mask_token_id,
+                                eps=train.noise_eps, antithetic=train.antithetic_t)
+    return loss_lib.sft_loss(apply(params, noised.inputs), tokens, noised, batch["prompt_length"])
+  noised = loss_lib.noise(rng, tokens, mask_id=model_config.mask_token_id, eps=train.noise_eps,
+                          random_length_prob=random_length_prob, antithetic=train.antithetic_t)
+  return loss_lib.diffusion_loss(apply(params, noised.inputs, noised.key_mask), tokens, noised)
+
+
+def make_train_step(model_config: ModelConfig, train: ml_collections.ConfigDict,
+                    optimizer: optax.GradientTransformation) -> Callable[[State, dict], tuple[State, dict]]:
+  accum = int(train.grad_accum)
+  schedule = optim.learning_rate_schedule(train)
+  loss_fn = functools.partial(_objective_loss, model_config=model_config, train=train,
+                              random_length_prob=train.random_length_prob)
+  grad_fn = jax.value_and_grad(loss_fn)
+
+  def step_fn(state: State, batch: dict) -> tuple[State, dict]:
+    rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
+    # Row i of micro-batch k is global row i·accum + k: each device keeps its own rows for every micro-batch.
+    micro = jax.tree.map(lambda x: x.reshape(x.shape[0] // accum, accum, *x.shape[1:]).swapaxes(0, 1), batch)
+
+    def accumulate(carry, inputs):
+      loss_sum, grad_sum = carry
+      index, mb = inputs
+      value, grads = grad_fn(state["params"], mb, jax.random.fold_in(rng, index))
+      return (loss_sum + value, jax.tree.map(jnp.add, grad_sum, grads)), None
+
+    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state["params"])
+    (loss_sum, grad_sum), _ = jax.lax.scan(accumulate, (jnp.zeros((), jnp.float32), zeros),
+                                           (jnp.arange(accum), micro))
+    loss = loss_sum / accum
+    grads = jax.tree.map(lambda g, p: (g / accum).astype(p.dtype), grad_sum, state["params"])
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    # A non-finite step changes nothing but the counters (the data moves on); the host skips on or stops.
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    new_state = {"params": keep(params, state["params"]), "opt_state": keep(opt_state, state["opt_state"]),
+                 "step": state["step"] + 1, "skipped": state["skipped"] + (~finite).astype(jnp.int32),
+                 "rng": state["rng"]}
+    metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state["step"]), "skipped": new_state["skipped"]}
+    return new_state, metrics
+
+  return step_fn
+
+
+def make_eval_step(model_config: ModelConfig, train: ml_collections.ConfigDict) -> Callable:
+  """The validation loss (for diffusion: the ELBO bound) with masks fixed by the batch index: comparable over time."""
+  def eval_fn(params, batch, index):
+    rng = jax.random.fold_in(jax.random.key(12345), index)
+    return _objective_loss(params, batch, rng, model_config, train, random_length_prob=0.0)
+  return eval_fn
+
+
+# ---- The loop ----
+
+@dataclasses.dataclass
+class Summary:
+  steps: int = 0
+  start_step: int = 0
+  seconds: float = 0.0
+  tokens: int = 0
+  tokens_per_sec: float = 0.0
+  mfu: float = 0.0
+  loss: float = float("nan")
+  val_losses: list = dataclasses.field(default_factory=list)  # (step, loss)
+  skipped: int = 0
+  checkpoint_dir: str = ""
+  tensorboard_dir: str = ""
+  data_stats: dict = dataclasses.field(default_factory=dict)
+  sample: str = ""
+
+
+def _global_batch(local: dict, sharding_) -> dict:
+  return {k: jax.make_array_from_process_local_data(sharding_, np.asarray(v)) for k, v in local.items()}
+
+
+def evaluate(eval_step, params, batches: Iterator[dict], sharding_, num_batches: int) -> float:
+  values = []
+  for index, local in zip(range(num_batches), batches):
+    values.append(float(eval_step(params, _global_batch(local, sharding_), index)))
+  return float(np.mean(values)) if values else float("nan")
+
+
+def run(cfg: ml_collections.ConfigDict, workdir: str, *, resume: bool = False, recover_lr: float | None = None,
+        progress: bool = True, log: Callable[[str], None] = print) -> Summary:
+  """Trains per `cfg` in `workdir`; returns the summary. Everything a user can get wrong fails before compiling."""
+  from llada_jax import data as data_lib
+  from tensorboardX import SummaryWriter
+
+  if recover_lr is not None:
+    # The LLaDA recipe after a loss spike: resume the last checkpoint with a lower peak learning rate.
+    resume = True
+    cfg.train.lr = float(recover_lr)
+    cfg.train.final_lr = min(cfg.train.final_lr, float(recover_lr))
+  model_config = model_config_from(cfg)
+  mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+  check_experiment(cfg, model_config, mesh, jax.process_count())
+  tokenizer = data_lib.make_tokenizer(cfg.data)
+  check_tokenizer(tokenizer, model_config)
+  store = checkpoint.TrainCheckpoints(workdir, cfg, model_config, keep=cfg.train.keep_checkpoints,
+                                      async_save=cfg.train.async_checkpoint)
+  store.save_tokenizer(tokenizer)
+  if store.latest_step() is not None and not resume:
+    raise UserError(f"{workdir} already holds checkpoints; pass --resume to continue them or choose a new --workdir")
+
+  optimizer = optim.make_optimizer(cfg.train)
+  abstract, shardings = state_shardings(model_config, optimizer, mesh)
+  batch_shard = batch_sharding(mesh)
+  train_iter = data_lib.make_train_iterator(cfg.data, tokenizer, seed=cfg.seed, process_index=jax.process_index(),
+                                            process_count=jax.process_count(), objective=cfg.train.objective)
+  with jax.set_mesh(mesh):
+    step_fn = jax.jit(make_train_step(model_config, cfg.train, optimizer), in_shardings=(shardings, batch_shard),
+                      out_shardings=(shardings, None), donate_argnums=0)
+    eval_fn = jax.jit(make_eval_step(model_config, cfg.train), in_shardings=(shardings["params"], batch_shard, None))
+    if resume and store.latest_step() is not None:
+      state = store.restore(abstract, shardings, train_iter)
+      log(f"resumed from step {int(state['step'])} in {store.directory}")
+    else:
+      state = jax.jit(functools.partial(init_state, model_config, optimizer), static_argnums=0,
+                      out_shardings=shardings)(cfg.seed)
+      if cfg.train.init_from:
+        state = _start_from(state, cfg.train.init_from, model_config, optimizer, shardings, mesh)
+    summary = _loop(cfg, model_config, state, step_fn, eval_fn, train_iter, batch_shard, store, tokenizer,
+                    SummaryWriter(os.path.join(workdir, "tensorboard")) if jax.process_index() == 0 else None,
+                    progress and jax.process_index() == 0, log, data_lib)
+  summary.checkpoint_dir = os.path.join(store.directory, str(store.latest_step()))
+  summary.tensorboard_dir = os.path.join(workdir, "tensorboard")
+  return summary
+
+
+def _start_from(state: State, path: str, model_config: ModelConfig, optimizer, shardings: State, mesh) -> State:
+  """Fresh optimizer state around weights loaded from a checkpoint, workdir or HF directory (e.g. for SFT)."""
+  from llada_jax.pretrained import load_pretrained
+  loaded = load_pretrained(path, dtype=model_config.param_dtype, mesh=mesh)
+  architecture = lambda c: c.replace(param_dtype="float32", dtype="float32", remat_policy="none", scan_layers=True,
+                                     attention_impl="xla")
+  if architecture(loaded.config) != architecture(model_config):
+    raise UserError(f"train.init_from={path} holds a different architecture than the config's model section; "
+                    "make them match")
+  params = loaded.params
+  opt_state = jax.jit(optimizer.init, out_shardings=shardings["opt_state"])(params)
+  return dict(state, params=params, opt_state=opt_state)
+
+def check_tokenizer(tokenizer, model_config: ModelConfig) -> None:
+  if tokenizer.vocab_size > model_config.embedding_size:
+    raise UserError(f"the tokenizer has {tokenizer.vocab_size} ids but the model's embedding has "
+                    f"{model_config.embedding_size} rows; set model.embedding_size/vocab_size to at least "
+                    f"{tokenizer.vocab_size}")
+  for name in ("mask", "eos", "bos"):
+    ours, theirs = getattr(model_config, f"{name}_token_id"), getattr(tokenizer, f"{name}_id")
+    if ours != theirs:
+      raise UserError(f"model.{name}_token_id={ours} but the tokenizer's {name} id is {theirs}; set "
+                      f"--config.model.{name}_token_id={theirs}")
+
+
+def _loop(cfg, model_config, state, step_fn, eval_fn, train_iter, batch_shard, store, tokenizer, writer, show,
+          log, data_lib) -> Summary:
+  from tqdm import tqdm
+  train = cfg.train
+  tokens_per_step = cfg.data.global_batch * cfg.data.seq_len
+  flops_per_step = train_flops_per_token(model_config, cfg.data.seq_len) * tokens_per_step
+  peak = (train.peak_tflops * 1e12 or peak_flops(jax.devices()[0])) * jax.device_count()
+  start_step = int(state["step"])
+  summary = Summary(start_step=start_step)
+
+  def validate(step):
+    batches = data_lib.make_eval_iterator(cfg.data, tokenizer, process_index=jax.process_index(),
+                                          process_count=jax.process_count(), objective=train.objective)
+    value = evaluate(eval_fn, state["params"], iter(batches), batch_shard, train.eval_batches)
+    summary.val_losses.append((step, value))
+    if writer:
+      writer.add_scalar("val/loss", value, step)
+      writer.add_scalar("val/ppl_bound", math.exp(min(value, 50.0)), step)
+    return value
+
+  if train.eval_every > 0 and start_step == 0:
+    validate(0)
+  bar = tqdm(total=train.steps, initial=start_step, disable=not show, unit="step", dynamic_ncols=True)
+  window_start, window_steps, loss_value = None, 0, float("nan")
+  run_start = time.time()
+  for step in range(start_step, train.steps):
+    batch = _global_batch(next(train_iter), batch_shard)
+    state, metrics = step_fn(state, batch)
+    window_steps += 1
+    last = step + 1 == train.steps
+    if (step + 1) % train.log_every == 0 or last or step == start_step:
+      metrics = jax.device_get(metrics)
+      loss_value = float(metrics["loss"])
+      now = time.time()
+      if window_start is None:  # the first step includes compilation: start timing after it
+        window_start, window_steps = now, 0
+      elif window_steps:
+        rate = window_steps * tokens_per_step / (now - window_start)
+        summary.tokens_per_sec, summary.mfu = rate, rate / tokens_per_step * flops_per_step / peak
+        window_start, window_steps = now, 0
+      if writer:
+        for key in ("loss", "grad_norm", "lr"):
+          writer.add_scalar(f"train/{key}", float(metrics[key]), step + 1)
+        writer.add_scalar("train/nll_bound", loss_value, step + 1)
+        if summary.tokens_per_sec:
+          writer.add_scalar("perf/tokens_per_sec", summary.tokens_per_sec, step + 1)
+          writer.add_scalar("perf/mfu", summary.mfu, step + 1)
+      bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{float(metrics['lr']):.2e}",
+                      tok_s=f"{summary.tokens_per_sec:,.0f}")
+      summary.skipped = int(metrics["skipped"])
+      if summary.skipped and train.nan_policy == "stop":
+        bar.close()
+        store.wait()
+        raise UserError(f"the loss or gradient became NaN/inf by step {step + 1}; those updates were not applied. "
+                        "Resume the last checkpoint with a lower learning rate: llada-jax train … --recover-lr 1e-4")
+    bar.update(1)
+    if train.eval_every > 0 and ((step + 1) % train.eval_every == 0 or last):
+      bar.set_postfix(loss=f"{loss_value:.3f}", val=f"{validate(step + 1):.3f}")
+    if (step + 1) % train.checkpoint_every == 0 or last:
+      store.save(step + 1, state, train_iter)
+  bar.close()
+  store.wait()
+  summary.steps = train.steps - start_step
+  summary.seconds = time.time() - run_start
+  summary.tokens = summary.steps * tokens_per_step
+  summary.loss = loss_value
+  if train.sample_after and train.objective != "autoregressive":
+    summary.sample = _sample(cfg, model_config, state["params"], tokenizer, data_lib)
+  if writer:
+    writer.close()
+  return summary
+
+
+def _sample(cfg, model_config: ModelConfig, params, tokenizer, data_lib) -> str:
+  """A short continuation of a validation prompt by the reverse sampler, to see what the model learned."""
+  from llada_jax import sampler
+  prompt = cfg.train.sample_prompt or data_lib.sample_prompt(cfg.data)
+  ids = (tokenizer.encode_chat([{"role": "user", "content": prompt}]) if cfg.train.objective == "sft"
+         else tokenizer.encode(prompt))
+  out = sampler.generate(params, np.asarray([ids], np.int32), config=model_config, steps=32, gen_length=32,
+                         block_length=32, temperature=0.0, rng=jax.random.key(cfg.seed))
+  return prompt + "⟶" + tokenizer.decode(np.asarray(out.tokens)[0, len(ids):])
+
+
+def format_summary(summary: Summary, cfg: ml_collections.ConfigDict) -> str:
+  """The one screen printed at the end of `llada-jax train`."""
+  model_config = model_config_from(cfg)
+  minutes, seconds = divmod(int(summary.seconds), 60)
+  lines = [
+      "─── llada-jax train: summary " + "─" * 40,
+      f"model        {model_config.num_params():,} parameters ({model_config.num_params(False):,} without "
+      f"embeddings): d {model_config.d_model} × {model_config.n_layers} layers, vocab {model_config.vocab_size}",
+      f"objective    {cfg.train.objective}, data {cfg.data.source}, batch {cfg.data.global_batch} × "
+      f"{cfg.data.seq_len} tokens",
+      f"steps        {summary.start_step} → {summary.start_step + summary.steps} in {minutes}m{seconds:02d}s, "
+      f"{summary.tokens:,} tokens, {summary.tokens_per_sec:,.0f} tokens/s, MFU {summary.mfu:.1%}",
+      f"train loss   {summary.loss:.4f} (last logged step)",
+  ]
+  if summary.val_losses:
+    (s0, v0), (s1, v1) = summary.val_losses[0], summary.val_losses[-1]
+    lines.append(f"val loss     {v0:.4f} at step {s0} → {v1:.4f} at step {s1} (an upper bound on NLL, nats/token; "
+                 f"perplexity ≤ {math.exp(min(v1, 50.0)):,.1f})")
+  lines += [
+      f"non-finite   {summary.skipped} step(s) skipped",
+      f"checkpoint   {summary.checkpoint_dir}",
+      f"tensorboard  tensorboard --logdir {summary.tensorboard_dir}",
+  ]
+  if summary.sample:
+    lines.append(f"sample       {summary.sample!r}")
+  return "\n".join(lines)
