@@ -12,6 +12,7 @@ A params checkpoint directory holds:
 """
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -104,9 +105,14 @@ def save_params(out_dir: str, layered: Params, config: ModelConfig, overwrite: b
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=".llada-jax-", dir=parent)
   try:
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(os.path.join(tmp, PARAMS_ITEM), layered)
-    checkpointer.wait_until_finished()
+    # Host memory: as jax arrays (zero-copy on the CPU) Orbax honours save_concurrent_gb, and without OCDBT
+    # (which buffers a whole transaction) each tensor is written as it goes. So a conversion holds the model plus
+    # a couple of GB in flight: an 8B bf16 conversion fits a 24 GiB machine (`llada-jax bench convert`).
+    layered = jax.tree.map(jnp.asarray, layered)
+    largest_gb = max(a.nbytes for a in jax.tree.leaves(layered)) / 1e9
+    checkpointer = ocp.Checkpointer(ocp.PyTreeCheckpointHandler(
+        use_ocdbt=False, save_concurrent_gb=max(2, math.ceil(largest_gb))))
+    checkpointer.save(os.path.join(tmp, PARAMS_ITEM), args=ocp.args.PyTreeSave(layered))
     write_metadata(tmp, config)
     if os.path.exists(out_dir):
       shutil.rmtree(out_dir)

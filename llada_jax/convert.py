@@ -98,7 +98,11 @@ def hf_tensor_names(config: ModelConfig) -> list[str]:
 # ---- Reading a Hugging Face directory ----
 
 class _SafetensorsFile:
-  """A memory-mapped .safetensors file: tensors are views, read from disk only when touched."""
+  """A .safetensors file: the header at open, each tensor read from disk into its own buffer when asked for.
+
+  Plain reads rather than a memory map: mapped pages would stay resident (and counted) until the whole file is
+  closed, so converting would hold the source and the converted copy at once.
+  """
 
   def __init__(self, path: str):
     try:
@@ -109,16 +113,19 @@ class _SafetensorsFile:
       raise UserError(f"{path} is not a readable safetensors file ({e}); re-download or re-export it") from None
     header.pop("__metadata__", None)
     self.path, self.header, self.data_start = path, header, 8 + header_len
-    self._mmap = np.memmap(path, dtype=np.uint8, mode="r")
+    self.size = os.path.getsize(path)
+
+  def shape(self, name: str) -> tuple[int, ...]:
+    return tuple(self.header[name]["shape"])
 
   def get(self, name: str) -> np.ndarray:
     info = self.header[name]
     if info["dtype"] not in _ST_DTYPES:
       raise UserError(f"{self.path}: tensor {name} has dtype {info['dtype']}, which llada-jax cannot read")
     begin, end = info["data_offsets"]
-    raw = self._mmap[self.data_start + begin:self.data_start + end]
-    if raw.size != end - begin:
+    if self.data_start + end > self.size:
       raise UserError(f"{self.path} is truncated (tensor {name}); re-download or re-export it")
+    raw = np.fromfile(self.path, dtype=np.uint8, count=end - begin, offset=self.data_start + begin)
     return raw.view(_ST_DTYPES[info["dtype"]]).reshape(info["shape"])
 
 
@@ -160,6 +167,16 @@ class HFReader:
     if isinstance(source, _SafetensorsFile):
       return source.get(name)
     return _torch_to_numpy(source[name])
+
+  def shape(self, name: str) -> tuple[int, ...]:
+    source = self._sources[name]
+    return source.shape(name) if isinstance(source, _SafetensorsFile) else tuple(source[name].shape)
+
+  def dtype(self, name: str) -> np.dtype:
+    source = self._sources[name]
+    if isinstance(source, _SafetensorsFile):
+      return _ST_DTYPES.get(source.header[name]["dtype"], np.dtype(np.uint8))
+    return _torch_to_numpy(source[name].flatten()[:1]).dtype
 
 
 def _load_torch_bin(path: str) -> dict[str, Any]:
@@ -227,10 +244,10 @@ def load_hf(hf_dir: str, dtype: str | None = None) -> tuple[ModelConfig, dict[st
     raise UserError(f"{hf_dir} has {len(extra)} tensor(s) an LLaDA model with this config.json does not have, "
                     f"e.g. {extra[0]}; refusing to drop weights silently")
   for _, name, _, _, shape in table:
-    got = tuple(reader.get(name).shape)
+    got = reader.shape(name)
     if got != shape(config):
       raise UserError(f"tensor {name} has shape {got} but config.json implies {shape(config)}")
-  source_dtype = reader.get(table[0][1]).dtype
+  source_dtype = reader.dtype(table[0][1])
   target = _target_dtype(dtype, source_dtype)
   layered: dict[str, Any] = {}
   for path, name, to_ours, _, _ in table:
