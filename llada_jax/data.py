@@ -663,9 +663,18 @@ def _read_ahead(ds: grain.MapDataset, prefetch: int, num_workers: int) -> grain.
     raise UserError(f"data.prefetch={prefetch} and data.num_workers={num_workers} must be ≥ 0")
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=prefetch, prefetch_buffer_size=prefetch))
   if num_workers:
+    _parse_absl_flags()
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers,
                                                      per_worker_buffer_size=max(prefetch, 1)))
   return it
+
+
+def _parse_absl_flags() -> None:
+  """grain 0.2.18's mp_prefetch reads an absl flag, which raises unless absl flags were parsed (google/grain#1355,
+  fixed in later releases); our CLI does not use absl.app, so take the flags' defaults as parsed."""
+  from absl import flags
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
 
 
 def data_stats(data_cfg, tokenizer) -> dict[str, int]:

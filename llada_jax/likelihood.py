@@ -24,6 +24,7 @@ BUCKET = 64
 
 def stratified_counts(rng: jax.Array, batch: int, answer_length: jax.Array) -> jax.Array:
   """[batch] mask counts in [1, T], evenly spread from a random start, as the official `forward_process`."""
+  answer_length = jnp.asarray(answer_length)
   t = answer_length.astype(jnp.float32)
   k = jax.random.randint(rng, (), 1, answer_length + 1).astype(jnp.float32)
   x = jnp.round(jnp.linspace(k, k + (batch - 1) * (t / batch), batch)).astype(jnp.int32)

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from llada_jax import checkpoint, convert, sampler
+from llada_jax import checkpoint, convert, likelihood, sampler
 from llada_jax import model as model_lib
 from llada_jax.config import ModelConfig
 from llada_jax.errors import UserError
@@ -58,6 +58,15 @@ class LLaDAModel:
     prompt, attention_mask = self.check_tokens(prompt, attention_mask)
     with self._mesh_context():
       return sampler.generate(self.params, prompt, attention_mask, config=self.config, **options)
+
+  def log_likelihood(self, prompt, answer, *, mc_num: int = 128, batch_size: int = 16, cfg_scale: float = 0.0,
+                     mask_id: int | None = None, rng=None) -> float:
+    """Monte-Carlo estimate of log p(answer | prompt) in nats (`llada_jax.likelihood.log_likelihood`)."""
+    prompt, _ = self.check_tokens(np.asarray(prompt, np.int64))
+    answer, _ = self.check_tokens(np.asarray(answer, np.int64))
+    with self._mesh_context():
+      return likelihood.log_likelihood(self.params, prompt, answer, config=self.config, mc_num=mc_num,
+                                       batch_size=batch_size, cfg_scale=cfg_scale, mask_id=mask_id, rng=rng)
 
   def save_pretrained(self, out_dir: str, format: str = "hf", max_shard_size: str = "5GB",
                       overwrite: bool = False) -> None:
