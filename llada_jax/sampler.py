@@ -6,7 +6,8 @@ never re-masking. The block and step loops are `lax.fori_loop`s: no host round t
 (batch, prompt length, gen_length, block_length, steps, options).
 
 Randomness: step i (counted over all blocks) draws from `fold_in(rng, i)`, split into the Gumbel key and the
-`random`-remasking key. Temperature sampling uses the Gumbel-max trick as `argmax(l/T − log(−log u))`, which
+`random`-remasking key. `return_history=True` also returns the canvas after every step (for
+`llada-jax generate --show-denoising`). Temperature sampling uses the Gumbel-max trick as `argmax(l/T − log(−log u))`, which
 selects exactly what the official float64 `argmax(exp(l) / (−log u)^T)` does for the same u, without overflow, so
 float32 suffices.
 """
@@ -28,6 +29,7 @@ REMASKING = ("low_confidence", "random")
 class GenerateOutput(NamedTuple):
   tokens: jax.Array  # [batch, prompt_length + gen_length], the prompt included
   nfe: int  # model calls (a CFG call on the doubled batch counts once)
+  history: jax.Array | None = None  # [steps, batch, length]: the canvas after each step, when asked for
 
 
 def transfer_schedule(num_masked: jax.Array, steps: int) -> jax.Array:
@@ -53,10 +55,11 @@ def _commit_top_k(confidence: jax.Array, k: jax.Array) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnames=("config", "steps", "gen_length", "block_length", "temperature",
                                              "cfg_scale", "remasking", "mask_id", "logits_eos_inf",
-                                             "confidence_eos_eot_inf", "eos_id", "eot_id"))
+                                             "confidence_eos_eot_inf", "eos_id", "eot_id", "return_history"))
 def _generate(params, prompt, attention_mask, rng, *, config: ModelConfig, steps: int, gen_length: int,
               block_length: int, temperature: float, cfg_scale: float, remasking: str, mask_id: int,
-              logits_eos_inf: bool, confidence_eos_eot_inf: bool, eos_id: int, eot_id: int) -> jax.Array:
+              logits_eos_inf: bool, confidence_eos_eot_inf: bool, eos_id: int, eot_id: int,
+              return_history: bool) -> tuple[jax.Array, jax.Array | None]:
   batch, prompt_length = prompt.shape
   total = prompt_length + gen_length
   num_blocks = gen_length // block_length
@@ -103,19 +106,25 @@ def _generate(params, prompt, attention_mask, rng, *, config: ModelConfig, steps
     commit = _commit_top_k(confidence, schedule[:, i])
     return jnp.where(commit, x0, x)
 
-  def run_block(block, x):
+  def run_block(x, block):
     start = prompt_length + block * block_length
     in_block = (positions >= start) & (positions < start + block_length)
     schedule = transfer_schedule(jnp.sum((x == mask_id) & in_block, axis=1), steps_per_block)
-    return jax.lax.fori_loop(0, steps_per_block, lambda i, x: step(block, i, x, schedule), x)
 
-  return jax.lax.fori_loop(0, num_blocks, run_block, x)
+    def one_step(x, i):
+      x = step(block, i, x, schedule)
+      return x, (x if return_history else None)
+    return jax.lax.scan(one_step, x, jnp.arange(steps_per_block))
+
+  x, history = jax.lax.scan(run_block, x, jnp.arange(num_blocks))
+  return x, (history.reshape(steps, batch, total) if return_history else None)
 
 
 def generate(params, prompt, attention_mask=None, *, config: ModelConfig, steps: int = 128, gen_length: int = 128,
              block_length: int = 128, temperature: float = 0.0, cfg_scale: float = 0.0,
              remasking: str = "low_confidence", mask_id: int | None = None, logits_eos_inf: bool = False,
-             confidence_eos_eot_inf: bool = False, rng: jax.Array | None = None) -> GenerateOutput:
+             confidence_eos_eot_inf: bool = False, rng: jax.Array | None = None,
+             return_history: bool = False) -> GenerateOutput:
   """Samples `gen_length` tokens after each (left-padded) prompt row; the official `generate` (LLADA_SPEC §5).
 
   `confidence_eos_eot_inf` reproduces the official behaviour exactly, quirk included (the published evaluation
@@ -136,12 +145,12 @@ def generate(params, prompt, attention_mask=None, *, config: ModelConfig, steps:
       raise UserError(f"attention_mask shape {attention_mask.shape} differs from the prompt's {prompt.shape}")
     attention_mask = jnp.asarray(attention_mask, jnp.int32)
   rng = jax.random.key(0) if rng is None else rng
-  tokens = _generate(params, jnp.asarray(prompt, jnp.int32), attention_mask, rng, config=config, steps=steps,
-                     gen_length=gen_length, block_length=block_length, temperature=float(temperature),
-                     cfg_scale=float(cfg_scale), remasking=remasking, mask_id=mask_id, logits_eos_inf=logits_eos_inf,
-                     confidence_eos_eot_inf=confidence_eos_eot_inf, eos_id=config.eos_token_id,
-                     eot_id=config.eot_token_id)
-  return GenerateOutput(tokens, steps)
+  tokens, history = _generate(
+      params, jnp.asarray(prompt, jnp.int32), attention_mask, rng, config=config, steps=steps, gen_length=gen_length,
+      block_length=block_length, temperature=float(temperature), cfg_scale=float(cfg_scale), remasking=remasking,
+      mask_id=mask_id, logits_eos_inf=logits_eos_inf, confidence_eos_eot_inf=confidence_eos_eot_inf,
+      eos_id=config.eos_token_id, eot_id=config.eot_token_id, return_history=return_history)
+  return GenerateOutput(tokens, steps, history)
 
 
 def check_generate_args(config: ModelConfig, prompt_length: int, *, steps: int, gen_length: int, block_length: int,

@@ -1,0 +1,190 @@
+"""`llada-jax eval`: score a checkpoint on the paper's benchmarks (LLADA_SPEC §7), offline.
+
+Multiple-choice tasks pick the choice with the highest Monte-Carlo log-likelihood (the official estimator, with
+CFG where the paper used it); GSM8K generates and compares the final number; LAMBADA generates the last word;
+reversal poems check that the answer is a substring of the chat reply; `elbo` reports the diffusion bound on NLL
+over a text file. Generation runs in left-padded batches with an attention mask.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import time
+from typing import Callable
+
+import jax
+import numpy as np
+
+from llada_jax import eval_data, likelihood
+from llada_jax.errors import UserError
+
+EXTRA_TASKS = ("elbo", "reversal_poems")
+
+
+@dataclasses.dataclass
+class TaskResult:
+  task: str
+  metric: str
+  value: float
+  count: int
+  settings: dict
+  seconds: float
+  details: list = dataclasses.field(default_factory=list)
+
+
+def encode_pair(tokenizer, context: str, continuation: str, add_bos: bool) -> tuple[list[int], list[int]]:
+  """Context and continuation ids, encoded separately after lm-eval's whitespace move (LLADA_SPEC §6)."""
+  context, continuation = eval_data.split_pair(context, continuation)
+  prefix = [tokenizer.bos_id] if add_bos else []
+  return prefix + tokenizer.encode(context), tokenizer.encode(continuation)
+
+
+def score_multiple_choice(model, tokenizer, task, *, add_bos: bool, batch_size: int, rng, progress) -> TaskResult:
+  correct, details = 0, []
+  for index, example in enumerate(task.examples):
+    scores = []
+    for choice_index, choice in enumerate(example.choices):
+      context, continuation = encode_pair(tokenizer, choice.context, choice.continuation, add_bos)
+      scores.append(model.log_likelihood(context, continuation, mc_num=task.mc_num,
+                                         batch_size=min(batch_size, task.mc_num), cfg_scale=task.cfg_scale,
+                                         rng=jax.random.fold_in(rng, index * 16 + choice_index)))
+    prediction = int(np.argmax(scores))
+    correct += prediction == example.gold
+    details.append({"id": example.id, "gold": example.gold, "prediction": prediction, "log_likelihoods": scores})
+    progress(1)
+  return TaskResult(task.name, "accuracy", correct / max(len(task.examples), 1), len(task.examples),
+                    dict(num_fewshot=task.num_fewshot, cfg_scale=task.cfg_scale, mc_num=task.mc_num), 0.0, details)
+
+
+def generate_batch(model, tokenizer, prompts: list[list[int]], *, gen_length: int, steps: int, block_length: int,
+                   cfg_scale: float = 0.0, logits_eos_inf: bool = False, confidence_eos_eot_inf: bool = False,
+                   rng=None) -> list[str]:
+  """Greedy replies for prompts of different lengths: left-padded with EOS, padding masked as keys."""
+  width = max(len(p) for p in prompts)
+  ids = np.full((len(prompts), width), tokenizer.eos_id, np.int32)
+  mask = np.zeros((len(prompts), width), np.int32)
+  for row, prompt in enumerate(prompts):
+    ids[row, width - len(prompt):] = prompt
+    mask[row, width - len(prompt):] = 1
+  out = model.generate(ids, attention_mask=mask, steps=steps, gen_length=gen_length, block_length=block_length,
+                       cfg_scale=cfg_scale, logits_eos_inf=logits_eos_inf,
+                       confidence_eos_eot_inf=confidence_eos_eot_inf, rng=rng)
+  return [tokenizer.decode(row[width:], skip_special_tokens=True) for row in np.asarray(out.tokens)]
+
+
+def _is_correct(kind: str, answer: str, text: str) -> tuple[bool, str | None]:
+  if kind == "generation":  # GSM8K: the first reply stops at the next "Question:" exemplar
+    predicted = eval_data.extract_number(text.split("Question:")[0])
+    return predicted == answer, predicted
+  if kind == "last_word":
+    words = text.strip().split()
+    predicted = words[0].strip(".,;:!?\"'") if words else ""
+    return predicted == answer, predicted
+  return answer in text, text.strip()  # substring (reversal poems)
+
+
+def score_generation(model, tokenizer, task, *, add_bos: bool, batch_size: int, rng, progress) -> TaskResult:
+  correct, details = 0, []
+  chat = task.kind == "substring"
+  examples = list(task.examples)
+  for start in range(0, len(examples), batch_size):
+    chunk = examples[start:start + batch_size]
+    if chat:
+      prompts = [tokenizer.encode_chat([{"role": "user", "content": e.prompt}]) for e in chunk]
+    else:
+      prompts = [([tokenizer.bos_id] if add_bos else []) + tokenizer.encode(e.prompt) for e in chunk]
+    gen_length = task.gen_length
+    if task.kind == "last_word":  # the answer's own length (+1 so a trailing punctuation token fits)
+      gen_length = max(len(tokenizer.encode(" " + e.answer)) for e in chunk) + 1
+    texts = generate_batch(model, tokenizer, prompts, gen_length=gen_length,
+                           steps=task.steps if task.kind != "last_word" else gen_length,
+                           block_length=task.block_length if task.kind != "last_word" else gen_length,
+                           logits_eos_inf=chat, rng=jax.random.fold_in(rng, start))
+    for example, text in zip(chunk, texts):
+      ok, predicted = _is_correct(task.kind, example.answer, text)
+      correct += ok
+      details.append({"id": example.id, "answer": example.answer, "prediction": predicted, "output": text})
+    progress(len(chunk))
+  return TaskResult(task.name, "exact_match" if not chat else "substring_match", correct / max(len(examples), 1),
+                    len(examples), dict(num_fewshot=task.num_fewshot, gen_length=task.gen_length, steps=task.steps,
+                                        block_length=task.block_length), 0.0, details)
+
+
+def score_elbo(model, path: str, *, seq_len: int, samples: int, limit: int | None, tokenizer, rng,
+               progress) -> TaskResult:
+  """The diffusion bound on NLL over a text file, in nats per token (exp of it bounds the perplexity)."""
+  if not path or not os.path.isfile(path):
+    raise UserError("--tasks elbo needs --data pointing at a text file")
+  with open(path, encoding="utf-8") as f:
+    ids = np.asarray(tokenizer.encode(f.read()), np.int32)
+  seq_len = min(seq_len, model.config.max_sequence_length)
+  windows = ids[:len(ids) // seq_len * seq_len].reshape(-1, seq_len)
+  if limit:
+    windows = windows[:limit]
+  if not len(windows):
+    raise UserError(f"{path} has {len(ids)} tokens, fewer than one window of {seq_len}; pass a longer file")
+  value = likelihood.elbo_bound(model.params, windows, config=model.config, samples=samples, rng=rng,
+                                progress=progress)
+  return TaskResult("elbo", "nll_bound_nats", value, len(windows),
+                    dict(seq_len=seq_len, samples=samples, perplexity_bound=math.exp(min(value, 50.0))), 0.0)
+
+
+def load_tasks(names: list[str], *, data: str | None, limit: int | None, num_fewshot: int | None,
+               cfg_scale: float | None, mc_num: int | None, gen_length: int | None, steps: int | None,
+               block_length: int | None) -> list:
+  unknown = [n for n in names if n not in eval_data.TASKS + EXTRA_TASKS]
+  if unknown:
+    raise UserError(f"unknown task(s) {', '.join(unknown)}; choose from {', '.join(eval_data.TASKS + EXTRA_TASKS)}")
+  tasks = []
+  for name in names:
+    if name == "elbo":
+      tasks.append(name)
+      continue
+    if name == "reversal_poems":
+      if not data:
+        raise UserError("--tasks reversal_poems needs --data pointing at reversal_poems.json")
+      loaded = [eval_data.reversal_poems(data, direction) for direction in ("forward", "backward")]
+      loaded = [dataclasses.replace(t, examples=t.examples[:limit]) if limit else t for t in loaded]
+    else:
+      loaded = [eval_data.load_task(name, num_fewshot=num_fewshot, limit=limit,
+                                    data_path=data if name not in EXTRA_TASKS else None)]
+    overrides = {k: v for k, v in dict(cfg_scale=cfg_scale, mc_num=mc_num, gen_length=gen_length, steps=steps,
+                                       block_length=block_length).items() if v is not None}
+    tasks += [dataclasses.replace(t, **overrides) for t in loaded]
+  return tasks
+
+
+def run(model, tokenizer, tasks: list, *, data: str | None, limit: int | None, batch_size: int, add_bos: bool,
+        seed: int, elbo_seq_len: int, elbo_samples: int, progress_factory: Callable) -> list[TaskResult]:
+  rng = jax.random.key(seed)
+  results = []
+  for task in tasks:
+    start = time.time()
+    if task == "elbo":
+      bar = progress_factory("elbo", None)
+      result = score_elbo(model, data, seq_len=elbo_seq_len, samples=elbo_samples, limit=limit,
+                          tokenizer=tokenizer, rng=rng, progress=bar.update)
+    else:
+      bar = progress_factory(task.name, len(task.examples))
+      scorer = score_multiple_choice if task.kind == "multiple_choice" else score_generation
+      result = scorer(model, tokenizer, task, add_bos=add_bos, batch_size=batch_size, rng=rng, progress=bar.update)
+    bar.close()
+    result.seconds = time.time() - start
+    results.append(result)
+  return results
+
+
+def format_table(results: list[TaskResult]) -> str:
+  lines = [f"{'task':<26} {'metric':<16} {'value':>9} {'n':>6} {'seconds':>8}  settings", "-" * 100]
+  for r in results:
+    shown = {k: v for k, v in r.settings.items()}
+    lines.append(f"{r.task:<26} {r.metric:<16} {r.value:>9.4f} {r.count:>6} {r.seconds:>8.1f}  "
+                 + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items()))
+  return "\n".join(lines)
+
+
+def write_json(path: str, results: list[TaskResult], checkpoint: str) -> None:
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "w") as f:
+    json.dump({"checkpoint": checkpoint, "results": [dataclasses.asdict(r) for r in results]}, f, indent=2)
