@@ -294,16 +294,21 @@ def _conversation_key(messages: list[dict]) -> str:
 
 
 def sample_prompt(data_cfg) -> str:
-  """A prompt to show what a model learned: the first line of the first validation document (the first user message
-  for SFT sources); the training split's when nothing is held out."""
+  """A prompt to show what a model learned: from the first validation document (the training split's when nothing is
+  held out), its first line of three or more words — bare headings ("ACT IV") and speaker names give the model
+  little to continue; for SFT sources the first user message."""
   corpus = corpus_of(data_cfg)
   if corpus.source == "array_record":
     return read_manifest(corpus.paths[0]).get("sample_prompt", "")
   if corpus.source in SFT_SOURCES:
     chosen = _first_preferring_val(conversations(corpus), _conversation_key, corpus.val_fraction)
     return next((m["content"] for m in chosen if m["role"] == "user"), chosen[0]["content"]) if chosen else ""
-  chosen = _first_preferring_val(documents(corpus), lambda text: text, corpus.val_fraction)
-  return next((line.strip() for line in (chosen or "").split("\n") if line.strip()), "")
+  return _prompt_line(_first_preferring_val(documents(corpus), str, corpus.val_fraction) or "")
+
+
+def _prompt_line(text: str) -> str:
+  lines = [line.strip() for line in text.split("\n") if line.strip()]
+  return next((line for line in lines if len(line.split()) >= 3), lines[0] if lines else "")
 
 
 def _first_preferring_val(items: Iterable, key: Callable, val_fraction: float):
@@ -351,7 +356,8 @@ def builtin_tokenizer(corpus: Corpus, vocab_size: int, directory: str):
                     "give data.paths with text, or set data.tokenizer")
   digest = hashlib.sha256(str(vocab_size).encode())
   for text in texts:
-    digest.update(len(text).to_bytes(8, "little") + text.encode("utf-8"))
+    encoded = text.encode("utf-8")
+    digest.update(len(encoded).to_bytes(8, "little") + encoded)
   path = os.path.join(directory, "tokenizers", f"{corpus.source}-{vocab_size}-{digest.hexdigest()[:16]}",
                       "tokenizer.model")
   if os.path.isfile(path):
@@ -386,14 +392,14 @@ class WindowPacker:
     return windows
 
 
-def pack_documents(corpus: Corpus, tokenizer) -> Iterator[tuple[str, np.ndarray, int]]:
-  """(split, windows completed by the document, its tokens incl. EOS) per document, streamed in corpus order: the
-  one definition of the windows, shared by the in-memory and the ArrayRecord paths."""
+def pack_documents(corpus: Corpus, tokenizer) -> Iterator[tuple[str, str, np.ndarray, int]]:
+  """(split, text, windows completed by the document, its tokens incl. EOS) per document, streamed in corpus order:
+  the one definition of the windows, shared by the in-memory and the ArrayRecord paths."""
   packers = {name: WindowPacker(tokenizer.eos_id, corpus.seq_len) for name in SPLITS}
   for text in documents(corpus):
     split = "val" if is_validation(text, corpus.val_fraction) else "train"
     ids = tokenizer.encode(text)
-    yield split, packers[split].add(ids), len(ids) + 1
+    yield split, text, packers[split].add(ids), len(ids) + 1
 
 
 @functools.lru_cache(maxsize=4)
@@ -401,7 +407,7 @@ def _packed(corpus: Corpus, tokenizer) -> tuple[dict[str, np.ndarray], dict[str,
   """Every window of each split in memory, and the counts; computed once per process."""
   blocks = {name: [np.zeros((0, corpus.seq_len), np.int32)] for name in SPLITS}
   stats = {f"{name}_{what}": 0 for name in SPLITS for what in ("documents", "tokens")}
-  for split, windows, n_tokens in pack_documents(corpus, tokenizer):
+  for split, _, windows, n_tokens in pack_documents(corpus, tokenizer):
     blocks[split].append(windows)
     stats[f"{split}_documents"] += 1
     stats[f"{split}_tokens"] += n_tokens
@@ -513,9 +519,10 @@ def prepare_data(data_cfg, out_dir: str, *, records_per_shard: int = 16384,
   tokenizer = make_tokenizer(data_cfg)
   os.makedirs(out_dir, exist_ok=True)
   splits = {name: {"files": [], "records": [], "documents": 0, "tokens": 0, "windows": 0} for name in SPLITS}
-  writers = {}
+  writers, first_text = {}, {}
   try:
-    for split, windows, n_tokens in pack_documents(corpus, tokenizer):
+    for split, text, windows, n_tokens in pack_documents(corpus, tokenizer):
+      first_text.setdefault(split, text)
       info = splits[split]
       info["documents"] += 1
       info["tokens"] += n_tokens
@@ -541,7 +548,7 @@ def prepare_data(data_cfg, out_dir: str, *, records_per_shard: int = 16384,
                          "val_fraction": corpus.val_fraction},
               "tokenizer": dict(tokenizer_info(tokenizer), file=os.path.basename(tokenizer.save(out_dir)),
                                 origin=data_cfg.tokenizer or "built-in"),
-              "splits": splits, "sample_prompt": sample_prompt(data_cfg)}
+              "splits": splits, "sample_prompt": _prompt_line(first_text.get("val", first_text["train"]))}
   with open(os.path.join(out_dir, MANIFEST), "w") as f:
     json.dump(manifest, f, indent=1)
   return manifest
