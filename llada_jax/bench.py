@@ -5,6 +5,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Callable
 
 import numpy as np
 
@@ -67,3 +68,77 @@ def bench_convert(layers: list[int], dtype: str = "bfloat16") -> list[dict]:
             f"{full.num_params() * 2 / 1e9:.1f} GB in {dtype}): {estimate:.1f} GB")
       rows.append({"extrapolated_" + key: estimate})
   return rows
+
+
+def _torch_reference():
+  """tests/torch_reference.py of this checkout: the independent PyTorch LLaDA used as the baseline."""
+  import importlib.util
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "torch_reference.py")
+  if not os.path.isfile(path):
+    raise UserError("the PyTorch baseline lives in tests/torch_reference.py: run the benchmark from a checkout")
+  try:
+    import torch  # noqa: F401
+  except ImportError:
+    raise UserError("the PyTorch baseline needs torch: pip install 'llada-jax[torch]'") from None
+  spec = importlib.util.spec_from_file_location("torch_reference", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _timed(step: Callable[[], None], warmup: int, iters: int) -> float:
+  """Seconds per call after `warmup` calls (compilation, allocator warm-up)."""
+  for _ in range(warmup):
+    step()
+  start = time.perf_counter()
+  for _ in range(iters):
+    step()
+  return (time.perf_counter() - start) / iters
+
+
+def bench_train(config_path: str, overrides: list[str], iters: int, threads: int) -> dict:
+  """Train-step throughput of ours and of the PyTorch reference (same shapes, loss and AdamW), side by side."""
+  import jax
+  import jax.numpy as jnp
+  import torch
+  from llada_jax import config as config_lib, optim, sharding, train
+  ref = _torch_reference()
+  cfg = config_lib.apply_overrides(config_lib.load_config_file(config_path), overrides)
+  model_config = config_lib.model_config_from(cfg)
+  batch, seq_len = cfg.data.global_batch, cfg.data.seq_len
+  rng = np.random.default_rng(0)
+  tokens = rng.integers(8, model_config.vocab_size, (batch, seq_len)).astype(np.int32)
+
+  mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
+  optimizer = optim.make_optimizer(cfg.train)
+  _, shardings = train.state_shardings(model_config, optimizer, mesh)
+  with jax.set_mesh(mesh):
+    state = jax.jit(lambda: train.init_state(model_config, optimizer, 0), out_shardings=shardings)()
+    step_fn = jax.jit(train.make_train_step(model_config, cfg.train, optimizer), donate_argnums=0)
+    batch_arrays = {"tokens": jnp.asarray(tokens)}
+    holder = {"state": state}
+
+    def ours():
+      holder["state"], metrics = step_fn(holder["state"], batch_arrays)
+      jax.block_until_ready(metrics["loss"])
+    ours_s = _timed(ours, 2, iters)
+
+  torch.set_num_threads(threads)
+  hf = {k: v for k, v in config_lib.to_hf_config(model_config).items()}
+  torch_model = ref.mitchell_init_(ref.TorchLLaDA(hf), 0)
+  torch_opt = torch.optim.AdamW(torch_model.parameters(), lr=cfg.train.lr, betas=(cfg.train.b1, cfg.train.b2),
+                                weight_decay=cfg.train.weight_decay)
+  generator = torch.Generator().manual_seed(0)
+  x = torch.from_numpy(tokens.astype(np.int64))
+  theirs_s = _timed(lambda: ref.train_step(torch_model, torch_opt, x, generator,
+                                           mask_id=model_config.mask_token_id), 2, iters)
+  tokens_per_step = batch * seq_len
+  result = dict(config=config_path, batch=batch, seq_len=seq_len, jax_tokens_per_s=tokens_per_step / ours_s,
+                torch_tokens_per_s=tokens_per_step / theirs_s, torch_threads=threads)
+  print(f"train step, {config_path}: batch {batch} × {seq_len}, {model_config.num_params():,} parameters")
+  print(f"  llada-jax (XLA, {jax.devices()[0].platform}): {result['jax_tokens_per_s']:10,.0f} tokens/s  "
+        f"({ours_s * 1e3:,.0f} ms/step)")
+  print(f"  PyTorch reference ({threads} threads): {result['torch_tokens_per_s']:10,.0f} tokens/s  "
+        f"({theirs_s * 1e3:,.0f} ms/step)")
+  print(f"  ratio llada-jax / PyTorch: {result['jax_tokens_per_s'] / result['torch_tokens_per_s']:.2f}×")
+  return result

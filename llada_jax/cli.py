@@ -5,6 +5,7 @@ exit status 2, never a traceback.
 """
 
 import argparse
+import os
 import sys
 import time
 
@@ -149,6 +150,8 @@ def _cmd_bench(args: argparse.Namespace) -> None:
   from llada_jax import bench
   if args.what == "convert":
     bench.bench_convert([int(n) for n in args.layers.split(",")], dtype=args.dtype)
+  elif args.what == "train":
+    bench.bench_train(args.config or "configs/tiny.py", args.overrides, args.iters, args.threads)
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -225,8 +228,14 @@ def build_parser() -> argparse.ArgumentParser:
 
   p = commands.add_parser("bench", help="measure speed and memory (prints a table; asserts nothing)",
                           description="Benchmarks. convert: peak RSS and time of both conversions on a synthetic "
-                          "checkpoint with the 8B's tensor shapes and a few layers, extrapolated to 32 layers.")
-  p.add_argument("what", choices=["convert"], help="what to measure")
+                          "checkpoint with the 8B's tensor shapes and a few layers, extrapolated to 32 layers. "
+                          "train: train-step tokens/s of llada-jax and of the PyTorch reference in tests/, same "
+                          "shapes, in one run.")
+  p.add_argument("what", choices=["convert", "train"], help="what to measure")
+  p.add_argument("--config", default=None, help="train: the config whose model and batch to time (default "
+                 "configs/tiny.py); --config.key=value overrides apply")
+  p.add_argument("--iters", type=int, default=5, help="train: timed steps after 2 warm-up steps (default 5)")
+  p.add_argument("--threads", type=int, default=os.cpu_count(), help="train: PyTorch threads (default: all cores)")
   p.add_argument("--layers", default="2,4", help="convert: comma-separated layer counts to measure (default 2,4)")
   p.add_argument("--dtype", choices=["float32", "bfloat16"], default="bfloat16",
                  help="convert: weight dtype (default bfloat16)")

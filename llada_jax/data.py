@@ -27,7 +27,7 @@ import importlib.util
 import json
 import os
 import re
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import grain
 import numpy as np
@@ -214,9 +214,9 @@ def conversations(corpus: Corpus) -> Iterator[list[dict]]:
   for where, row in _jsonl_rows(corpus.paths):
     messages = row.get("messages") if isinstance(row, dict) else None
     if not _valid_messages(messages):
-      raise UserError(f"{where}: a chat_jsonl line must be {{\"messages\": [{{\"role\": \"user\", \"content\": "
-                      "\"…\"}, …, {\"role\": \"assistant\", \"content\": \"…\"}]}} with roles system/user/assistant "
-                      "and the assistant reply last; fix the line or use data.source=jsonl for plain text")
+      raise UserError(f"{where}: a chat_jsonl line must be " + '{"messages": [{"role": "user", "content": "…"}, …, '
+                      '{"role": "assistant", "content": "…"}]} with roles system/user/assistant and the assistant '
+                      "reply last; fix the line, or use data.source=jsonl for plain text")
     yield messages
 
 
@@ -459,18 +459,18 @@ class _Rows:
   """SFT rows stored ragged (only real tokens in memory), padded with EOS when read: {"tokens": [seq_len] int32,
   "prompt_length": int32}."""
 
-  def __init__(self, rows: list[list[int]], prompt_lengths: list[int], seq_len: int, pad_id: int):
+  def __init__(self, rows: list[list[int]], prompt_lengths: list[int], seq_len: int, eos_id: int):
     self._tokens = np.asarray([t for row in rows for t in row], np.int32)
     self._offsets = np.cumsum([0] + [len(row) for row in rows])
     self._prompt_lengths = np.asarray(prompt_lengths, np.int32)
-    self._seq_len, self._pad_id = seq_len, pad_id
+    self._seq_len, self._eos_id = seq_len, eos_id
 
   def __len__(self) -> int:
     return len(self._prompt_lengths)
 
   def __getitem__(self, index: int) -> dict:
     ids = self._tokens[self._offsets[index]:self._offsets[index + 1]]
-    tokens = np.full(self._seq_len, self._pad_id, np.int32)
+    tokens = np.full(self._seq_len, self._eos_id, np.int32)
     tokens[:len(ids)] = ids
     return {"tokens": tokens, "prompt_length": self._prompt_lengths[index]}
 
@@ -491,10 +491,35 @@ def _sft_rows(corpus: Corpus, tokenizer) -> tuple[dict[str, _Rows], dict[str, in
       rows[split][0].append(ids)
       rows[split][1].append(len(prompt))
   stats.update({f"{name}_rows": len(rows[name][0]) for name in SPLITS})
-  return {name: _Rows(*rows[name], corpus.seq_len, tokenizer.pad_id) for name in SPLITS}, stats
+  return {name: _Rows(*rows[name], corpus.seq_len, tokenizer.eos_id) for name in SPLITS}, stats
 
 
 # ---- ArrayRecord shards: the pod-scale path ----
+
+class _ShardWriter:
+  """One split's windows as little-endian int32 records, `per_shard` to a file named {split}-NNNNN.array_record."""
+
+  def __init__(self, out_dir: str, split: str, per_shard: int):
+    self._out_dir, self._split, self._per_shard = out_dir, split, per_shard
+    self._writer = None
+    self.files, self.records = [], []
+
+  def write(self, window: np.ndarray) -> None:
+    if not self.records or self.records[-1] == self._per_shard:
+      from array_record.python.array_record_module import ArrayRecordWriter
+      self.close()
+      self.files.append(f"{self._split}-{len(self.files):05d}.array_record")
+      self.records.append(0)
+      # group_size:1 makes every record its own chunk: what random access (Grain's shuffle) needs.
+      self._writer = ArrayRecordWriter(os.path.join(self._out_dir, self.files[-1]), "group_size:1")
+    self._writer.write(window.astype("<i4").tobytes())
+    self.records[-1] += 1
+
+  def close(self) -> None:
+    if self._writer is not None:
+      self._writer.close()
+      self._writer = None
+
 
 def prepare_data(data_cfg, out_dir: str, *, records_per_shard: int = 16384,
                  progress: Callable[[int], None] | None = None) -> dict:
@@ -507,7 +532,6 @@ def prepare_data(data_cfg, out_dir: str, *, records_per_shard: int = 16384,
   256 MiB), and the tokenizer is stored beside them. `progress`, if given, is called with 1 after each document
   (tqdm's `update` fits).
   """
-  from array_record.python.array_record_module import ArrayRecordWriter
   corpus = corpus_of(data_cfg)
   if corpus.source not in ("builtin", "text", "jsonl"):
     raise UserError(f"prepare-data packs pre-training text (data.source builtin, text or jsonl), not "
@@ -518,29 +542,23 @@ def prepare_data(data_cfg, out_dir: str, *, records_per_shard: int = 16384,
     raise UserError(f"{out_dir} already holds prepared data; choose a new output directory or delete it")
   tokenizer = make_tokenizer(data_cfg)
   os.makedirs(out_dir, exist_ok=True)
-  splits = {name: {"files": [], "records": [], "documents": 0, "tokens": 0, "windows": 0} for name in SPLITS}
-  writers, first_text = {}, {}
+  shards = {name: _ShardWriter(out_dir, name, records_per_shard) for name in SPLITS}
+  counts = {name: {"documents": 0, "tokens": 0} for name in SPLITS}
+  first_text = {}
   try:
     for split, text, windows, n_tokens in pack_documents(corpus, tokenizer):
       first_text.setdefault(split, text)
-      info = splits[split]
-      info["documents"] += 1
-      info["tokens"] += n_tokens
+      counts[split]["documents"] += 1
+      counts[split]["tokens"] += n_tokens
       for window in windows:
-        if info["windows"] % records_per_shard == 0:
-          if split in writers:
-            writers.pop(split).close()
-          info["files"].append(f"{split}-{len(info['files']):05d}.array_record")
-          info["records"].append(0)
-          writers[split] = ArrayRecordWriter(os.path.join(out_dir, info["files"][-1]), "group_size:1")
-        writers[split].write(window.astype("<i4").tobytes())
-        info["records"][-1] += 1
-        info["windows"] += 1
+        shards[split].write(window)
       if progress is not None:
         progress(1)
   finally:
-    for writer in writers.values():
-      writer.close()
+    for shard in shards.values():
+      shard.close()
+  splits = {name: dict(counts[name], windows=sum(shards[name].records), files=shards[name].files,
+                       records=shards[name].records) for name in SPLITS}
   if not splits["train"]["windows"]:
     raise UserError(_too_small_message(corpus, "train", splits["train"]["tokens"]))
   manifest = {"format": MANIFEST_FORMAT, "seq_len": corpus.seq_len, "dtype": "int32",
@@ -566,7 +584,7 @@ def read_manifest(directory: str) -> dict:
   return manifest
 
 
-def _prepared_windows(corpus: Corpus, tokenizer, split: str) -> _RecordWindows:
+def _prepared_windows(corpus: Corpus, tokenizer, split: str) -> "_RecordWindows | _Windows":
   directory = corpus.paths[0]
   manifest = read_manifest(directory)
   if manifest["seq_len"] != corpus.seq_len:
@@ -577,6 +595,8 @@ def _prepared_windows(corpus: Corpus, tokenizer, split: str) -> _RecordWindows:
     raise UserError(f"{directory} was tokenized with a different tokenizer ({manifest['tokenizer']['origin']}); leave "
                     "data.tokenizer empty to use the one stored with the data, or re-run prepare-data")
   files = manifest["splits"][split]["files"]
+  if not files:  # ArrayRecordDataSource refuses an empty list; an empty split is reported by the caller
+    return _Windows(np.zeros((0, corpus.seq_len), np.int32))
   return _RecordWindows([os.path.join(directory, name) for name in files])
 
 

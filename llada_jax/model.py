@@ -79,8 +79,13 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array | No
   if impl == "cudnn":
     mask = None if key_mask is None else key_mask[:, None, None, :]
     return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal, implementation="cudnn")
-  q = q.reshape(batch, q_len, kv_heads, heads // kv_heads, head_dim)
-  scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) / math.sqrt(head_dim)
+  groups = heads // kv_heads
+  # Query heads sharing a kv head are folded into the query-length dimension, so both products are plain batched
+  # matmuls over (batch, kv_heads): markedly faster on CPU than the equivalent 5-D einsums.
+  q = q.reshape(batch, q_len, kv_heads, groups, head_dim).transpose(0, 2, 3, 1, 4)
+  q = q.reshape(batch, kv_heads, groups * q_len, head_dim)
+  scores = jnp.matmul(q, k.transpose(0, 2, 3, 1), preferred_element_type=jnp.float32) / math.sqrt(head_dim)
+  scores = scores.reshape(batch, kv_heads, groups, q_len, k.shape[1])
   allowed = None
   if key_mask is not None:
     allowed = key_mask[:, None, None, None, :]
@@ -90,8 +95,9 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array | No
   if allowed is not None:
     scores = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
   probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-  out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
-  return out.reshape(batch, q_len, heads, head_dim)
+  probs = probs.reshape(batch, kv_heads, groups * q_len, k.shape[1])
+  out = jnp.matmul(probs, v.transpose(0, 2, 1, 3)).reshape(batch, kv_heads, groups, q_len, head_dim)
+  return out.transpose(0, 3, 1, 2, 4).reshape(batch, q_len, heads, head_dim)
 
 
 class Blocks(nnx.Module):
@@ -118,25 +124,31 @@ class Blocks(nnx.Module):
   def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, key_mask: jax.Array | None) -> jax.Array:
     c = self.config
     dt = x.dtype
-    h = rms_norm(x, self.attn_norm[...], c.rms_norm_eps)
-    q = jnp.einsum("bte,ehd->bthd", h, self.q_proj[...].astype(dt))
-    k = jnp.einsum("bte,ekd->btkd", h, self.k_proj[...].astype(dt))
-    v = jnp.einsum("bte,ekd->btkd", h, self.v_proj[...].astype(dt))
-    q = checkpoint_name(q, "query_proj")
-    k = checkpoint_name(k, "key_proj")
-    v = checkpoint_name(v, "value_proj")
+    batch, length, _ = x.shape
+    h = _tokens_first(rms_norm(x, self.attn_norm[...], c.rms_norm_eps))
+    q = checkpoint_name(jnp.einsum("ne,ehd->nhd", h, self.q_proj[...].astype(dt)), "query_proj")
+    k = checkpoint_name(jnp.einsum("ne,ekd->nkd", h, self.k_proj[...].astype(dt)), "key_proj")
+    v = checkpoint_name(jnp.einsum("ne,ekd->nkd", h, self.v_proj[...].astype(dt)), "value_proj")
+    q, k, v = (a.reshape(batch, length, *a.shape[1:]) for a in (q, k, v))
     q = sharding.constrain(apply_rope(q, cos, sin), ("activation_batch", "activation_length", "activation_heads",
                                                      None))
     k = apply_rope(k, cos, sin)
-    att = attention(q, k, v, key_mask, causal=c.causal, impl=c.attention_impl)
-    x = x + jnp.einsum("bthd,hde->bte", att, self.attn_out[...].astype(dt))
+    att = _tokens_first(attention(q, k, v, key_mask, causal=c.causal, impl=c.attention_impl))
+    x = x + jnp.einsum("nhd,hde->ne", att, self.attn_out[...].astype(dt)).reshape(x.shape)
     x = sharding.constrain(x, ("activation_batch", "activation_length", "activation_embed"))
-    h = rms_norm(x, self.ff_norm[...], c.rms_norm_eps)
-    gate = jnp.einsum("bte,em->btm", h, self.ff_proj[...].astype(dt))
-    up = jnp.einsum("bte,em->btm", h, self.up_proj[...].astype(dt))
-    act = sharding.constrain(jax.nn.silu(gate) * up, ("activation_batch", "activation_length", "activation_mlp"))
-    x = x + jnp.einsum("btm,me->bte", act, self.ff_out[...].astype(dt))
+    h = _tokens_first(rms_norm(x, self.ff_norm[...], c.rms_norm_eps))
+    gate = jnp.einsum("ne,em->nm", h, self.ff_proj[...].astype(dt))
+    up = jnp.einsum("ne,em->nm", h, self.up_proj[...].astype(dt))
+    act = sharding.constrain((jax.nn.silu(gate) * up).reshape(batch, length, -1),
+                             ("activation_batch", "activation_length", "activation_mlp"))
+    x = x + jnp.einsum("nm,me->ne", _tokens_first(act), self.ff_out[...].astype(dt)).reshape(x.shape)
     return sharding.constrain(x, ("activation_batch", "activation_length", "activation_embed"))
+
+
+def _tokens_first(x: jax.Array) -> jax.Array:
+  """[batch, length, …] → [batch·length, …]: projections as plain 2-D matmuls, which XLA's CPU backend runs
+  much faster than the same contraction written with two batch-like dimensions."""
+  return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
 
 
 class LLaDA(nnx.Module):
@@ -163,7 +175,7 @@ class LLaDA(nnx.Module):
     x = self._run_blocks(x, cos, sin, key_mask)
     x = rms_norm(x, self.ln_f[...], c.rms_norm_eps)
     head = self.wte[...].T if c.weight_tying else self.ff_out[...]
-    logits = jnp.einsum("bte,ev->btv", x, head.astype(dt))
+    logits = (_tokens_first(x) @ head.astype(dt)).reshape(*x.shape[:2], -1)
     return sharding.constrain(logits, ("activation_batch", "activation_length", "activation_vocab"))
 
   def _run_blocks(self, x, cos, sin, key_mask):

@@ -1,7 +1,6 @@
 """The data module: corpus reading, exact packing, SFT rows, Grain determinism/resume/sharding, ArrayRecord shards."""
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -59,6 +58,14 @@ def take(iterator, n):
   return [next(iterator) for _ in range(n)]
 
 
+def rows_of(batches):
+  return [tuple(row) for batch in batches for row in batch["tokens"]]
+
+
+def windows_of(cfg, tokenizer, split="train"):
+  return [tuple(row) for row in data._packed(data.corpus_of(cfg), tokenizer)[0][split]]
+
+
 def numbered_corpus(tmp_path, n_docs=40):
   """Documents of 7 bytes + EOS = exactly one 8-token window each, all different."""
   return data_cfg(tmp_path, source="text", paths=write_texts(tmp_path, [f"doc {i:03d}" for i in range(n_docs)]))
@@ -78,7 +85,8 @@ def test_strip_markdown_keeps_text_speakers_and_lines():
 
 def test_split_scenes_starts_a_document_at_each_run_of_headers():
   play = ("# Macbeth\n\n## ACT I\n\n### SCENE I. A desert place.\n\n**First Witch**  \nWhen shall we three meet?\n\n"
-          "### SCENE II. A camp.\n\n**DUNCAN**  \nWhat bloody man?\n\n## ACT II\n\n### SCENE I. Court.\n\nBANQUO\nHow goes the night?\n")
+          "### SCENE II. A camp.\n\n**DUNCAN**  \nWhat bloody man?\n\n"
+          "## ACT II\n\n### SCENE I. Court.\n\nBANQUO\nHow goes the night?\n")
   assert data.split_scenes(play) == [
       "Macbeth\n\nACT I\n\nSCENE I. A desert place.\n\nFirst Witch\nWhen shall we three meet?",
       "SCENE II. A camp.\n\nDUNCAN\nWhat bloody man?",
@@ -129,11 +137,9 @@ def test_train_batches_are_deterministic_per_seed_and_reshuffled_each_epoch(tmp_
   assert set(first[0]) == {"tokens"} and first[0]["tokens"].shape == (4, 8) and first[0]["tokens"].dtype == np.int32
   again = take(data.make_train_iterator(cfg, tok, seed=0), 20)
   other = take(data.make_train_iterator(cfg, tok, seed=1), 20)
-  rows = lambda batches: [tuple(r) for b in batches for r in b["tokens"]]
-  assert rows(first) == rows(again) and rows(first) != rows(other)
-  epoch1, epoch2 = rows(first)[:40], rows(first)[40:]
-  assert set(epoch1) == set(epoch2) == set(map(tuple, data._packed(data.corpus_of(cfg), tok)[0]["train"]))
-  assert epoch1 != epoch2
+  assert rows_of(first) == rows_of(again) and rows_of(first) != rows_of(other)
+  epoch1, epoch2 = rows_of(first)[:40], rows_of(first)[40:]
+  assert set(epoch1) == set(epoch2) == set(windows_of(cfg, tok)) and epoch1 != epoch2
 
 
 def test_resumed_iterator_continues_with_the_same_batches(tmp_path):
@@ -154,9 +160,9 @@ def test_processes_read_disjoint_windows_that_cover_an_epoch(tmp_path):
   for process in range(2):
     batches = take(data.make_train_iterator(cfg, tok, seed=3, process_index=process, process_count=2), 10)
     assert batches[0]["tokens"].shape == (2, 8)
-    seen.append([tuple(r) for b in batches for r in b["tokens"]])
+    seen.append(rows_of(batches))
   assert not set(seen[0]) & set(seen[1])
-  assert sorted(seen[0] + seen[1]) == sorted(map(tuple, data._packed(data.corpus_of(cfg), tok)[0]["train"]))
+  assert sorted(seen[0] + seen[1]) == sorted(windows_of(cfg, tok))
 
 
 def test_worker_processes_give_the_same_batches(tmp_path):
@@ -176,12 +182,13 @@ def test_eval_is_one_finite_deterministic_pass_wrapping_the_last_batch(tmp_path)
   texts = [f"doc {i:03d}" for i in range(400)]
   cfg = data_cfg(tmp_path, source="text", paths=write_texts(tmp_path, texts), val_fraction=0.05, global_batch=3)
   tok = FakeTokenizer()
-  val = {tuple(r) for r in data._packed(data.corpus_of(cfg), tok)[0]["val"]}
+  val = windows_of(cfg, tok, "val")
   batches = list(data.make_eval_iterator(cfg, tok))
   assert len(batches) == -(-len(val) // 3) and 0 < len(val) % 3  # the split is not a multiple of the batch here
-  rows = [tuple(r) for b in batches for r in b["tokens"]]
-  assert set(rows) == val and not val & {tuple(r) for r in data._packed(data.corpus_of(cfg), tok)[0]["train"]}
-  assert rows == [tuple(r) for b in data.make_eval_iterator(cfg, tok) for r in b["tokens"]]
+  rows = rows_of(batches)
+  assert sorted(rows[:len(val)]) == sorted(val) and rows[len(val):] == rows[:len(rows) - len(val)]  # wraps around
+  assert not set(val) & set(windows_of(cfg, tok))
+  assert rows == rows_of(data.make_eval_iterator(cfg, tok))
 
 
 # ---- ArrayRecord shards ----
@@ -285,14 +292,18 @@ def test_chatterbot_gives_question_answer_pairs(tmp_path):
 
 def test_builtin_tokenizer_is_trained_once_and_cached_by_corpus_and_size(tmp_path, monkeypatch):
   from llada_jax import tokenizer as tokenizer_lib
-  calls = []
-  real_train = tokenizer_lib.train_tokenizer
-  monkeypatch.setattr(tokenizer_lib, "train_tokenizer", lambda *a, **k: calls.append(a[1:]) or real_train(*a, **k))
+  calls, real_train = [], tokenizer_lib.train_tokenizer
+
+  def counting_train(texts, vocab_size, out_path, **kwargs):
+    calls.append(out_path)
+    return real_train(texts, vocab_size, out_path, **kwargs)
+
+  monkeypatch.setattr(tokenizer_lib, "train_tokenizer", counting_train)
   texts = [f"line {i} of some text\n" * 20 for i in range(20)]
   cfg = data_cfg(tmp_path, source="text", paths=write_texts(tmp_path, texts), tokenizer_vocab_size=300)
   first = data.make_tokenizer(cfg)
   assert data.tokenizer_info(data.make_tokenizer(cfg)) == data.tokenizer_info(first) and len(calls) == 1
-  assert calls[0][1].startswith(str(tmp_path / "cache"))
+  assert calls[0].startswith(str(tmp_path / "cache"))
   cfg.tokenizer_vocab_size = 320
   assert data.make_tokenizer(cfg).vocab_size == 320 and len(calls) == 2
   monkeypatch.setenv("LLADA_JAX_CACHE", str(tmp_path / "env"))
@@ -304,7 +315,10 @@ def test_builtin_tokenizer_is_trained_once_and_cached_by_corpus_and_size(tmp_pat
 
 def test_user_mistakes_raise_user_errors_naming_the_fix(tmp_path):
   tok = FakeTokenizer()
-  make = lambda **c: data.make_train_iterator(data_cfg(tmp_path, **c), tok, seed=0)
+
+  def make(**changes):
+    return data.make_train_iterator(data_cfg(tmp_path, **changes), tok, seed=0)
+
   with pytest.raises(UserError, match="does not exist"):
     make(source="text", paths=str(tmp_path / "missing.txt"))
   with pytest.raises(UserError, match="matches no files"):
@@ -320,7 +334,7 @@ def test_user_mistakes_raise_user_errors_naming_the_fix(tmp_path):
   with pytest.raises(UserError, match=r"broken.jsonl:1 is not valid JSON"):
     make(source="jsonl", paths=str(tmp_path / "broken.jsonl"))
   chats = write_jsonl(tmp_path / "chat.jsonl", [{"messages": [{"role": "user", "content": "no answer"}]}])
-  with pytest.raises(UserError, match=r"chat.jsonl:1: a chat_jsonl line must be"):
+  with pytest.raises(UserError, match=r'chat.jsonl:1: a chat_jsonl line must be \{"messages": \[\{"role"'):
     data.make_train_iterator(data_cfg(tmp_path, source="chat_jsonl", paths=chats), tok, seed=0, objective="sft")
   with pytest.raises(UserError, match="train.objective=sft reads data.source chat_jsonl or chatterbot"):
     data.make_train_iterator(data_cfg(), tok, seed=0, objective="sft")
