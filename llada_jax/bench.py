@@ -142,3 +142,52 @@ def bench_train(config_path: str, overrides: list[str], iters: int, threads: int
         f"({theirs_s * 1e3:,.0f} ms/step)")
   print(f"  ratio llada-jax / PyTorch: {result['jax_tokens_per_s'] / result['torch_tokens_per_s']:.2f}×")
   return result
+
+
+def bench_sample(config_path: str, overrides: list[str], prompt_length: int, gen_length: int, steps: int,
+                 threads: int, repeats: int = 3) -> dict:
+  """Greedy sampling speed of ours and of the official sampling rules on the PyTorch reference, same weights."""
+  import jax
+  import torch
+  from llada_jax import checkpoint, config as config_lib, convert
+  from llada_jax import model as model_lib, sampler
+  ref = _torch_reference()
+  cfg = config_lib.apply_overrides(config_lib.load_config_file(config_path), overrides)
+  model_config = config_lib.model_config_from(cfg)
+  params = jax.jit(model_lib.init_params, static_argnums=0)(model_config, jax.random.key(0))
+  prompt = np.random.default_rng(0).integers(8, model_config.vocab_size, (1, prompt_length)).astype(np.int32)
+  options = dict(steps=steps, gen_length=gen_length, block_length=gen_length)
+
+  def ours():
+    out = sampler.generate(params, prompt, config=model_config, **options)
+    return np.asarray(out.tokens), out.nfe
+  ours()  # compile
+  start = time.perf_counter()
+  for _ in range(repeats):
+    ours_tokens, ours_nfe = ours()
+  ours_s = (time.perf_counter() - start) / repeats
+
+  torch.set_num_threads(threads)
+  torch_model = ref.TorchLLaDA(config_lib.to_hf_config(model_config))
+  layered = jax.tree.map(np.asarray, checkpoint.to_layered(params, model_config.n_layers))
+  torch_model.load_state_dict({name: torch.from_numpy(array.copy())
+                               for name, array in convert.hf_tensors(layered, model_config)})
+  start = time.perf_counter()
+  for _ in range(repeats):
+    theirs_tokens, theirs_nfe = ref.generate(torch_model, torch.from_numpy(prompt.astype(np.int64)),
+                                             mask_id=model_config.mask_token_id, eos_id=model_config.eos_token_id,
+                                             eot_id=model_config.eot_token_id, **options)
+  theirs_s = (time.perf_counter() - start) / repeats
+  identical = bool(np.array_equal(ours_tokens, theirs_tokens.numpy()))
+  result = dict(config=config_path, prompt_length=prompt_length, gen_length=gen_length, steps=steps,
+                jax_tokens_per_s=gen_length / ours_s, torch_tokens_per_s=gen_length / theirs_s, jax_nfe=ours_nfe,
+                torch_nfe=theirs_nfe, identical_tokens=identical)
+  print(f"greedy sampling, {config_path}: prompt {prompt_length}, gen_length {gen_length}, steps {steps}, "
+        f"batch 1, {model_config.num_params():,} parameters")
+  print(f"  llada-jax (one jitted program): {result['jax_tokens_per_s']:8.1f} tokens/s, {ours_nfe} model calls, "
+        f"{ours_s:.2f} s")
+  print(f"  PyTorch reference, official rules ({threads} threads): {result['torch_tokens_per_s']:8.1f} tokens/s, "
+        f"{theirs_nfe} model calls, {theirs_s:.2f} s")
+  print(f"  ratio llada-jax / PyTorch: {result['jax_tokens_per_s'] / result['torch_tokens_per_s']:.2f}×; "
+        f"outputs token-identical: {identical}")
+  return result

@@ -197,6 +197,9 @@ def _cmd_bench(args: argparse.Namespace) -> None:
     bench.bench_convert([int(n) for n in args.layers.split(",")], dtype=args.dtype)
   elif args.what == "train":
     bench.bench_train(args.config or "configs/tiny.py", args.overrides, args.iters, args.threads)
+  else:
+    bench.bench_sample(args.config or "configs/tiny.py", args.overrides, args.prompt_length, args.gen_length,
+                       args.steps, args.threads)
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -326,12 +329,17 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Benchmarks. convert: peak RSS and time of both conversions on a synthetic "
                           "checkpoint with the 8B's tensor shapes and a few layers, extrapolated to 32 layers. "
                           "train: train-step tokens/s of llada-jax and of the PyTorch reference in tests/, same "
-                          "shapes, in one run.")
-  p.add_argument("what", choices=["convert", "train"], help="what to measure")
+                          "shapes, in one run. sample: greedy sampling tokens/s and model calls of llada-jax and of "
+                          "the official sampling rules on the PyTorch reference, same weights.")
+  p.add_argument("what", choices=["convert", "train", "sample"], help="what to measure")
   p.add_argument("--config", default=None, help="train: the config whose model and batch to time (default "
                  "configs/tiny.py); --config.key=value overrides apply")
   p.add_argument("--iters", type=int, default=5, help="train: timed steps after 2 warm-up steps (default 5)")
-  p.add_argument("--threads", type=int, default=os.cpu_count(), help="train: PyTorch threads (default: all cores)")
+  p.add_argument("--threads", type=int, default=os.cpu_count(), help="train/sample: PyTorch threads (default: all "
+                 "cores)")
+  p.add_argument("--prompt-length", type=int, default=64, help="sample: prompt tokens (default 64)")
+  p.add_argument("--gen-length", type=int, default=64, help="sample: generated tokens (default 64)")
+  p.add_argument("--steps", type=int, default=64, help="sample: sampling steps (default 64)")
   p.add_argument("--layers", default="2,4", help="convert: comma-separated layer counts to measure (default 2,4)")
   p.add_argument("--dtype", choices=["float32", "bfloat16"], default="bfloat16",
                  help="convert: weight dtype (default bfloat16)")

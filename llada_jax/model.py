@@ -165,7 +165,8 @@ class LLaDA(nnx.Module):
     if not c.weight_tying:
       self.ff_out = _param(rngs, (c.d_model, c.embedding_size), std, ("embed", "vocab"), dt)
 
-  def __call__(self, tokens: jax.Array, attention_mask: jax.Array | None = None) -> jax.Array:
+  def __call__(self, tokens: jax.Array, attention_mask: jax.Array | None = None,
+               logits_window: tuple[jax.Array | int, int] | None = None) -> jax.Array:
     c = self.config
     dt = jnp_dtype(c.dtype)
     x = jnp.take(self.wte[...], tokens, axis=0).astype(dt)
@@ -174,6 +175,9 @@ class LLaDA(nnx.Module):
     key_mask = None if attention_mask is None else attention_mask.astype(bool)
     x = self._run_blocks(x, cos, sin, key_mask)
     x = rms_norm(x, self.ln_f[...], c.rms_norm_eps)
+    if logits_window is not None:
+      start, size = logits_window
+      x = jax.lax.dynamic_slice_in_dim(x, start, size, axis=1)
     head = self.wte[...].T if c.weight_tying else self.ff_out[...]
     logits = (_tokens_first(x) @ head.astype(dt)).reshape(*x.shape[:2], -1)
     return sharding.constrain(logits, ("activation_batch", "activation_length", "activation_vocab"))
@@ -220,7 +224,12 @@ def init_params(config: ModelConfig, rng: jax.Array) -> Params:
 
 
 def apply(params: Params, tokens: jax.Array, attention_mask: jax.Array | None = None, *,
-          config: ModelConfig) -> jax.Array:
-  """Logits [batch, length, embedding_size] in the compute dtype. tokens: int [batch, length]."""
+          config: ModelConfig, logits_window: tuple[jax.Array | int, int] | None = None) -> jax.Array:
+  """Logits [batch, length, embedding_size] in the compute dtype. tokens: int [batch, length].
+
+  `logits_window=(start, size)` returns only positions start..start+size-1 (start may be traced, size static):
+  every position still attends to the whole sequence, but the output head — most of the cost of a small model —
+  runs only where the caller needs predictions (the sampler's current block).
+  """
   model = nnx.merge(_structure(config)[0], params)
-  return model(tokens, attention_mask)
+  return model(tokens, attention_mask, logits_window)

@@ -6,7 +6,8 @@ never re-masking. The block and step loops are `lax.fori_loop`s: no host round t
 (batch, prompt length, gen_length, block_length, steps, options).
 
 Randomness: step i (counted over all blocks) draws from `fold_in(rng, i)`, split into the Gumbel key and the
-`random`-remasking key. `return_history=True` also returns the canvas after every step (for
+`random`-remasking key; draws cover the positions whose logits are computed (the current block, or the whole
+canvas when the prompt holds mask tokens). `return_history=True` also returns the canvas after every step (for
 `llada-jax generate --show-denoising`). Temperature sampling uses the Gumbel-max trick as `argmax(l/T − log(−log u))`, which
 selects exactly what the official float64 `argmax(exp(l) / (−log u)^T)` does for the same u, without overflow, so
 float32 suffices.
@@ -55,11 +56,12 @@ def _commit_top_k(confidence: jax.Array, k: jax.Array) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnames=("config", "steps", "gen_length", "block_length", "temperature",
                                              "cfg_scale", "remasking", "mask_id", "logits_eos_inf",
-                                             "confidence_eos_eot_inf", "eos_id", "eot_id", "return_history"))
+                                             "confidence_eos_eot_inf", "eos_id", "eot_id", "return_history",
+                                             "window"))
 def _generate(params, prompt, attention_mask, rng, *, config: ModelConfig, steps: int, gen_length: int,
               block_length: int, temperature: float, cfg_scale: float, remasking: str, mask_id: int,
               logits_eos_inf: bool, confidence_eos_eot_inf: bool, eos_id: int, eot_id: int,
-              return_history: bool) -> tuple[jax.Array, jax.Array | None]:
+              return_history: bool, window: bool) -> tuple[jax.Array, jax.Array | None]:
   batch, prompt_length = prompt.shape
   total = prompt_length + gen_length
   num_blocks = gen_length // block_length
@@ -70,17 +72,24 @@ def _generate(params, prompt, attention_mask, rng, *, config: ModelConfig, steps
   prompt_index = x != mask_id
   positions = jnp.arange(total)[None, :]
 
-  def model_logits(x):
+  # Only the current block's logits are needed: positions after it are never committed and earlier ones hold no
+  # masks, unless the prompt itself contains mask tokens (the official code may fill those): then use the whole
+  # canvas. `window` is static, so this is decided on the host.
+  window_start = (lambda block: prompt_length + block * block_length) if window else (lambda block: 0)
+  window_size = block_length if window else total
+
+  def model_logits(x, block):
+    span = (window_start(block), window_size)
     if cfg_scale > 0:
       unconditional = jnp.where(prompt_index, mask_id, x)
       mask = None if attention_mask is None else jnp.concatenate([attention_mask, attention_mask])
-      both = model_lib.apply(params, jnp.concatenate([x, unconditional]), mask, config=config)
+      both = model_lib.apply(params, jnp.concatenate([x, unconditional]), mask, config=config, logits_window=span)
       cond, uncond = both[:batch].astype(jnp.float32), both[batch:].astype(jnp.float32)
       return uncond + (cfg_scale + 1.0) * (cond - uncond)
-    return model_lib.apply(params, x, attention_mask, config=config).astype(jnp.float32)
+    return model_lib.apply(params, x, attention_mask, config=config, logits_window=span).astype(jnp.float32)
 
   def step(block, i, x, schedule):
-    logits = model_logits(x)
+    logits = model_logits(x, block)
     if logits_eos_inf:
       logits = logits.at[..., eos_id].set(-jnp.inf)
     gumbel_key, remask_key = step_keys(rng, block * steps_per_block + i)
@@ -99,12 +108,14 @@ def _generate(params, prompt, attention_mask, rng, *, config: ModelConfig, steps
       confidence = jnp.take_along_axis(probs, x0[..., None], axis=-1)[..., 0]
     else:
       confidence = jax.random.uniform(remask_key, x0.shape)
-    masked = x == mask_id
+    current = jax.lax.dynamic_slice_in_dim(x, window_start(block), window_size, axis=1)
+    masked = current == mask_id
     block_end = prompt_length + (block + 1) * block_length
-    confidence = jnp.where(masked & (positions < block_end), confidence, -jnp.inf)
-    x0 = jnp.where(masked, x0.astype(x.dtype), x)
+    in_reach = jax.lax.dynamic_slice_in_dim(positions, window_start(block), window_size, axis=1) < block_end
+    confidence = jnp.where(masked & in_reach, confidence, -jnp.inf)
+    x0 = jnp.where(masked, x0.astype(x.dtype), current)
     commit = _commit_top_k(confidence, schedule[:, i])
-    return jnp.where(commit, x0, x)
+    return jax.lax.dynamic_update_slice_in_dim(x, jnp.where(commit, x0, current), window_start(block), axis=1)
 
   def run_block(x, block):
     start = prompt_length + block * block_length
@@ -149,7 +160,8 @@ def generate(params, prompt, attention_mask=None, *, config: ModelConfig, steps:
       params, jnp.asarray(prompt, jnp.int32), attention_mask, rng, config=config, steps=steps, gen_length=gen_length,
       block_length=block_length, temperature=float(temperature), cfg_scale=float(cfg_scale), remasking=remasking,
       mask_id=mask_id, logits_eos_inf=logits_eos_inf, confidence_eos_eot_inf=confidence_eos_eot_inf,
-      eos_id=config.eos_token_id, eot_id=config.eot_token_id, return_history=return_history)
+      eos_id=config.eos_token_id, eot_id=config.eot_token_id, return_history=return_history,
+      window=not bool(np.any(prompt == mask_id)))
   return GenerateOutput(tokens, steps, history)
 
 

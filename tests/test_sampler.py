@@ -32,17 +32,25 @@ def _prompts(batch=2, length=6, seed=0):
   return np.random.default_rng(seed).integers(0, 100, (batch, length))
 
 
-def _injected_noise(rng, args, batch, length):
-  """The uniforms our sampler draws at each step, in the order the reference asks for them."""
-  num_blocks = args["gen_length"] // args["block_length"]
+def _injected_noise(rng, args, batch, prompt_length, full_canvas=False):
+  """Our sampler's uniforms, placed where the reference reads them: each step draws for the current block only
+  (the whole canvas when the prompt holds mask tokens); other positions are never committed, so any value will do."""
+  steps_per_block = args["steps"] // (args["gen_length"] // args["block_length"])
+  length = prompt_length + args["gen_length"]
   draws = []
   for i in range(args["steps"]):
     gumbel_key, remask_key = sampler.step_keys(rng, i)
+    start = 0 if full_canvas else prompt_length + (i // steps_per_block) * args["block_length"]
+    width = length if full_canvas else args["block_length"]
     if args.get("temperature", 0) > 0:
-      draws.append(jax.random.uniform(gumbel_key, (batch, length, 128), minval=jnp.finfo(jnp.float32).tiny))
+      full = np.full((batch, length, 128), 0.5)
+      full[:, start:start + width] = jax.random.uniform(gumbel_key, (batch, width, 128),
+                                                        minval=jnp.finfo(jnp.float32).tiny)
+      draws.append(full)
     if args.get("remasking") == "random":
-      draws.append(jax.random.uniform(remask_key, (batch, length)))
-  assert num_blocks >= 1
+      full = np.full((batch, length), 0.5)
+      full[:, start:start + width] = jax.random.uniform(remask_key, (batch, width))
+      draws.append(full)
   it = iter(draws)
   return lambda shape: torch.from_numpy(np.asarray(next(it), np.float64))
 
@@ -75,13 +83,27 @@ def test_tokens_identical_to_reference(pair, name, padded):
     prompt[mask == 0] = EOS
   rng = jax.random.key(7)
   ours = model.generate(prompt, attention_mask=mask, rng=rng, **args)
-  length = prompt.shape[1] + args["gen_length"]
   theirs, nfe = reference_generate(
       ref, torch.tensor(prompt), attention_mask=None if mask is None else torch.tensor(mask), mask_id=MASK,
-      eos_id=EOS, eot_id=EOT, noise_fn=_injected_noise(rng, args, 3, length), **args)
+      eos_id=EOS, eot_id=EOT, noise_fn=_injected_noise(rng, args, 3, prompt.shape[1]), **args)
   np.testing.assert_array_equal(np.asarray(ours.tokens), theirs.numpy())
   assert ours.nfe == nfe == args["steps"]
   assert not np.any(np.asarray(ours.tokens) == MASK)
+
+
+@pytest.mark.parametrize("name", ["semi_autoregressive", "random_remasking", "temperature"])
+def test_mask_tokens_inside_the_prompt_are_filled_as_officially(pair, name):
+  """A prompt holding mask tokens takes the whole-canvas path: those positions compete for the block's commits,
+  as in the official code (so one may stay masked)."""
+  model, ref = pair
+  args = CASES[name]
+  prompt = _prompts(batch=2)
+  prompt[:, 2] = MASK
+  rng = jax.random.key(3)
+  ours = np.asarray(model.generate(prompt, rng=rng, **args).tokens)
+  theirs, _ = reference_generate(ref, torch.tensor(prompt), mask_id=MASK, eos_id=EOS, eot_id=EOT,
+                                 noise_fn=_injected_noise(rng, args, 2, prompt.shape[1], full_canvas=True), **args)
+  np.testing.assert_array_equal(ours, theirs.numpy())
 
 
 def test_eos_options_change_the_output(pair):
