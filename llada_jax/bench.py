@@ -86,14 +86,20 @@ def _torch_reference():
   return module
 
 
-def _timed(step: Callable[[], None], warmup: int, iters: int) -> float:
-  """Seconds per call after `warmup` calls (compilation, allocator warm-up)."""
-  for _ in range(warmup):
-    step()
-  start = time.perf_counter()
-  for _ in range(iters):
-    step()
-  return (time.perf_counter() - start) / iters
+def _interleaved(ours: Callable[[], None], theirs: Callable[[], None], iters: int, rounds: int = 3
+                 ) -> tuple[float, float]:
+  """Median seconds per call of each, measured in alternating rounds after a warm-up call each, so that a noisy
+  machine slows both sides alike."""
+  ours()
+  theirs()
+  times: tuple[list, list] = ([], [])
+  for _ in range(rounds):
+    for fn, out in ((ours, times[0]), (theirs, times[1])):
+      start = time.perf_counter()
+      for _ in range(iters):
+        fn()
+      out.append((time.perf_counter() - start) / iters)
+  return float(np.median(times[0])), float(np.median(times[1]))
 
 
 def bench_train(config_path: str, overrides: list[str], iters: int, threads: int) -> dict:
@@ -119,9 +125,9 @@ def bench_train(config_path: str, overrides: list[str], iters: int, threads: int
     holder = {"state": state}
 
     def ours():
-      holder["state"], metrics = step_fn(holder["state"], batch_arrays)
-      jax.block_until_ready(metrics["loss"])
-    ours_s = _timed(ours, 2, iters)
+      with jax.set_mesh(mesh):
+        holder["state"], metrics = step_fn(holder["state"], batch_arrays)
+        jax.block_until_ready(metrics["loss"])
 
   torch.set_num_threads(threads)
   hf = {k: v for k, v in config_lib.to_hf_config(model_config).items()}
@@ -130,8 +136,8 @@ def bench_train(config_path: str, overrides: list[str], iters: int, threads: int
                                 weight_decay=cfg.train.weight_decay)
   generator = torch.Generator().manual_seed(0)
   x = torch.from_numpy(tokens.astype(np.int64))
-  theirs_s = _timed(lambda: ref.train_step(torch_model, torch_opt, x, generator,
-                                           mask_id=model_config.mask_token_id), 2, iters)
+  ours_s, theirs_s = _interleaved(
+      ours, lambda: ref.train_step(torch_model, torch_opt, x, generator, mask_id=model_config.mask_token_id), iters)
   tokens_per_step = batch * seq_len
   result = dict(config=config_path, batch=batch, seq_len=seq_len, jax_tokens_per_s=tokens_per_step / ours_s,
                 torch_tokens_per_s=tokens_per_step / theirs_s, torch_threads=threads)
@@ -145,7 +151,7 @@ def bench_train(config_path: str, overrides: list[str], iters: int, threads: int
 
 
 def bench_sample(config_path: str, overrides: list[str], prompt_length: int, gen_length: int, steps: int,
-                 threads: int, repeats: int = 3) -> dict:
+                 threads: int, repeats: int = 2) -> dict:
   """Greedy sampling speed of ours and of the official sampling rules on the PyTorch reference, same weights."""
   import jax
   import torch
@@ -158,26 +164,25 @@ def bench_sample(config_path: str, overrides: list[str], prompt_length: int, gen
   prompt = np.random.default_rng(0).integers(8, model_config.vocab_size, (1, prompt_length)).astype(np.int32)
   options = dict(steps=steps, gen_length=gen_length, block_length=gen_length)
 
+  outputs = {}
+
   def ours():
     out = sampler.generate(params, prompt, config=model_config, **options)
-    return np.asarray(out.tokens), out.nfe
-  ours()  # compile
-  start = time.perf_counter()
-  for _ in range(repeats):
-    ours_tokens, ours_nfe = ours()
-  ours_s = (time.perf_counter() - start) / repeats
+    outputs["ours"] = (np.asarray(out.tokens), out.nfe)
 
   torch.set_num_threads(threads)
   torch_model = ref.TorchLLaDA(config_lib.to_hf_config(model_config))
   layered = jax.tree.map(np.asarray, checkpoint.to_layered(params, model_config.n_layers))
   torch_model.load_state_dict({name: torch.from_numpy(array.copy())
                                for name, array in convert.hf_tensors(layered, model_config)})
-  start = time.perf_counter()
-  for _ in range(repeats):
-    theirs_tokens, theirs_nfe = ref.generate(torch_model, torch.from_numpy(prompt.astype(np.int64)),
-                                             mask_id=model_config.mask_token_id, eos_id=model_config.eos_token_id,
-                                             eot_id=model_config.eot_token_id, **options)
-  theirs_s = (time.perf_counter() - start) / repeats
+
+  def theirs():
+    outputs["theirs"] = ref.generate(torch_model, torch.from_numpy(prompt.astype(np.int64)),
+                                     mask_id=model_config.mask_token_id, eos_id=model_config.eos_token_id,
+                                     eot_id=model_config.eot_token_id, **options)
+
+  ours_s, theirs_s = _interleaved(ours, theirs, repeats)
+  (ours_tokens, ours_nfe), (theirs_tokens, theirs_nfe) = outputs["ours"], outputs["theirs"]
   identical = bool(np.array_equal(ours_tokens, theirs_tokens.numpy()))
   result = dict(config=config_path, prompt_length=prompt_length, gen_length=gen_length, steps=steps,
                 jax_tokens_per_s=gen_length / ours_s, torch_tokens_per_s=gen_length / theirs_s, jax_nfe=ours_nfe,
