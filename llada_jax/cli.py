@@ -56,8 +56,24 @@ def _cmd_info(args: argparse.Namespace) -> None:
     print(f"  {key:20s} {value}")
 
 
+def _init_distributed(args: argparse.Namespace) -> None:
+  """Joins the multi-process run before any other jax call: on TPU pods and SLURM jax finds its peers itself;
+  elsewhere (a CPU or GPU cluster) pass the coordinator explicitly."""
+  import jax
+  if args.coordinator_address:
+    if args.num_processes is None or args.process_id is None:
+      raise UserError("--coordinator-address needs --num-processes and --process-id")
+    if jax.config.jax_platforms in (None, "", "cpu"):
+      jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(args.coordinator_address, num_processes=args.num_processes,
+                               process_id=args.process_id)
+  elif args.distributed:
+    jax.distributed.initialize()
+
+
 def _cmd_train(args: argparse.Namespace) -> None:
   from llada_jax import config as config_lib, train
+  _init_distributed(args)
   cfg = config_lib.apply_overrides(config_lib.load_config_file(args.config), args.overrides)
   summary = train.run(cfg, args.workdir, resume=args.resume, recover_lr=args.recover_lr,
                       progress=not args.no_progress)
@@ -241,6 +257,12 @@ def build_parser() -> argparse.ArgumentParser:
                  help="after a NaN/loss spike: resume the latest checkpoint with peak learning rate LR (the LLaDA "
                  "paper's recovery went 4e-4 → 1e-4)")
   p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+  p.add_argument("--distributed", action="store_true", help="multi-host: call jax.distributed.initialize() with "
+                 "auto-detection (TPU pod slices, SLURM); run the same command on every host")
+  p.add_argument("--coordinator-address", default=None, help="multi-host without auto-detection: HOST:PORT of "
+                 "process 0 (with --num-processes and --process-id; CPU hosts use gloo collectives)")
+  p.add_argument("--num-processes", type=int, default=None, help="multi-host: number of processes")
+  p.add_argument("--process-id", type=int, default=None, help="multi-host: this process's index")
   p.set_defaults(func=_cmd_train)
 
   p = commands.add_parser("generate", help="sample a continuation of a prompt (text in, text out)",

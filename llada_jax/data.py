@@ -4,10 +4,10 @@ Pre-training: documents (the built-in Shakespeare, text files, JSONL, or ArrayRe
 are tokenized, joined with one EOS after each, and cut into `seq_len` windows. SFT: each conversation becomes
 `prompt + answer + EOS`, right-padded with EOS (LLADA_SPEC §4), with its prompt length.
 
-Both run through one Grain pipeline: a global shuffle from the seed, endless epochs (each reshuffled), a strided slice
-per process, the per-process batch, prefetch. Every process shuffles the same global order and takes every
-process_count-th element, so an optimizer step consumes the same `global_batch` consecutive elements whatever the
-number of processes, and the processes never overlap. The iterators are Grain `DatasetIterator`s: their JSON
+Both run through one Grain pipeline: a global shuffle from the seed, endless epochs (each reshuffled), per-process
+batches, a strided slice of them, prefetch. Every process shuffles the same global order and takes its contiguous
+share of each global batch, so an optimizer step sees the same `global_batch` consecutive elements, in the same
+rows, whatever the number of processes, and the processes never overlap. The iterators are Grain `DatasetIterator`s: their JSON
 `get_state()`/`set_state()` go into the training checkpoint, and a resumed run reads exactly the batches it would
 have read.
 
@@ -656,7 +656,9 @@ def make_train_iterator(data_cfg, tokenizer, *, seed: int, process_index: int = 
   batch = per_process_batch(data_cfg, process_count)
   examples = _examples(data_cfg, tokenizer, objective, "train")
   ds = grain.MapDataset.source(examples).shuffle(seed=_shuffle_seed(seed)).repeat()
-  ds = ds[process_index::process_count].batch(batch, drop_remainder=True)
+  # Process p takes rows p·b … (p+1)·b−1 of every global batch, in the row order make_array_from_process_local_data
+  # assembles: the global batch (and so each row's noise) is the same whatever the number of processes.
+  ds = ds.batch(batch, drop_remainder=True)[process_index::process_count]
   return iter(_read_ahead(ds, data_cfg.prefetch, data_cfg.num_workers))
 
 
@@ -673,7 +675,7 @@ def make_eval_iterator(data_cfg, tokenizer, *, process_index: int = 0, process_c
   total = -(-len(examples) // data_cfg.global_batch) * data_cfg.global_batch
   ds = grain.MapDataset.source(examples).shuffle(seed=_EVAL_SHUFFLE_SEED)
   ds = ds.repeat(-(-total // len(examples)), reseed_each_epoch=False)[:total]
-  ds = ds[process_index::process_count].batch(batch, drop_remainder=True)
+  ds = ds.batch(batch, drop_remainder=True)[process_index::process_count]
   return iter(_read_ahead(ds, data_cfg.prefetch, 0))
 
 

@@ -155,3 +155,25 @@ def test_sft_from_a_pretrained_run(tmp_path):
   assert summary.steps == 3 and np.isfinite(summary.loss)
   assert summary.data_stats["train_rows"] > 2000
   assert summary.sample.startswith("What is your name?")
+
+
+def test_two_processes_train_like_one(tmp_path):
+  """Real multi-host: 2 processes × 4 CPU devices (gloo) against 1 process × 8 devices, same global batches."""
+  single = train.run(tiny_cfg("train.steps=3"), str(tmp_path / "single"), progress=False)
+  code = ("import sys, jax; jax.config.update('jax_cpu_collectives_implementation', 'gloo');"
+          "jax.distributed.initialize('127.0.0.1:' + sys.argv[2], num_processes=2, process_id=int(sys.argv[3]));"
+          "sys.path.insert(0, 'tests'); from test_train import tiny_cfg; from llada_jax import train;"
+          "s = train.run(tiny_cfg('train.steps=3'), sys.argv[1], progress=False);"
+          "print('LOSSES', [round(v, 5) for _, v in s.losses])")
+  port = str(20000 + os.getpid() % 20000)
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+  procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "multi"), port, str(i)], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  outputs = [p.communicate(timeout=600) for p in procs]
+  assert all(p.returncode == 0 for p in procs), outputs[0][1][-2000:] + outputs[1][1][-2000:]
+  expected = [round(v, 5) for _, v in single.losses]
+  for stdout, _ in outputs:
+    got = eval(stdout.split("LOSSES", 1)[1].strip().splitlines()[0])
+    np.testing.assert_allclose(got, expected, rtol=1e-4)
+  saved = os.listdir(tmp_path / "multi" / "checkpoints" / "3" / "data_iter")
+  assert {"process_0-of-2.json", "process_1-of-2.json"} <= set(saved)
