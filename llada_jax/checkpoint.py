@@ -96,8 +96,17 @@ def is_checkpoint(path: str) -> bool:
   return os.path.isfile(os.path.join(path, METADATA_FILE))
 
 
+def _to_jax_in_place(tree: Params) -> Params:
+  """Host arrays → jax arrays leaf by leaf, replacing each in `tree` so a copied numpy original is freed at once
+  rather than living beside its copy until the whole tree is converted."""
+  for key, value in tree.items():
+    tree[key] = _to_jax_in_place(value) if isinstance(value, dict) else jnp.asarray(value)
+  return tree
+
+
 def save_params(out_dir: str, layered: Params, config: ModelConfig, overwrite: bool = False) -> None:
-  """Writes a params checkpoint atomically: into a temporary sibling, renamed into place when complete."""
+  """Writes a params checkpoint atomically: into a temporary sibling, renamed into place when complete.
+  Takes ownership of `layered` (its host arrays are swapped for jax arrays as they are written)."""
   out_dir = os.path.abspath(out_dir)
   if os.path.exists(out_dir) and os.listdir(out_dir) and not overwrite:
     raise UserError(f"{out_dir} exists and is not empty; choose a new directory or pass --overwrite")
@@ -108,7 +117,7 @@ def save_params(out_dir: str, layered: Params, config: ModelConfig, overwrite: b
     # Host memory: as jax arrays (zero-copy on the CPU) Orbax honours save_concurrent_gb, and without OCDBT
     # (which buffers a whole transaction) each tensor is written as it goes. So a conversion holds the model plus
     # a couple of GB in flight: an 8B bf16 conversion fits a 24 GiB machine (`llada-jax bench convert`).
-    layered = jax.tree.map(jnp.asarray, layered)
+    layered = _to_jax_in_place(layered)
     largest_gb = max(a.nbytes for a in jax.tree.leaves(layered)) / 1e9
     checkpointer = ocp.Checkpointer(ocp.PyTreeCheckpointHandler(
         use_ocdbt=False, save_concurrent_gb=max(2, math.ceil(largest_gb))))
