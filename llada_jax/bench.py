@@ -26,7 +26,6 @@ def _run_measured(args: list[str]) -> tuple[float, int]:
 
 def _synthetic_hf(path: str, config) -> int:
   """An HF directory of `config`'s shapes with random bf16 weights, written tensor by tensor; returns its bytes."""
-  import ml_dtypes
   from llada_jax import convert
   rng = np.random.default_rng(0)
   tree: dict = {}
