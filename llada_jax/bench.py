@@ -12,6 +12,8 @@ import numpy as np
 
 from llada_jax.errors import UserError
 
+_NP_DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
+
 
 def _run_measured(args: list[str]) -> tuple[float, int]:
   """(seconds, peak RSS bytes) of one `python -m llada_jax.cli …` child process."""
@@ -25,7 +27,7 @@ def _run_measured(args: list[str]) -> tuple[float, int]:
 
 
 def _synthetic_hf(path: str, config) -> int:
-  """An HF directory of `config`'s shapes with random bf16 weights, written tensor by tensor; returns its bytes."""
+  """An HF directory of `config`'s shapes with random weights in its param_dtype; returns the weights' bytes."""
   from llada_jax import convert
   rng = np.random.default_rng(0)
   tree: dict = {}
@@ -33,7 +35,8 @@ def _synthetic_hf(path: str, config) -> int:
     node = tree
     for key in our_path[:-1]:
       node = node.setdefault(key, {})
-    node[our_path[-1]] = to_ours(config, rng.standard_normal(shape(config), np.float32).astype(ml_dtypes.bfloat16))
+    weights = rng.standard_normal(shape(config), np.float32).astype(_NP_DTYPES[config.param_dtype])
+    node[our_path[-1]] = to_ours(config, weights)
   convert.save_hf(tree, config, path, max_shard_size="2GB")
   return sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path) if f.endswith(".safetensors"))
 
@@ -61,7 +64,7 @@ def bench_convert(layers: list[int], dtype: str = "bfloat16") -> list[dict]:
   if len(rows) >= 2:
     a, b = rows[0], rows[-1]
     full = ModelConfig(param_dtype=dtype)
-    full_gb = full.num_params() * np.dtype(ml_dtypes.bfloat16 if dtype == "bfloat16" else np.float32).itemsize / 1e9
+    full_gb = full.num_params() * _NP_DTYPES[dtype].itemsize / 1e9
     for key in ("hf_to_jax_rss_gb", "jax_to_hf_rss_gb"):
       # The larger of: the per-layer growth extended to 32 layers, and the full model plus the overhead measured
       # at the largest size (the growth alone can under-count when a fixed transient dominates small runs).
