@@ -81,9 +81,12 @@ def check_experiment(cfg: ml_collections.ConfigDict, model_config: ModelConfig, 
 
 # ---- State and its shardings ----
 
-def init_state(model_config: ModelConfig, optimizer: optax.GradientTransformation, seed: int) -> State:
+def init_state(model_config: ModelConfig, optimizer: optax.GradientTransformation, seed: int,
+               params: model_lib.Params | None = None) -> State:
+  """A fresh train state; `params` (e.g. pre-trained weights for SFT) replaces the random initialisation."""
   init_rng, train_rng = jax.random.split(jax.random.key(seed))
-  params = model_lib.init_params(model_config, init_rng)
+  if params is None:
+    params = model_lib.init_params(model_config, init_rng)
   return {"params": params, "opt_state": optimizer.init(params), "step": jnp.zeros((), jnp.int32),
           "skipped": jnp.zeros((), jnp.int32), "rng": jax.random.key_data(train_rng)}
 
@@ -243,21 +246,21 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, resume: bool = False, r
       state = store.restore(abstract, shardings, train_iter)
       log(f"resumed from step {int(state['step'])} in {store.directory}")
     else:
+      params = _pretrained_params(cfg.train.init_from, model_config, mesh) if cfg.train.init_from else None
       state = jax.jit(functools.partial(init_state, model_config, optimizer), static_argnums=0,
-                      out_shardings=shardings)(cfg.seed)
-      if cfg.train.init_from:
-        state = _start_from(state, cfg.train.init_from, model_config, optimizer, shardings, mesh)
+                      out_shardings=shardings)(cfg.seed, params)
+    tensorboard_dir = os.path.join(workdir, "tensorboard")
     summary = _loop(cfg, model_config, state, step_fn, eval_fn, train_iter, batch_shard, store, tokenizer,
-                    SummaryWriter(os.path.join(workdir, "tensorboard")) if jax.process_index() == 0 else None,
+                    SummaryWriter(tensorboard_dir) if jax.process_index() == 0 else None,
                     progress and jax.process_index() == 0, data_lib, callback)
   summary.checkpoint_dir = os.path.join(store.directory, str(store.latest_step()))
   summary.data_stats = data_lib.data_stats(cfg.data, tokenizer)
-  summary.tensorboard_dir = os.path.join(workdir, "tensorboard")
+  summary.tensorboard_dir = tensorboard_dir
   return summary
 
 
-def _start_from(state: State, path: str, model_config: ModelConfig, optimizer, shardings: State, mesh) -> State:
-  """Fresh optimizer state around weights loaded from a checkpoint, workdir or HF directory (e.g. for SFT)."""
+def _pretrained_params(path: str, model_config: ModelConfig, mesh) -> model_lib.Params:
+  """Weights to start from (a checkpoint, workdir or HF directory, e.g. for SFT), checked against the config."""
   from llada_jax.pretrained import load_pretrained
   loaded = load_pretrained(path, dtype=model_config.param_dtype, mesh=mesh)
   architecture = lambda c: c.replace(param_dtype="float32", dtype="float32", remat_policy="none", scan_layers=True,
@@ -265,9 +268,8 @@ def _start_from(state: State, path: str, model_config: ModelConfig, optimizer, s
   if architecture(loaded.config) != architecture(model_config):
     raise UserError(f"train.init_from={path} holds a different architecture than the config's model section; "
                     "make them match")
-  params = loaded.params
-  opt_state = jax.jit(optimizer.init, out_shardings=shardings["opt_state"])(params)
-  return dict(state, params=params, opt_state=opt_state)
+  return loaded.params
+
 
 def check_tokenizer(tokenizer, model_config: ModelConfig) -> None:
   if tokenizer.vocab_size > model_config.embedding_size:
