@@ -2,15 +2,15 @@
 
 The canvas starts as `[prompt, MASK × gen_length]`; blocks are filled left to right (semi-autoregressive when
 block_length < gen_length), each in `steps / num_blocks` steps, committing the most confident predictions and
-never re-masking. The block and step loops are `lax.fori_loop`s: no host round trip per step. One compilation per
-(batch, prompt length, gen_length, block_length, steps, options).
+never re-masking. The block and step loops are `lax.scan`s: no host round trip per step. One compilation per
+(batch, prompt length, gen_length, block_length, steps, options). `return_history=True` also returns the canvas
+after every step (for `llada-jax generate --show-denoising`).
 
 Randomness: step i (counted over all blocks) draws from `fold_in(rng, i)`, split into the Gumbel key and the
 `random`-remasking key; draws cover the positions whose logits are computed (the current block, or the whole
-canvas when the prompt holds mask tokens). `return_history=True` also returns the canvas after every step (for
-`llada-jax generate --show-denoising`). Temperature sampling uses the Gumbel-max trick as `argmax(l/T − log(−log u))`, which
-selects exactly what the official float64 `argmax(exp(l) / (−log u)^T)` does for the same u, without overflow, so
-float32 suffices.
+canvas when the prompt holds mask tokens). Temperature sampling uses the Gumbel-max trick as
+`argmax(l/T − log(−log u))`, which selects exactly what the official float64 `argmax(exp(l) / (−log u)^T)` does for
+the same u, without overflow, so float32 suffices.
 """
 
 import functools
