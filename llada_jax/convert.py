@@ -91,10 +91,6 @@ def tensor_table(config: ModelConfig) -> list[tuple[tuple[str, ...], str, Callab
   return rows
 
 
-def hf_tensor_names(config: ModelConfig) -> list[str]:
-  return [row[1] for row in tensor_table(config)]
-
-
 # ---- Reading a Hugging Face directory ----
 
 class _SafetensorsFile:

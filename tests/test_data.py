@@ -204,7 +204,7 @@ def test_prepared_array_record_shards_give_the_in_memory_batches(tmp_path):
   done = []
   manifest = data.prepare_data(cfg, str(tmp_path / "prepared"), records_per_shard=10, progress=done.append)
   assert sum(done) == 60
-  in_memory, stats = data._packed(data.corpus_of(cfg), tok)
+  _, stats = data._packed(data.corpus_of(cfg), tok)
   train = manifest["splits"]["train"]
   assert len(train["files"]) >= 3 and sum(train["records"]) == train["windows"] == stats["train_windows"]
   assert manifest["splits"]["val"]["windows"] == stats["val_windows"] > 0 and manifest["seq_len"] == 16
