@@ -11,12 +11,13 @@ A params checkpoint directory holds:
   params/          the Orbax PyTree item (per-layer names)
 """
 
+import contextlib
 import json
 import math
 import os
 import shutil
 import tempfile
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -104,16 +105,36 @@ def _to_jax_in_place(tree: Params) -> Params:
   return tree
 
 
-def save_params(out_dir: str, layered: Params, config: ModelConfig, overwrite: bool = False) -> None:
-  """Writes a params checkpoint atomically: into a temporary sibling, renamed into place when complete.
-  Takes ownership of `layered` (its host arrays are swapped for jax arrays as they are written)."""
+def check_output_dir(out_dir: str, overwrite: bool) -> str:
+  """The absolute output path; refuses a non-empty directory unless overwriting (checked before any work)."""
   out_dir = os.path.abspath(out_dir)
   if os.path.exists(out_dir) and os.listdir(out_dir) and not overwrite:
     raise UserError(f"{out_dir} exists and is not empty; choose a new directory or pass --overwrite")
+  return out_dir
+
+
+@contextlib.contextmanager
+def atomic_output_dir(out_dir: str, overwrite: bool = False) -> Iterator[str]:
+  """Yields a temporary sibling of `out_dir` to write into; renamed into place only when the block completes,
+  removed on any error, so a failed or interrupted write leaves nothing half-written."""
+  out_dir = check_output_dir(out_dir, overwrite)
   parent = os.path.dirname(out_dir)
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=".llada-jax-", dir=parent)
   try:
+    yield tmp
+    if os.path.exists(out_dir):
+      shutil.rmtree(out_dir)
+    os.rename(tmp, out_dir)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+
+
+def save_params(out_dir: str, layered: Params, config: ModelConfig, overwrite: bool = False) -> None:
+  """Writes a params checkpoint atomically. Takes ownership of `layered` (its host arrays are swapped for jax
+  arrays as they are written)."""
+  with atomic_output_dir(out_dir, overwrite) as tmp:
     # Host memory: as jax arrays (zero-copy on the CPU) Orbax honours save_concurrent_gb, and without OCDBT
     # (which buffers a whole transaction) each tensor is written as it goes. So a conversion holds the model plus
     # a couple of GB in flight: an 8B bf16 conversion fits a 24 GiB machine (`llada-jax bench convert`).
@@ -123,12 +144,6 @@ def save_params(out_dir: str, layered: Params, config: ModelConfig, overwrite: b
         use_ocdbt=False, save_concurrent_gb=max(2, math.ceil(largest_gb))))
     checkpointer.save(os.path.join(tmp, PARAMS_ITEM), args=ocp.args.PyTreeSave(layered))
     write_metadata(tmp, config)
-    if os.path.exists(out_dir):
-      shutil.rmtree(out_dir)
-    os.rename(tmp, out_dir)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
 
 
 def restore_layered(path: str, config: ModelConfig, *, dtype: str | None = None, mesh=None,

@@ -95,7 +95,7 @@ def _cmd_generate(args: argparse.Namespace) -> None:
   if args.chat:
     ids = tokenizer.encode_chat([{"role": "user", "content": args.prompt}])
   else:
-    ids = ([tokenizer.bos_id] if args.add_bos else []) + tokenizer.encode(args.prompt)
+    ids = tokenizer.encode(args.prompt, add_bos=args.add_bos)
   if not ids:
     raise UserError("the prompt is empty")
   out = model.generate(np.asarray([ids]), return_history=args.show_denoising, **_generate_options(args))

@@ -9,9 +9,7 @@ and reshape.
 import json
 import os
 import re
-import shutil
 import struct
-import tempfile
 from typing import Any, Callable, Iterator
 
 import ml_dtypes
@@ -311,9 +309,6 @@ def save_hf(layered: dict[str, Any], config: ModelConfig, out_dir: str, max_shar
             overwrite: bool = False) -> list[str]:
   """Writes config.json, generation_config.json, sharded safetensors and the index; returns the shard names."""
   max_bytes = parse_size(max_shard_size)
-  out_dir = os.path.abspath(out_dir)
-  if os.path.exists(out_dir) and os.listdir(out_dir) and not overwrite:
-    raise UserError(f"{out_dir} exists and is not empty; choose a new directory or pass --overwrite")
   table = tensor_table(config)
   specs = {}
   for path, name, _, _, shape in table:
@@ -324,9 +319,7 @@ def save_hf(layered: dict[str, Any], config: ModelConfig, out_dir: str, max_shar
   sizes = [(n, int(np.prod(s, dtype=np.int64)) * d.itemsize) for n, (d, s) in specs.items()]
   shards = _plan_shards(sizes, max_bytes)
   files = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
-  os.makedirs(os.path.dirname(out_dir), exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=".llada-jax-", dir=os.path.dirname(out_dir))
-  try:
+  with checkpoint.atomic_output_dir(out_dir, overwrite) as tmp:
     tensors = hf_tensors(layered, config)
     for file, names in zip(files, shards):
       _write_safetensors(os.path.join(tmp, file), (next(tensors) for _ in names), {n: specs[n] for n in names})
@@ -335,12 +328,6 @@ def save_hf(layered: dict[str, Any], config: ModelConfig, out_dir: str, max_shar
                 {"metadata": {"total_size": sum(s for _, s in sizes)}, "weight_map": weight_map})
     _write_json(os.path.join(tmp, "config.json"), to_hf_config(config))
     _write_json(os.path.join(tmp, "generation_config.json"), hf_generation_config(config))
-    if os.path.exists(out_dir):
-      shutil.rmtree(out_dir)
-    os.rename(tmp, out_dir)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
   return files
 
 
@@ -353,8 +340,7 @@ def _write_json(path: str, value: Any) -> None:
 # ---- The two CLI conversions ----
 
 def hf_to_jax(hf_dir: str, out_dir: str, dtype: str | None = None, overwrite: bool = False) -> ModelConfig:
-  if os.path.exists(out_dir) and os.listdir(out_dir) and not overwrite:
-    raise UserError(f"{out_dir} exists and is not empty; choose a new directory or pass --overwrite")
+  checkpoint.check_output_dir(out_dir, overwrite)  # before reading gigabytes
   config, layered = load_hf(hf_dir, dtype)
   checkpoint.save_params(out_dir, layered, config, overwrite=overwrite)
   return config

@@ -36,8 +36,7 @@ class TaskResult:
 def encode_pair(tokenizer, context: str, continuation: str, add_bos: bool) -> tuple[list[int], list[int]]:
   """Context and continuation ids, encoded separately after lm-eval's whitespace move (LLADA_SPEC §6)."""
   context, continuation = eval_data.split_pair(context, continuation)
-  prefix = [tokenizer.bos_id] if add_bos else []
-  return prefix + tokenizer.encode(context), tokenizer.encode(continuation)
+  return tokenizer.encode(context, add_bos=add_bos), tokenizer.encode(continuation)
 
 
 def score_multiple_choice(model, tokenizer, task, *, add_bos: bool, batch_size: int, rng, progress) -> TaskResult:
@@ -93,7 +92,7 @@ def score_generation(model, tokenizer, task, *, add_bos: bool, batch_size: int, 
     if chat:
       prompts = [tokenizer.encode_chat([{"role": "user", "content": e.prompt}]) for e in chunk]
     else:
-      prompts = [([tokenizer.bos_id] if add_bos else []) + tokenizer.encode(e.prompt) for e in chunk]
+      prompts = [tokenizer.encode(e.prompt, add_bos=add_bos) for e in chunk]
     gen_length = task.gen_length
     if task.kind == "last_word":  # the answer's own length (+1 so a trailing punctuation token fits)
       gen_length = max(len(tokenizer.encode(" " + e.answer)) for e in chunk) + 1

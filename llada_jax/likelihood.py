@@ -16,6 +16,7 @@ import numpy as np
 
 from llada_jax import loss as loss_lib
 from llada_jax import model as model_lib
+from llada_jax import sampler
 from llada_jax.config import ModelConfig
 from llada_jax.errors import UserError
 
@@ -43,17 +44,6 @@ def draw_masks(rng: jax.Array, batch: int, length: int, prompt_length: jax.Array
   return rank < counts[:, None]
 
 
-def _guided_logits(params, x, valid, prompt_index, *, config: ModelConfig, cfg_scale: float, mask_id: int):
-  key_mask = jnp.broadcast_to(valid, x.shape)
-  if cfg_scale > 0:
-    unconditional = jnp.where(prompt_index, mask_id, x)
-    both = model_lib.apply(params, jnp.concatenate([x, unconditional]), jnp.concatenate([key_mask, key_mask]),
-                           config=config).astype(jnp.float32)
-    cond, uncond = both[:x.shape[0]], both[x.shape[0]:]
-    return uncond + (cfg_scale + 1.0) * (cond - uncond)
-  return model_lib.apply(params, x, key_mask, config=config).astype(jnp.float32)
-
-
 def minibatch_loss(params, seq, masks, prompt_length, answer_length, *, config: ModelConfig, cfg_scale: float,
                    mask_id: int) -> jax.Array:
   """Σ_rows Σ_masked CE / (x_i / T) / b for one mini-batch of masks [b, L] over the padded sequence seq [L]."""
@@ -61,8 +51,8 @@ def minibatch_loss(params, seq, masks, prompt_length, answer_length, *, config: 
   position = jnp.arange(length)
   valid = position < prompt_length + answer_length
   x = jnp.where(masks, mask_id, seq[None, :])
-  logits = _guided_logits(params, x, valid, position < prompt_length, config=config, cfg_scale=cfg_scale,
-                          mask_id=mask_id)
+  logits = sampler.guided_logits(params, x, jnp.broadcast_to(valid, x.shape), position < prompt_length,
+                                 config=config, cfg_scale=cfg_scale, mask_id=mask_id)
   ce = loss_lib.token_ce(logits, jnp.broadcast_to(seq, x.shape))
   p = jnp.sum(masks, axis=1) / answer_length
   scored = (x == mask_id) & valid  # as officially: every mask token counts, also one already in the text

@@ -54,6 +54,21 @@ def _commit_top_k(confidence: jax.Array, k: jax.Array) -> jax.Array:
   return rank < k[:, None]
 
 
+def guided_logits(params, x, attention_mask, prompt_index, *, config: ModelConfig, cfg_scale: float, mask_id: int,
+                  logits_window=None) -> jax.Array:
+  """fp32 logits, with classifier-free guidance when cfg_scale > 0: the unconditional copy has every prompt
+  position set to mask_id, and the result is `un + (cfg_scale + 1)(cond − un)` (one call on the doubled batch).
+  Shared by the sampler and the likelihood estimator; works with or without an attention mask."""
+  apply = functools.partial(model_lib.apply, params, config=config, logits_window=logits_window)
+  if cfg_scale <= 0:
+    return apply(x, attention_mask).astype(jnp.float32)
+  unconditional = jnp.where(prompt_index, mask_id, x)
+  mask = None if attention_mask is None else jnp.concatenate([attention_mask, attention_mask])
+  both = apply(jnp.concatenate([x, unconditional]), mask).astype(jnp.float32)
+  cond, uncond = both[:x.shape[0]], both[x.shape[0]:]
+  return uncond + (cfg_scale + 1.0) * (cond - uncond)
+
+
 @functools.partial(jax.jit, static_argnames=("config", "steps", "gen_length", "block_length", "temperature",
                                              "cfg_scale", "remasking", "mask_id", "logits_eos_inf",
                                              "confidence_eos_eot_inf", "eos_id", "eot_id", "return_history",
@@ -78,18 +93,9 @@ def _generate(params, prompt, attention_mask, rng, *, config: ModelConfig, steps
   window_start = (lambda block: prompt_length + block * block_length) if window else (lambda block: 0)
   window_size = block_length if window else total
 
-  def model_logits(x, block):
-    span = (window_start(block), window_size)
-    if cfg_scale > 0:
-      unconditional = jnp.where(prompt_index, mask_id, x)
-      mask = None if attention_mask is None else jnp.concatenate([attention_mask, attention_mask])
-      both = model_lib.apply(params, jnp.concatenate([x, unconditional]), mask, config=config, logits_window=span)
-      cond, uncond = both[:batch].astype(jnp.float32), both[batch:].astype(jnp.float32)
-      return uncond + (cfg_scale + 1.0) * (cond - uncond)
-    return model_lib.apply(params, x, attention_mask, config=config, logits_window=span).astype(jnp.float32)
-
   def step(block, i, x, schedule):
-    logits = model_logits(x, block)
+    logits = guided_logits(params, x, attention_mask, prompt_index, config=config, cfg_scale=cfg_scale,
+                           mask_id=mask_id, logits_window=(window_start(block), window_size))
     if logits_eos_inf:
       logits = logits.at[..., eos_id].set(-jnp.inf)
     gumbel_key, remask_key = step_keys(rng, block * steps_per_block + i)

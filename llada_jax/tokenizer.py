@@ -57,9 +57,10 @@ class Tokenizer:
     self.pad_id = self.eos_id
     self._special_ids = frozenset(found.values())
 
-  def encode(self, text: str) -> list[int]:
-    """The ids of `text`, without BOS/EOS; special-token strings inside the text become their ids."""
-    return self._encode(text)
+  def encode(self, text: str, add_bos: bool = False) -> list[int]:
+    """The ids of `text`, without EOS and without BOS unless asked (base LLaDA prompts start with BOS);
+    special-token strings inside the text become their ids."""
+    return ([self.bos_id] if add_bos else []) + self._encode(text)
 
   def decode(self, ids, skip_special_tokens: bool = True) -> str:
     """The text of a 1-D sequence of ids (list, NumPy or JAX array). Nothing stops decoding; with

@@ -17,8 +17,8 @@ class ByteTokenizer:
   """Bytes as ids 10..265; the special ids of the built-in tokenizer."""
   bos_id, eos_id, pad_id, mask_id, eot_id = 1, 2, 2, 3, 6
 
-  def encode(self, text):
-    return [10 + b for b in text.encode()]
+  def encode(self, text, add_bos=False):
+    return [self.bos_id] * add_bos + [10 + b for b in text.encode()]
 
   def decode(self, ids, skip_special_tokens=True):
     return bytes(int(i) - 10 for i in ids if int(i) >= 10).decode(errors="replace")

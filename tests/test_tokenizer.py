@@ -112,6 +112,7 @@ def test_special_strings_in_text_become_their_ids_and_decode_back(any_tok):
 def test_encode_adds_no_bos_or_eos(any_tok):
   ids = any_tok.encode("Good morrow")
   assert ids and any_tok.bos_id not in ids and any_tok.eos_id not in ids
+  assert any_tok.encode("Good morrow", add_bos=True) == [any_tok.bos_id] + ids
 
 
 def test_decode_takes_arrays_and_drops_ids_beyond_the_vocabulary(any_tok):
