@@ -177,9 +177,8 @@ def run(model, tokenizer, tasks: list, *, data: str | None, limit: int | None, b
 def format_table(results: list[TaskResult]) -> str:
   lines = [f"{'task':<26} {'metric':<16} {'value':>9} {'n':>6} {'seconds':>8}  settings", "-" * 100]
   for r in results:
-    shown = {k: v for k, v in r.settings.items()}
     lines.append(f"{r.task:<26} {r.metric:<16} {r.value:>9.4f} {r.count:>6} {r.seconds:>8.1f}  "
-                 + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items()))
+                 + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.settings.items()))
   return "\n".join(lines)
 
 
