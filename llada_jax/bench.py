@@ -1,5 +1,6 @@
 """`llada-jax bench …`: measurements, never assertions. Each benchmark prints a table and returns its numbers."""
 
+import json
 import os
 import subprocess
 import sys
@@ -106,49 +107,108 @@ def _interleaved(ours: Callable[[], None], theirs: Callable[[], None], iters: in
   return float(np.median(times[0])), float(np.median(times[1]))
 
 
-def bench_train(config_path: str, overrides: list[str], iters: int, threads: int) -> dict:
-  """Train-step throughput of ours and of the PyTorch reference (same shapes, loss and AdamW), side by side."""
-  import jax
-  import jax.numpy as jnp
-  import torch
-  from llada_jax import config as config_lib, optim, sharding, train
-  ref = _torch_reference()
+def _train_step_closure(side: str, config_path: str, overrides: list[str], threads: int
+                        ) -> tuple[Callable[[], None], str]:
+  """(one train step, what runs it) of `side` ("jax": ours, "torch": the PyTorch reference) on the config's
+  shapes, same loss and AdamW settings, fixed random tokens."""
+  from llada_jax import config as config_lib
   cfg = config_lib.apply_overrides(config_lib.load_config_file(config_path), overrides)
   model_config = config_lib.model_config_from(cfg)
-  batch, seq_len = cfg.data.global_batch, cfg.data.seq_len
-  rng = np.random.default_rng(0)
-  tokens = rng.integers(8, model_config.vocab_size, (batch, seq_len)).astype(np.int32)
+  tokens = np.random.default_rng(0).integers(8, model_config.vocab_size,
+                                             (cfg.data.global_batch, cfg.data.seq_len)).astype(np.int32)
+  if side == "torch":
+    import torch
+    ref = _torch_reference()
+    torch.set_num_threads(threads)
+    torch_model = ref.mitchell_init_(ref.TorchLLaDA(config_lib.to_hf_config(model_config)), 0)
+    torch_opt = torch.optim.AdamW(torch_model.parameters(), lr=cfg.train.lr, betas=(cfg.train.b1, cfg.train.b2),
+                                  weight_decay=cfg.train.weight_decay)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.from_numpy(tokens.astype(np.int64))
+    return (lambda: ref.train_step(torch_model, torch_opt, x, generator, mask_id=model_config.mask_token_id),
+            f"{threads} threads")
 
+  import jax
+  import jax.numpy as jnp
+  from llada_jax import optim, sharding, train
   mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
   optimizer = optim.make_optimizer(cfg.train)
   _, shardings = train.state_shardings(model_config, optimizer, mesh)
   with jax.set_mesh(mesh):
-    state = jax.jit(lambda: train.init_state(model_config, optimizer, 0), out_shardings=shardings)()
+    holder = {"state": jax.jit(lambda: train.init_state(model_config, optimizer, 0), out_shardings=shardings)()}
     step_fn = jax.jit(train.make_train_step(model_config, cfg.train, optimizer), donate_argnums=0)
-    batch_arrays = {"tokens": jnp.asarray(tokens)}
-    holder = {"state": state}
+  batch_arrays = {"tokens": jnp.asarray(tokens)}
 
-    def ours():
-      with jax.set_mesh(mesh):
-        holder["state"], metrics = step_fn(holder["state"], batch_arrays)
-        jax.block_until_ready(metrics["loss"])
+  def step():
+    with jax.set_mesh(mesh):
+      holder["state"], metrics = step_fn(holder["state"], batch_arrays)
+      jax.block_until_ready(metrics["loss"])
+  return step, f"XLA, {jax.devices()[0].platform}"
 
-  torch.set_num_threads(threads)
-  hf = {k: v for k, v in config_lib.to_hf_config(model_config).items()}
-  torch_model = ref.mitchell_init_(ref.TorchLLaDA(hf), 0)
-  torch_opt = torch.optim.AdamW(torch_model.parameters(), lr=cfg.train.lr, betas=(cfg.train.b1, cfg.train.b2),
-                                weight_decay=cfg.train.weight_decay)
-  generator = torch.Generator().manual_seed(0)
-  x = torch.from_numpy(tokens.astype(np.int64))
-  ours_s, theirs_s = _interleaved(
-      ours, lambda: ref.train_step(torch_model, torch_opt, x, generator, mask_id=model_config.mask_token_id), iters)
+
+def _serve_train_side(spec: str) -> None:
+  """Worker process of `bench train`: builds one side, warms it up, then times `n` steps per line read."""
+  fn, label = _train_step_closure(**json.loads(spec))
+  fn()
+  fn()
+  print(label, flush=True)
+  for line in sys.stdin:
+    start = time.perf_counter()
+    for _ in range(int(line)):
+      fn()
+    print((time.perf_counter() - start) / int(line), flush=True)
+
+
+class _TrainSide:
+  """A `_serve_train_side` child process: each framework gets a process of its own, so neither's thread pool
+  (XLA's, PyTorch's OpenMP) competes with the other's while it is being timed."""
+
+  def __init__(self, **spec):
+    self.child = subprocess.Popen([sys.executable, "-m", "llada_jax.bench", json.dumps(spec)], text=True,
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    self.label = self._read().strip()
+
+  def _read(self) -> str:
+    line = self.child.stdout.readline()
+    if not line:
+      raise UserError(f"the {json.dumps(self.child.args[-1])} benchmark process failed: "
+                      f"{self.child.stderr.read()[-800:]}")
+    return line
+
+  def seconds_per_step(self, iters: int) -> float:
+    self.child.stdin.write(f"{iters}\n")
+    self.child.stdin.flush()
+    return float(self._read())
+
+  def close(self) -> None:
+    self.child.stdin.close()
+    self.child.wait()
+
+
+def bench_train(config_path: str, overrides: list[str], iters: int, threads: int, rounds: int = 3) -> dict:
+  """Train-step throughput of ours and of the PyTorch reference (same shapes, loss and AdamW), side by side: one
+  process per side, timed in alternating rounds so that a noisy machine slows both alike; medians reported."""
+  from llada_jax import config as config_lib
+  cfg = config_lib.apply_overrides(config_lib.load_config_file(config_path), overrides)
+  model_config = config_lib.model_config_from(cfg)
+  batch, seq_len = cfg.data.global_batch, cfg.data.seq_len
+  spec = dict(config_path=config_path, overrides=overrides, threads=threads)
+  # Started one after the other: compiling one side must not slow the other's warm-up.
+  sides = [_TrainSide(side="jax", **spec)]
+  try:
+    sides.append(_TrainSide(side="torch", **spec))
+    times = [[side.seconds_per_step(iters) for side in sides] for _ in range(rounds)]
+  finally:
+    for side in sides:
+      side.close()
+  ours_s, theirs_s = np.median(times, axis=0)
   tokens_per_step = batch * seq_len
   result = dict(config=config_path, batch=batch, seq_len=seq_len, jax_tokens_per_s=tokens_per_step / ours_s,
                 torch_tokens_per_s=tokens_per_step / theirs_s, torch_threads=threads)
   print(f"train step, {config_path}: batch {batch} × {seq_len}, {model_config.num_params():,} parameters")
-  print(f"  llada-jax (XLA, {jax.devices()[0].platform}): {result['jax_tokens_per_s']:10,.0f} tokens/s  "
+  print(f"  llada-jax ({sides[0].label}): {result['jax_tokens_per_s']:10,.0f} tokens/s  "
         f"({ours_s * 1e3:,.0f} ms/step)")
-  print(f"  PyTorch reference ({threads} threads): {result['torch_tokens_per_s']:10,.0f} tokens/s  "
+  print(f"  PyTorch reference ({sides[1].label}): {result['torch_tokens_per_s']:10,.0f} tokens/s  "
         f"({theirs_s * 1e3:,.0f} ms/step)")
   print(f"  ratio llada-jax / PyTorch: {result['jax_tokens_per_s'] / result['torch_tokens_per_s']:.2f}×")
   return result
@@ -200,3 +260,7 @@ def bench_sample(config_path: str, overrides: list[str], prompt_length: int, gen
   print(f"  ratio llada-jax / PyTorch: {result['jax_tokens_per_s'] / result['torch_tokens_per_s']:.2f}×; "
         f"outputs token-identical: {identical}")
   return result
+
+
+if __name__ == "__main__":
+  _serve_train_side(sys.argv[1])

@@ -393,5 +393,20 @@ def main(argv: list[str] | None = None) -> int:
   return 0
 
 
+def entry() -> int:
+  """The `llada-jax` executable: `main` in a process whose allocator backs large buffers with huge pages.
+
+  XLA allocates each execution's temporaries afresh (hundreds of MB per CPU train step) and glibc maps such
+  buffers anew each time, so every 4 KiB page is faulted in on every step: a third of a CPU core went to the
+  kernel. glibc reads its tunables only at start-up, hence the re-exec; LLADA_JAX_NO_REEXEC=1 turns it off.
+  """
+  tunables = os.environ.get("GLIBC_TUNABLES", "")
+  if (sys.platform == "linux" and os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc")
+      and "glibc.malloc.hugetlb" not in tunables and not os.environ.get("LLADA_JAX_NO_REEXEC")):
+    env = dict(os.environ, GLIBC_TUNABLES=":".join(filter(None, [tunables, "glibc.malloc.hugetlb=1"])))
+    os.execve(sys.executable, [sys.executable, "-m", "llada_jax.cli", *sys.argv[1:]], env)
+  return main()
+
+
 if __name__ == "__main__":
-  sys.exit(main())
+  sys.exit(entry())

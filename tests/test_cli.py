@@ -26,6 +26,29 @@ def test_help_explains_every_command():
   assert "--max-shard-size" in out.stdout and "--dtype" in out.stdout
 
 
+def test_executable_restarts_itself_with_huge_page_malloc(monkeypatch):
+  """`llada-jax` re-executes once with glibc's huge-page tunable (XLA's per-step buffers are faulted in otherwise),
+  keeping the user's other tunables and arguments; the child, which has the tunable, runs main directly."""
+  from llada_jax import cli
+  if not os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc"):
+    pytest.skip("glibc only")
+  calls = []
+  monkeypatch.setattr(os, "execve", lambda exe, argv, env: calls.append((argv, env["GLIBC_TUNABLES"])))
+  monkeypatch.setattr(cli, "main", lambda: 0)
+  monkeypatch.setattr(sys, "argv", ["llada-jax", "train", "--config", "configs/tiny.py"])
+  monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=4")
+  monkeypatch.delenv("LLADA_JAX_NO_REEXEC", raising=False)
+  cli.entry()
+  assert calls == [([sys.executable, "-m", "llada_jax.cli", "train", "--config", "configs/tiny.py"],
+                    "glibc.malloc.arena_max=4:glibc.malloc.hugetlb=1")]
+  monkeypatch.setenv("GLIBC_TUNABLES", calls[0][1])
+  cli.entry()
+  monkeypatch.setenv("GLIBC_TUNABLES", "")
+  monkeypatch.setenv("LLADA_JAX_NO_REEXEC", "1")
+  cli.entry()
+  assert len(calls) == 1
+
+
 def test_init_then_convert_both_ways(tmp_path):
   hf, jx, back = (str(tmp_path / n) for n in ("hf", "jax", "back"))
   out = run_cli("init", "--config", "configs/tiny.py", "--config.model.n_layers=2", "--format", "hf", "--out", hf)
