@@ -393,17 +393,27 @@ def main(argv: list[str] | None = None) -> int:
   return 0
 
 
-def entry() -> int:
-  """The `llada-jax` executable: `main` in a process whose allocator backs large buffers with huge pages.
+# Commands that run compiled programs in a loop (train steps, sampling, scoring). XLA allocates each execution's
+# temporaries afresh (gigabytes per CPU train step of configs/small.py); glibc serves such sizes with fresh mmaps,
+# or from per-thread arenas that cannot hold them, so every page was faulted in again on every step: up to a
+# third of the step went to the kernel, more while another process fragmented memory. One arena that keeps what
+# it frees, never mmaps, and backs its heap with transparent huge pages makes that steady-state memory reusable.
+_LOOP_COMMANDS = {"train", "generate", "chat", "eval", "bench"}
+_ALLOCATOR_TUNABLES = ("glibc.malloc.hugetlb=1:glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
+                       "glibc.malloc.trim_threshold=68719476736")
 
-  XLA allocates each execution's temporaries afresh (hundreds of MB per CPU train step) and glibc maps such
-  buffers anew each time, so every 4 KiB page is faulted in on every step: a third of a CPU core went to the
-  kernel. glibc reads its tunables only at start-up, hence the re-exec; LLADA_JAX_NO_REEXEC=1 turns it off.
+
+def entry() -> int:
+  """The `llada-jax` executable: `main`, for loop commands in a process started with `_ALLOCATOR_TUNABLES`.
+
+  glibc reads its tunables only at start-up, hence one re-exec; LLADA_JAX_NO_REEXEC=1 turns it off. Conversion and
+  data preparation keep the default allocator, which returns their multi-GB transients to the system.
   """
   tunables = os.environ.get("GLIBC_TUNABLES", "")
   if (sys.platform == "linux" and os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc")
-      and "glibc.malloc.hugetlb" not in tunables and not os.environ.get("LLADA_JAX_NO_REEXEC")):
-    env = dict(os.environ, GLIBC_TUNABLES=":".join(filter(None, [tunables, "glibc.malloc.hugetlb=1"])))
+      and len(sys.argv) > 1 and sys.argv[1] in _LOOP_COMMANDS and "glibc.malloc.hugetlb" not in tunables
+      and not os.environ.get("LLADA_JAX_NO_REEXEC")):
+    env = dict(os.environ, GLIBC_TUNABLES=":".join(filter(None, [tunables, _ALLOCATOR_TUNABLES])))
     os.execve(sys.executable, [sys.executable, "-m", "llada_jax.cli", *sys.argv[1:]], env)
   return main()
 

@@ -26,9 +26,10 @@ def test_help_explains_every_command():
   assert "--max-shard-size" in out.stdout and "--dtype" in out.stdout
 
 
-def test_executable_restarts_itself_with_huge_page_malloc(monkeypatch):
-  """`llada-jax` re-executes once with glibc's huge-page tunable (XLA's per-step buffers are faulted in otherwise),
-  keeping the user's other tunables and arguments; the child, which has the tunable, runs main directly."""
+def test_loop_commands_restart_once_with_the_steady_state_allocator(monkeypatch):
+  """`llada-jax train|generate|chat|eval|bench` re-execute once with glibc tunables that keep XLA's per-step
+  buffers mapped (they were faulted in anew on every step), keeping the user's own tunables and arguments; the
+  child, which has them, runs main directly; conversion keeps the default allocator."""
   from llada_jax import cli
   if not os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc"):
     pytest.skip("glibc only")
@@ -36,14 +37,18 @@ def test_executable_restarts_itself_with_huge_page_malloc(monkeypatch):
   monkeypatch.setattr(os, "execve", lambda exe, argv, env: calls.append((argv, env["GLIBC_TUNABLES"])))
   monkeypatch.setattr(cli, "main", lambda: 0)
   monkeypatch.setattr(sys, "argv", ["llada-jax", "train", "--config", "configs/tiny.py"])
-  monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=4")
+  monkeypatch.setenv("GLIBC_TUNABLES", "glibc.rtld.optional_static_tls=4096")
   monkeypatch.delenv("LLADA_JAX_NO_REEXEC", raising=False)
   cli.entry()
   assert calls == [([sys.executable, "-m", "llada_jax.cli", "train", "--config", "configs/tiny.py"],
-                    "glibc.malloc.arena_max=4:glibc.malloc.hugetlb=1")]
-  monkeypatch.setenv("GLIBC_TUNABLES", calls[0][1])
+                    "glibc.rtld.optional_static_tls=4096:" + cli._ALLOCATOR_TUNABLES)]
+  assert "glibc.malloc.hugetlb=1" in cli._ALLOCATOR_TUNABLES and "glibc.malloc.mmap_max=0" in cli._ALLOCATOR_TUNABLES
+  monkeypatch.setenv("GLIBC_TUNABLES", calls[0][1])  # the child
   cli.entry()
   monkeypatch.setenv("GLIBC_TUNABLES", "")
+  monkeypatch.setattr(sys, "argv", ["llada-jax", "convert", "hf-to-jax", "a", "b"])
+  cli.entry()
+  monkeypatch.setattr(sys, "argv", ["llada-jax", "train"])
   monkeypatch.setenv("LLADA_JAX_NO_REEXEC", "1")
   cli.entry()
   assert len(calls) == 1
