@@ -190,11 +190,12 @@ def project(x: jax.Array, w: jax.Array, in_dims: int = 1) -> jax.Array:
 
 @jax.custom_vjp
 def _matmul(x: jax.Array, w: jax.Array) -> jax.Array:
-  """x @ w whose weight gradient multiplies an explicitly transposed x.
+  """x @ w whose weight gradient transposes the narrower of x and the incoming gradient.
 
-  Left to itself, XLA transposes the incoming gradient instead and fuses that transpose into the elementwise ops
-  producing it (RoPE's backward, the head transposes, the residual sums); on CPU such fused strided copies ran 20×
-  slower than a plain transpose and cost ~15% of a training step.
+  XLA's CPU matmuls take only a transposed right operand, so xᵀ·g needs one explicit transpose of a
+  [tokens, ·] array. Left to itself XLA picked the gradient and fused that transpose into the elementwise ops
+  producing it (RoPE's backward, the head transposes, the residual sums), which ran ~20× slower than a plain
+  transpose and cost ~15% of a training step; transposing the narrower operand also moves the fewest bytes.
   """
   return x @ w
 
@@ -205,8 +206,8 @@ def _matmul_forward(x, w):
 
 def _matmul_backward(residuals, grad):
   x, w = residuals
-  x_t = jax.lax.optimization_barrier(x.T)  # a standalone transpose: not fused into x's producer or the matmul
-  return grad @ w.T, x_t @ grad
+  d_w = x.T @ grad if x.shape[1] <= grad.shape[1] else (grad.T @ x).T
+  return grad @ w.T, d_w
 
 
 _matmul.defvjp(_matmul_forward, _matmul_backward)
