@@ -91,22 +91,6 @@ def _torch_reference():
   return module
 
 
-def _interleaved(ours: Callable[[], None], theirs: Callable[[], None], iters: int, rounds: int = 3
-                 ) -> tuple[float, float]:
-  """Median seconds per call of each, measured in alternating rounds after a warm-up call each, so that a noisy
-  machine slows both sides alike."""
-  ours()
-  theirs()
-  times: tuple[list, list] = ([], [])
-  for _ in range(rounds):
-    for fn, out in ((ours, times[0]), (theirs, times[1])):
-      start = time.perf_counter()
-      for _ in range(iters):
-        fn()
-      out.append((time.perf_counter() - start) / iters)
-  return float(np.median(times[0])), float(np.median(times[1]))
-
-
 def _train_step_closure(side: str, config_path: str, overrides: list[str], threads: int
                         ) -> tuple[Callable[[], None], str]:
   """(one train step, what runs it) of `side` ("jax": ours, "torch": the PyTorch reference) on the config's
@@ -146,43 +130,98 @@ def _train_step_closure(side: str, config_path: str, overrides: list[str], threa
   return step, f"XLA, {jax.devices()[0].platform}"
 
 
-def _serve_train_side(spec: str) -> None:
-  """Worker process of `bench train`: builds one side, warms it up, then times `n` steps per line read."""
-  fn, label = _train_step_closure(**json.loads(spec))
+def _sample_closure(side: str, config_path: str, overrides: list[str], threads: int, prompt_length: int,
+                    gen_length: int, steps: int) -> tuple[Callable[[], list], str]:
+  """(one greedy generation returning its tokens, what runs it): ours, or the official sampling rules on the
+  PyTorch reference loaded with the same weights (both sides initialise them from key 0)."""
+  import jax
+  from llada_jax import checkpoint, config as config_lib, convert
+  from llada_jax import model as model_lib, sampler
+  cfg = config_lib.apply_overrides(config_lib.load_config_file(config_path), overrides)
+  model_config = config_lib.model_config_from(cfg)
+  params = jax.jit(model_lib.init_params, static_argnums=0)(model_config, jax.random.key(0))
+  prompt = np.random.default_rng(0).integers(8, model_config.vocab_size, (1, prompt_length)).astype(np.int32)
+  options = dict(steps=steps, gen_length=gen_length, block_length=gen_length)
+  if side == "jax":
+    def generate():
+      out = sampler.generate(params, prompt, config=model_config, **options)
+      return [np.asarray(out.tokens).tolist(), int(out.nfe)]
+    return generate, "one jitted program"
+
+  import torch
+  ref = _torch_reference()
+  torch.set_num_threads(threads)
+  torch_model = ref.TorchLLaDA(config_lib.to_hf_config(model_config))
+  layered = jax.tree.map(np.asarray, checkpoint.to_layered(params, model_config.n_layers))
+  torch_model.load_state_dict({name: torch.from_numpy(array.copy())
+                               for name, array in convert.hf_tensors(layered, model_config)})
+  del params, layered
+
+  def generate_reference():
+    tokens, nfe = ref.generate(torch_model, torch.from_numpy(prompt.astype(np.int64)),
+                               mask_id=model_config.mask_token_id, eos_id=model_config.eos_token_id,
+                               eot_id=model_config.eot_token_id, **options)
+    return [tokens.numpy().tolist(), int(nfe)]
+  return generate_reference, f"official sampling rules, {threads} threads"
+
+
+_CLOSURES = {"train": _train_step_closure, "sample": _sample_closure}
+
+
+def _serve(spec: str) -> None:
+  """Worker process of `bench train|sample`: builds one side, runs it twice to warm up, then for each line `n`
+  read runs it n times and answers with the mean seconds and the last call's output."""
+  spec = json.loads(spec)
+  fn, label = _CLOSURES[spec.pop("bench")](**spec)
+  fn()  # compiles
   fn()
-  fn()
-  print(label, flush=True)
+  print(json.dumps(label), flush=True)
   for line in sys.stdin:
     start = time.perf_counter()
     for _ in range(int(line)):
-      fn()
-    print((time.perf_counter() - start) / int(line), flush=True)
+      output = fn()
+    print(json.dumps([(time.perf_counter() - start) / int(line), output]), flush=True)
 
 
-class _TrainSide:
-  """A `_serve_train_side` child process: each framework gets a process of its own, so neither's thread pool
-  (XLA's, PyTorch's OpenMP) competes with the other's while it is being timed."""
+class _Side:
+  """A `_serve` child process: each framework gets a process of its own, so neither's thread pool (XLA's,
+  PyTorch's OpenMP) nor its allocations compete with the other's while it is being timed."""
 
   def __init__(self, **spec):
     self.child = subprocess.Popen([sys.executable, "-m", "llada_jax.bench", json.dumps(spec)], text=True,
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    self.label = self._read().strip()
+    self.label = self._read()
 
-  def _read(self) -> str:
+  def _read(self):
     line = self.child.stdout.readline()
     if not line:
-      raise UserError(f"the {json.dumps(self.child.args[-1])} benchmark process failed: "
-                      f"{self.child.stderr.read()[-800:]}")
-    return line
+      raise UserError(f"the benchmark process {self.child.args[-1]} failed: {self.child.stderr.read()[-800:]}")
+    return json.loads(line)
 
-  def seconds_per_step(self, iters: int) -> float:
+  def run(self, iters: int) -> tuple[float, object]:
+    """(mean seconds per call, the last call's output) of `iters` calls."""
     self.child.stdin.write(f"{iters}\n")
     self.child.stdin.flush()
-    return float(self._read())
+    return tuple(self._read())
 
   def close(self) -> None:
     self.child.stdin.close()
     self.child.wait()
+
+
+def _side_by_side(spec: dict, iters: int, rounds: int) -> tuple[list[str], list[float], list]:
+  """(labels, median seconds per call, last outputs) of ours then theirs, timed in alternating rounds so that a
+  noisy machine slows both alike. Started one after the other: one side's compile must not slow the other's
+  warm-up."""
+  sides = [_Side(side="jax", **spec)]
+  try:
+    sides.append(_Side(side="torch", **spec))
+    results = [[side.run(iters) for side in sides] for _ in range(rounds)]
+  finally:
+    for side in sides:
+      side.close()
+  seconds = np.median([[r[0] for r in row] for row in results], axis=0).tolist()
+  return [side.label for side in sides], seconds, [r[1] for r in results[-1]]
 
 
 def bench_train(config_path: str, overrides: list[str], iters: int, threads: int, rounds: int = 3) -> dict:
@@ -192,75 +231,44 @@ def bench_train(config_path: str, overrides: list[str], iters: int, threads: int
   cfg = config_lib.apply_overrides(config_lib.load_config_file(config_path), overrides)
   model_config = config_lib.model_config_from(cfg)
   batch, seq_len = cfg.data.global_batch, cfg.data.seq_len
-  spec = dict(config_path=config_path, overrides=overrides, threads=threads)
-  # Started one after the other: compiling one side must not slow the other's warm-up.
-  sides = [_TrainSide(side="jax", **spec)]
-  try:
-    sides.append(_TrainSide(side="torch", **spec))
-    times = [[side.seconds_per_step(iters) for side in sides] for _ in range(rounds)]
-  finally:
-    for side in sides:
-      side.close()
-  ours_s, theirs_s = np.median(times, axis=0)
+  spec = dict(bench="train", config_path=config_path, overrides=overrides, threads=threads)
+  labels, (ours_s, theirs_s), _ = _side_by_side(spec, iters, rounds)
   tokens_per_step = batch * seq_len
   result = dict(config=config_path, batch=batch, seq_len=seq_len, jax_tokens_per_s=tokens_per_step / ours_s,
                 torch_tokens_per_s=tokens_per_step / theirs_s, torch_threads=threads)
   print(f"train step, {config_path}: batch {batch} × {seq_len}, {model_config.num_params():,} parameters")
-  print(f"  llada-jax ({sides[0].label}): {result['jax_tokens_per_s']:10,.0f} tokens/s  "
+  print(f"  llada-jax ({labels[0]}): {result['jax_tokens_per_s']:10,.0f} tokens/s  "
         f"({ours_s * 1e3:,.0f} ms/step)")
-  print(f"  PyTorch reference ({sides[1].label}): {result['torch_tokens_per_s']:10,.0f} tokens/s  "
+  print(f"  PyTorch reference ({labels[1]}): {result['torch_tokens_per_s']:10,.0f} tokens/s  "
         f"({theirs_s * 1e3:,.0f} ms/step)")
   print(f"  ratio llada-jax / PyTorch: {result['jax_tokens_per_s'] / result['torch_tokens_per_s']:.2f}×")
   return result
 
 
 def bench_sample(config_path: str, overrides: list[str], prompt_length: int, gen_length: int, steps: int,
-                 threads: int, repeats: int = 2) -> dict:
-  """Greedy sampling speed of ours and of the official sampling rules on the PyTorch reference, same weights."""
-  import jax
-  import torch
-  from llada_jax import checkpoint, config as config_lib, convert
-  from llada_jax import model as model_lib, sampler
-  ref = _torch_reference()
-  cfg = config_lib.apply_overrides(config_lib.load_config_file(config_path), overrides)
-  model_config = config_lib.model_config_from(cfg)
-  params = jax.jit(model_lib.init_params, static_argnums=0)(model_config, jax.random.key(0))
-  prompt = np.random.default_rng(0).integers(8, model_config.vocab_size, (1, prompt_length)).astype(np.int32)
-  options = dict(steps=steps, gen_length=gen_length, block_length=gen_length)
-
-  outputs = {}
-
-  def ours():
-    out = sampler.generate(params, prompt, config=model_config, **options)
-    outputs["ours"] = (np.asarray(out.tokens), out.nfe)
-
-  torch.set_num_threads(threads)
-  torch_model = ref.TorchLLaDA(config_lib.to_hf_config(model_config))
-  layered = jax.tree.map(np.asarray, checkpoint.to_layered(params, model_config.n_layers))
-  torch_model.load_state_dict({name: torch.from_numpy(array.copy())
-                               for name, array in convert.hf_tensors(layered, model_config)})
-
-  def theirs():
-    outputs["theirs"] = ref.generate(torch_model, torch.from_numpy(prompt.astype(np.int64)),
-                                     mask_id=model_config.mask_token_id, eos_id=model_config.eos_token_id,
-                                     eot_id=model_config.eot_token_id, **options)
-
-  ours_s, theirs_s = _interleaved(ours, theirs, repeats)
-  (ours_tokens, ours_nfe), (theirs_tokens, theirs_nfe) = outputs["ours"], outputs["theirs"]
-  identical = bool(np.array_equal(ours_tokens, theirs_tokens.numpy()))
+                 threads: int, repeats: int = 2, rounds: int = 3) -> dict:
+  """Greedy sampling speed of ours and of the official sampling rules on the PyTorch reference, same weights,
+  one process per side as in `bench_train`; also whether both produced the same tokens."""
+  from llada_jax import config as config_lib
+  model_config = config_lib.model_config_from(
+      config_lib.apply_overrides(config_lib.load_config_file(config_path), overrides))
+  spec = dict(bench="sample", config_path=config_path, overrides=overrides, threads=threads,
+              prompt_length=prompt_length, gen_length=gen_length, steps=steps)
+  labels, (ours_s, theirs_s), ((ours_tokens, ours_nfe), (theirs_tokens, theirs_nfe)) = _side_by_side(
+      spec, repeats, rounds)
+  identical = ours_tokens == theirs_tokens
   result = dict(config=config_path, prompt_length=prompt_length, gen_length=gen_length, steps=steps,
                 jax_tokens_per_s=gen_length / ours_s, torch_tokens_per_s=gen_length / theirs_s, jax_nfe=ours_nfe,
                 torch_nfe=theirs_nfe, identical_tokens=identical)
   print(f"greedy sampling, {config_path}: prompt {prompt_length}, gen_length {gen_length}, steps {steps}, "
         f"batch 1, {model_config.num_params():,} parameters")
-  print(f"  llada-jax (one jitted program): {result['jax_tokens_per_s']:8.1f} tokens/s, {ours_nfe} model calls, "
+  print(f"  llada-jax ({labels[0]}): {result['jax_tokens_per_s']:8.1f} tokens/s, {ours_nfe} model calls, "
         f"{ours_s:.2f} s")
-  print(f"  PyTorch reference, official rules ({threads} threads): {result['torch_tokens_per_s']:8.1f} tokens/s, "
+  print(f"  PyTorch reference ({labels[1]}): {result['torch_tokens_per_s']:8.1f} tokens/s, "
         f"{theirs_nfe} model calls, {theirs_s:.2f} s")
   print(f"  ratio llada-jax / PyTorch: {result['jax_tokens_per_s'] / result['torch_tokens_per_s']:.2f}×; "
         f"outputs token-identical: {identical}")
   return result
 
-
 if __name__ == "__main__":
-  _serve_train_side(sys.argv[1])
+  _serve(sys.argv[1])
