@@ -352,7 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "checkpoint with the 8B's tensor shapes and a few layers, extrapolated to 32 layers. "
                           "train: train-step tokens/s of llada-jax and of the PyTorch reference in tests/, same "
                           "shapes, in one run. sample: greedy sampling tokens/s and model calls of llada-jax and of "
-                          "the official sampling rules on the PyTorch reference, same weights.")
+                          "the official sampling rules on the PyTorch reference, same weights. train and sample run "
+                          "each side in its own process, timed in alternating rounds; medians are reported.")
   p.add_argument("what", choices=["convert", "train", "sample"], help="what to measure")
   p.add_argument("--config", default=None, help="train: the config whose model and batch to time (default "
                  "configs/tiny.py); --config.key=value overrides apply")
@@ -398,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
 # or from per-thread arenas that cannot hold them, so every page was faulted in again on every step: up to a
 # third of the step went to the kernel, more while another process fragmented memory. One arena that keeps what
 # it frees, never mmaps, and backs its heap with transparent huge pages makes that steady-state memory reusable.
-_LOOP_COMMANDS = {"train", "generate", "chat", "eval", "bench"}
+_LOOP_COMMANDS = {"train", "generate", "chat", "eval", "bench train", "bench sample"}
 _ALLOCATOR_TUNABLES = ("glibc.malloc.hugetlb=1:glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
                        "glibc.malloc.trim_threshold=68719476736")
 
@@ -407,11 +408,13 @@ def entry() -> int:
   """The `llada-jax` executable: `main`, for loop commands in a process started with `_ALLOCATOR_TUNABLES`.
 
   glibc reads its tunables only at start-up, hence one re-exec; LLADA_JAX_NO_REEXEC=1 turns it off. Conversion and
-  data preparation keep the default allocator, which returns their multi-GB transients to the system.
+  data preparation (and `bench convert`, which measures them) keep the default allocator, which returns their
+  multi-GB transients to the system.
   """
   tunables = os.environ.get("GLIBC_TUNABLES", "")
+  command = {" ".join(sys.argv[1:2]), " ".join(sys.argv[1:3])}  # "train", or "bench train"
   if (sys.platform == "linux" and os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc")
-      and len(sys.argv) > 1 and sys.argv[1] in _LOOP_COMMANDS and "glibc.malloc.hugetlb" not in tunables
+      and command & _LOOP_COMMANDS and "glibc.malloc.hugetlb" not in tunables
       and not os.environ.get("LLADA_JAX_NO_REEXEC")):
     env = dict(os.environ, GLIBC_TUNABLES=":".join(filter(None, [tunables, _ALLOCATOR_TUNABLES])))
     os.execve(sys.executable, [sys.executable, "-m", "llada_jax.cli", *sys.argv[1:]], env)

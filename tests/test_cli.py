@@ -27,9 +27,9 @@ def test_help_explains_every_command():
 
 
 def test_loop_commands_restart_once_with_the_steady_state_allocator(monkeypatch):
-  """`llada-jax train|generate|chat|eval|bench` re-execute once with glibc tunables that keep XLA's per-step
-  buffers mapped (they were faulted in anew on every step), keeping the user's own tunables and arguments; the
-  child, which has them, runs main directly; conversion keeps the default allocator."""
+  """`llada-jax train|generate|chat|eval|bench train|bench sample` re-execute once with glibc tunables that keep
+  XLA's per-step buffers mapped (they were faulted in anew on every step), keeping the user's own tunables and
+  arguments; the child, which has them, runs main directly; conversion keeps the default allocator."""
   from llada_jax import cli
   if not os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc"):
     pytest.skip("glibc only")
@@ -46,12 +46,16 @@ def test_loop_commands_restart_once_with_the_steady_state_allocator(monkeypatch)
   monkeypatch.setenv("GLIBC_TUNABLES", calls[0][1])  # the child
   cli.entry()
   monkeypatch.setenv("GLIBC_TUNABLES", "")
-  monkeypatch.setattr(sys, "argv", ["llada-jax", "convert", "hf-to-jax", "a", "b"])
+  for argv in (["convert", "hf-to-jax", "a", "b"], ["bench", "convert"], []):
+    monkeypatch.setattr(sys, "argv", ["llada-jax", *argv])
+    cli.entry()
+  monkeypatch.setattr(sys, "argv", ["llada-jax", "bench", "sample"])
   cli.entry()
+  assert len(calls) == 2
   monkeypatch.setattr(sys, "argv", ["llada-jax", "train"])
   monkeypatch.setenv("LLADA_JAX_NO_REEXEC", "1")
   cli.entry()
-  assert len(calls) == 1
+  assert len(calls) == 2
 
 
 def test_init_then_convert_both_ways(tmp_path):
