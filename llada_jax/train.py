@@ -28,7 +28,7 @@ from llada_jax.errors import UserError
 OBJECTIVES = ("diffusion", "sft", "autoregressive")
 State = dict[str, Any]
 
-# Dense bf16 peak FLOP/s per device by `device_kind` prefix, for MFU. CPU: this project's 2-core f32 reference.
+# Dense bf16 peak FLOP/s per device by `device_kind` prefix, for MFU; CPUs below.
 PEAK_FLOPS = {"TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12, "TPU v5": 459e12,
               "TPU v6 lite": 918e12, "TPU v6e": 918e12, "NVIDIA H100": 989e12, "NVIDIA H200": 989e12,
               "NVIDIA A100": 312e12}
