@@ -92,7 +92,7 @@ def _torch_reference():
 
 
 def _train_step_closure(side: str, config_path: str, overrides: list[str], threads: int
-                        ) -> tuple[Callable[[], None], str]:
+                        ) -> tuple[Callable[[], object], str]:
   """(one train step, what runs it) of `side` ("jax": ours, "torch": the PyTorch reference) on the config's
   shapes, same loss and AdamW settings, fixed random tokens."""
   from llada_jax import config as config_lib
@@ -188,14 +188,18 @@ class _Side:
   PyTorch's OpenMP) nor its allocations compete with the other's while it is being timed."""
 
   def __init__(self, **spec):
+    # stderr goes to a file: a pipe nobody reads until the end would block a chatty child.
+    self.log = tempfile.TemporaryFile("w+")
     self.child = subprocess.Popen([sys.executable, "-m", "llada_jax.bench", json.dumps(spec)], text=True,
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log)
     self.label = self._read()
 
   def _read(self):
     line = self.child.stdout.readline()
     if not line:
-      raise UserError(f"the benchmark process {self.child.args[-1]} failed: {self.child.stderr.read()[-800:]}")
+      self.child.wait()
+      self.log.seek(0)
+      raise UserError(f"the benchmark process {self.child.args[-1]} failed: {self.log.read()[-800:]}")
     return json.loads(line)
 
   def run(self, iters: int) -> tuple[float, object]:
@@ -207,6 +211,7 @@ class _Side:
   def close(self) -> None:
     self.child.stdin.close()
     self.child.wait()
+    self.log.close()
 
 
 def _side_by_side(spec: dict, iters: int, rounds: int) -> tuple[list[str], list[float], list]:
