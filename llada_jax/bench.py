@@ -91,13 +91,19 @@ def _torch_reference():
   return module
 
 
+def _load_config(config_path: str, overrides: list[str]):
+  """(the config file with its overrides, its ModelConfig): what both the parent and each worker read."""
+  from llada_jax import config as config_lib
+  cfg = config_lib.apply_overrides(config_lib.load_config_file(config_path), overrides)
+  return cfg, config_lib.model_config_from(cfg)
+
+
 def _train_step_closure(side: str, config_path: str, overrides: list[str], threads: int
                         ) -> tuple[Callable[[], object], str]:
   """(one train step, what runs it) of `side` ("jax": ours, "torch": the PyTorch reference) on the config's
   shapes, same loss and AdamW settings, fixed random tokens."""
   from llada_jax import config as config_lib
-  cfg = config_lib.apply_overrides(config_lib.load_config_file(config_path), overrides)
-  model_config = config_lib.model_config_from(cfg)
+  cfg, model_config = _load_config(config_path, overrides)
   tokens = np.random.default_rng(0).integers(8, model_config.vocab_size,
                                              (cfg.data.global_batch, cfg.data.seq_len)).astype(np.int32)
   if side == "torch":
@@ -137,8 +143,7 @@ def _sample_closure(side: str, config_path: str, overrides: list[str], threads: 
   import jax
   from llada_jax import checkpoint, config as config_lib, convert
   from llada_jax import model as model_lib, sampler
-  cfg = config_lib.apply_overrides(config_lib.load_config_file(config_path), overrides)
-  model_config = config_lib.model_config_from(cfg)
+  _, model_config = _load_config(config_path, overrides)
   params = jax.jit(model_lib.init_params, static_argnums=0)(model_config, jax.random.key(0))
   prompt = np.random.default_rng(0).integers(8, model_config.vocab_size, (1, prompt_length)).astype(np.int32)
   options = dict(steps=steps, gen_length=gen_length, block_length=gen_length)
@@ -232,9 +237,7 @@ def _side_by_side(spec: dict, iters: int, rounds: int) -> tuple[list[str], list[
 def bench_train(config_path: str, overrides: list[str], iters: int, threads: int, rounds: int = 3) -> dict:
   """Train-step throughput of ours and of the PyTorch reference (same shapes, loss and AdamW), side by side: one
   process per side, timed in alternating rounds so that a noisy machine slows both alike; medians reported."""
-  from llada_jax import config as config_lib
-  cfg = config_lib.apply_overrides(config_lib.load_config_file(config_path), overrides)
-  model_config = config_lib.model_config_from(cfg)
+  cfg, model_config = _load_config(config_path, overrides)
   batch, seq_len = cfg.data.global_batch, cfg.data.seq_len
   spec = dict(bench="train", config_path=config_path, overrides=overrides, threads=threads)
   labels, (ours_s, theirs_s), _ = _side_by_side(spec, iters, rounds)
@@ -254,9 +257,7 @@ def bench_sample(config_path: str, overrides: list[str], prompt_length: int, gen
                  threads: int, repeats: int = 2, rounds: int = 3) -> dict:
   """Greedy sampling speed of ours and of the official sampling rules on the PyTorch reference, same weights,
   one process per side as in `bench_train`; also whether both produced the same tokens."""
-  from llada_jax import config as config_lib
-  model_config = config_lib.model_config_from(
-      config_lib.apply_overrides(config_lib.load_config_file(config_path), overrides))
+  _, model_config = _load_config(config_path, overrides)
   spec = dict(bench="sample", config_path=config_path, overrides=overrides, threads=threads,
               prompt_length=prompt_length, gen_length=gen_length, steps=steps)
   labels, (ours_s, theirs_s), ((ours_tokens, ours_nfe), (theirs_tokens, theirs_nfe)) = _side_by_side(
@@ -274,6 +275,7 @@ def bench_sample(config_path: str, overrides: list[str], prompt_length: int, gen
   print(f"  ratio llada-jax / PyTorch: {result['jax_tokens_per_s'] / result['torch_tokens_per_s']:.2f}×; "
         f"outputs token-identical: {identical}")
   return result
+
 
 if __name__ == "__main__":
   _serve(sys.argv[1])

@@ -89,8 +89,9 @@ def test_fp32_gradients_match_reference_autograd(tmp_path, changes, causal):
   hf_config = tiny_hf_config(**changes)
   path, ref = write_hf_dir(tmp_path / "hf", hf_config, seed=5)
   if causal:
-    ref, state = TorchLLaDA(hf_config, causal=True), ref.state_dict()
-    ref.load_state_dict(state)
+    causal_ref = TorchLLaDA(hf_config, causal=True)
+    causal_ref.load_state_dict(ref.state_dict())
+    ref = causal_ref
   model = load_pretrained(path)
   config = model.config.replace(causal=causal)
   tokens = _tokens(hf_config, batch=2, length=16)
