@@ -170,12 +170,104 @@ def _sample_closure(side: str, config_path: str, overrides: list[str], threads: 
   return generate_reference, f"official sampling rules, {threads} threads"
 
 
-_CLOSURES = {"train": _train_step_closure, "sample": _sample_closure}
+def _kernel_shapes(config_path: str, overrides: list[str]) -> dict[str, tuple]:
+  """The train step's dominant products at the config's shapes: each projection as (tokens, d_in, d_out), and the
+  attention as (batch, length, heads, kv_heads, head_dim)."""
+  cfg, c = _load_config(config_path, overrides)
+  tokens = cfg.data.global_batch * cfg.data.seq_len
+  return {"attention projection": (tokens, c.d_model, c.n_heads * c.head_dim),
+          "mlp up (each of two)": (tokens, c.d_model, c.mlp_hidden_size),
+          "mlp down": (tokens, c.mlp_hidden_size, c.d_model),
+          "output head": (tokens, c.d_model, c.embedding_size),
+          "attention": (cfg.data.global_batch, cfg.data.seq_len, c.n_heads, c.n_kv_heads, c.head_dim)}
+
+
+def _kernel_flops(name: str, shape: tuple) -> float:
+  """Forward + backward FLOPs, counted as in `train.train_flops_per_token` (backward = 2 × forward)."""
+  if name == "attention":
+    batch, length, heads, _, head_dim = shape
+    return 3 * 4 * batch * heads * length * length * head_dim
+  tokens, d_in, d_out = shape
+  return 3 * 2 * tokens * d_in * d_out
+
+
+def _kernel_closure(side: str, config_path: str, overrides: list[str], threads: int, kernel: str
+                    ) -> tuple[Callable[[], float], str]:
+  """(forward + backward of one kernel, what runs it): ours through the
+  model's own functions, the reference through what tests/torch_reference.py calls (F.linear, SDPA) and autograd.
+  Both sides draw the same inputs; each call returns a function computing a checksum of the gradients (outside
+  the timing), and the two sides' checksums must agree."""
+  _, model_config = _load_config(config_path, overrides)
+  shape = _kernel_shapes(config_path, overrides)[kernel]
+  rng = np.random.default_rng(0)
+  draw = lambda *dims: (rng.standard_normal(dims) / np.sqrt(dims[-1])).astype(np.float32)
+  if kernel == "attention":
+    batch, length, heads, kv_heads, head_dim = shape
+    arrays = [draw(batch, length, heads, head_dim), draw(batch, length, kv_heads, head_dim),
+              draw(batch, length, kv_heads, head_dim), draw(batch, length, heads, head_dim)]
+    key_mask = np.arange(length)[None, :] < np.where(np.arange(batch) % 2, length - 7, length)[:, None]
+  else:
+    tokens, d_in, d_out = shape
+    arrays = [draw(tokens, d_in), draw(d_in, d_out), draw(tokens, d_out)]
+  if side == "torch":
+    import torch
+    import torch.nn.functional as F
+    torch.set_num_threads(threads)
+    if kernel == "attention":
+      # As the reference block calls it: transposed views into SDPA's [batch, heads, length, head_dim], kv heads
+      # repeated for GQA, an additive key bias.
+      q, k, v, d_out = (torch.from_numpy(a) for a in arrays)
+      bias = torch.from_numpy(np.where(key_mask, 0.0, -np.inf).astype(np.float32))[:, None, None, :]
+      leaves = [t.requires_grad_() for t in (q, k, v)]
+
+      def run():
+        groups = heads // kv_heads
+        out = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2).repeat_interleave(groups, 1),
+            v.transpose(1, 2).repeat_interleave(groups, 1), attn_mask=bias, scale=1.0 / np.sqrt(head_dim))
+        out.backward(d_out.transpose(1, 2))
+    else:
+      x, w_t, d_out = torch.from_numpy(arrays[0]), torch.from_numpy(arrays[1].T.copy()), torch.from_numpy(arrays[2])
+      leaves = [t.requires_grad_() for t in (x, w_t)]
+
+      def run():
+        F.linear(x, w_t).backward(d_out)
+
+    def step():
+      for leaf in leaves:
+        leaf.grad = None
+      run()
+      return lambda: _checksum(leaf.grad.numpy() for leaf in leaves)
+    return step, f"{threads} threads"
+
+  import jax
+  import jax.numpy as jnp
+  from llada_jax import model as model_lib
+  if kernel == "attention":
+    fn = lambda q, k, v: model_lib.attention(q, k, v, jnp.asarray(key_mask), causal=model_config.causal,
+                                             impl=model_config.attention_impl)
+    inputs, d_out = [jnp.asarray(a) for a in arrays[:3]], jnp.asarray(arrays[3])
+  else:
+    fn, inputs, d_out = model_lib.project, [jnp.asarray(a) for a in arrays[:2]], jnp.asarray(arrays[2])
+  grads = jax.jit(lambda *xs: jax.vjp(fn, *xs)[1](d_out))
+
+  def step():
+    result = jax.block_until_ready(grads(*inputs))
+    return lambda: _checksum(np.asarray(g) for g in result)
+  return step, f"XLA, {jax.devices()[0].platform}"
+
+
+def _checksum(arrays) -> float:
+  return float(sum(np.abs(a.astype(np.float64)).sum() for a in arrays))
+
+
+_CLOSURES = {"train": _train_step_closure, "sample": _sample_closure, "kernels": _kernel_closure}
 
 
 def _serve(spec: str) -> None:
-  """Worker process of `bench train|sample`: builds one side, runs it twice to warm up, then for each line `n`
-  read runs it n times and answers with the mean seconds and the last call's output."""
+  """Worker process of `bench train|sample|kernels`: builds one side, runs it twice to warm up, then for each
+  line `n` read runs it n times and answers with the mean seconds and the last call's output (called first if it
+  is a function: work kept out of the timing)."""
   spec = json.loads(spec)
   fn, label = _CLOSURES[spec.pop("bench")](**spec)
   fn()  # compiles
@@ -185,7 +277,8 @@ def _serve(spec: str) -> None:
     start = time.perf_counter()
     for _ in range(int(line)):
       output = fn()
-    print(json.dumps([(time.perf_counter() - start) / int(line), output]), flush=True)
+    seconds = (time.perf_counter() - start) / int(line)
+    print(json.dumps([seconds, output() if callable(output) else output]), flush=True)
 
 
 class _Side:
@@ -251,6 +344,29 @@ def bench_train(config_path: str, overrides: list[str], iters: int, threads: int
         f"({theirs_s * 1e3:,.0f} ms/step)")
   print(f"  ratio llada-jax / PyTorch: {result['jax_tokens_per_s'] / result['torch_tokens_per_s']:.2f}×")
   return result
+
+
+def bench_kernels(config_path: str, overrides: list[str], iters: int, threads: int, rounds: int = 3,
+                  kernels: list[str] | None = None) -> list[dict]:
+  """Forward + backward time of the train step's dominant kernels at the config's shapes, ours against the
+  PyTorch reference's, one process per side and kernel as in `bench_train`: where a train-step gap comes from."""
+  shapes = _kernel_shapes(config_path, overrides)
+  rows = []
+  print(f"kernels of the train step, {config_path}: forward + backward, fp32")
+  print(f"{'kernel':22s} {'shape':28s} {'llada-jax ms':>12s} {'PyTorch ms':>11s} {'GFLOP/s':>8s} {'PyTorch':>8s} "
+        f"{'ratio':>6s}")
+  for name in kernels or list(shapes):
+    spec = dict(bench="kernels", config_path=config_path, overrides=overrides, threads=threads, kernel=name)
+    _, (ours_s, theirs_s), (ours_sum, theirs_sum) = _side_by_side(spec, iters, rounds)
+    flops = _kernel_flops(name, shapes[name])
+    rows.append(dict(kernel=name, shape=shapes[name], jax_ms=ours_s * 1e3, torch_ms=theirs_s * 1e3,
+                     jax_gflops=flops / ours_s / 1e9, torch_gflops=flops / theirs_s / 1e9,
+                     gradients_agree=bool(abs(ours_sum - theirs_sum) <= 1e-4 * abs(theirs_sum))))
+    r = rows[-1]
+    print(f"{name:22s} {' × '.join(map(str, shapes[name])):28s} {r['jax_ms']:12.1f} {r['torch_ms']:11.1f} "
+          f"{r['jax_gflops']:8.0f} {r['torch_gflops']:8.0f} {theirs_s / ours_s:5.2f}×"
+          + ("" if r["gradients_agree"] else "  (gradients differ!)"))
+  return rows
 
 
 def bench_sample(config_path: str, overrides: list[str], prompt_length: int, gen_length: int, steps: int,

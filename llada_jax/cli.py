@@ -213,6 +213,8 @@ def _cmd_bench(args: argparse.Namespace) -> None:
     bench.bench_convert([int(n) for n in args.layers.split(",")], dtype=args.dtype)
   elif args.what == "train":
     bench.bench_train(args.config or "configs/tiny.py", args.overrides, args.iters, args.threads)
+  elif args.what == "kernels":
+    bench.bench_kernels(args.config or "configs/tiny.py", args.overrides, args.iters, args.threads)
   else:
     bench.bench_sample(args.config or "configs/tiny.py", args.overrides, args.prompt_length, args.gen_length,
                        args.steps, args.threads)
@@ -352,14 +354,18 @@ def build_parser() -> argparse.ArgumentParser:
                           "checkpoint with the 8B's tensor shapes and a few layers, extrapolated to 32 layers. "
                           "train: train-step tokens/s of llada-jax and of the PyTorch reference in tests/, same "
                           "shapes, in one run. sample: greedy sampling tokens/s and model calls of llada-jax and of "
-                          "the official sampling rules on the PyTorch reference, same weights. train and sample run "
-                          "each side in its own process, timed in alternating rounds; medians are reported.")
-  p.add_argument("what", choices=["convert", "train", "sample"], help="what to measure")
-  p.add_argument("--config", default=None, help="train: the config whose model and batch to time (default "
-                 "configs/tiny.py); --config.key=value overrides apply")
-  p.add_argument("--iters", type=int, default=5, help="train: timed steps after 2 warm-up steps (default 5)")
-  p.add_argument("--threads", type=int, default=os.cpu_count(), help="train/sample: PyTorch threads (default: all "
-                 "cores)")
+                          "the official sampling rules on the PyTorch reference, same weights. kernels: forward + "
+                          "backward time of the train step's projections, output head and attention at the config's "
+                          "shapes, next to the PyTorch reference's (where a train-step gap comes from). train, sample "
+                          "and kernels run each side in its own process, timed in alternating rounds; medians are "
+                          "reported.")
+  p.add_argument("what", choices=["convert", "train", "sample", "kernels"], help="what to measure")
+  p.add_argument("--config", default=None, help="train/sample/kernels: the config whose model and batch to time "
+                 "(default configs/tiny.py); --config.key=value overrides apply")
+  p.add_argument("--iters", type=int, default=5, help="train/kernels: timed calls per round after 2 warm-up calls "
+                 "(default 5)")
+  p.add_argument("--threads", type=int, default=os.cpu_count(), help="train/sample/kernels: PyTorch threads "
+                 "(default: all cores)")
   p.add_argument("--prompt-length", type=int, default=64, help="sample: prompt tokens (default 64)")
   p.add_argument("--gen-length", type=int, default=64, help="sample: generated tokens (default 64)")
   p.add_argument("--steps", type=int, default=64, help="sample: sampling steps (default 64)")
@@ -399,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
 # or from per-thread arenas that cannot hold them, so every page was faulted in again on every step: up to a
 # third of the step went to the kernel, more while another process fragmented memory. One arena that keeps what
 # it frees, never mmaps, and backs its heap with transparent huge pages makes that steady-state memory reusable.
-_LOOP_COMMANDS = {"train", "generate", "chat", "eval", "bench train", "bench sample"}
+_LOOP_COMMANDS = {"train", "generate", "chat", "eval", "bench train", "bench sample", "bench kernels"}
 _ALLOCATOR_TUNABLES = ("glibc.malloc.hugetlb=1:glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
                        "glibc.malloc.trim_threshold=68719476736")
 

@@ -36,6 +36,21 @@ def test_diffusion_loss_equals_hand_computation():
   np.testing.assert_allclose(float(got), want, rtol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_token_ce_gradient_is_softmax_minus_onehot(dtype):
+  logits, targets, _, _ = _fixed()
+  weights = np.random.default_rng(1).normal(size=targets.shape)
+  x = jnp.asarray(logits, dtype)
+  value, grad = jax.value_and_grad(lambda z: jnp.sum(loss.token_ce(z, jnp.asarray(targets)) * weights))(x)
+  rounded = np.asarray(x.astype(jnp.float32))
+  np.testing.assert_allclose(float(value), float(np.sum(_numpy_ce(rounded, targets) * weights)), rtol=1e-5)
+  softmax = np.exp(rounded - rounded.max(-1, keepdims=True))
+  softmax /= softmax.sum(-1, keepdims=True)
+  want = (softmax - np.eye(logits.shape[-1])[targets]) * weights[..., None]
+  assert grad.dtype == dtype
+  np.testing.assert_allclose(np.asarray(grad, np.float32), want, atol=1e-6 if dtype == jnp.float32 else 2e-2)
+
+
 def test_random_length_cut_normalises_by_the_cut_length():
   logits, targets, masked, p = _fixed()
   cut = 4
