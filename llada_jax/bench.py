@@ -170,10 +170,9 @@ def _sample_closure(side: str, config_path: str, overrides: list[str], threads: 
   return generate_reference, f"official sampling rules, {threads} threads"
 
 
-def _kernel_shapes(config_path: str, overrides: list[str]) -> dict[str, tuple]:
-  """The train step's dominant products at the config's shapes: each projection as (tokens, d_in, d_out), and the
-  attention as (batch, length, heads, kv_heads, head_dim)."""
-  cfg, c = _load_config(config_path, overrides)
+def _kernel_shapes(cfg, c) -> dict[str, tuple]:
+  """The train step's dominant products at the shapes of a config and its ModelConfig: each projection as
+  (tokens, d_in, d_out), and the attention as (batch, length, heads, kv_heads, head_dim)."""
   tokens = cfg.data.global_batch * cfg.data.seq_len
   return {"attention projection": (tokens, c.d_model, c.n_heads * c.head_dim),
           "mlp up (each of two)": (tokens, c.d_model, c.mlp_hidden_size),
@@ -192,13 +191,13 @@ def _kernel_flops(name: str, shape: tuple) -> float:
 
 
 def _kernel_closure(side: str, config_path: str, overrides: list[str], threads: int, kernel: str
-                    ) -> tuple[Callable[[], float], str]:
-  """(forward + backward of one kernel, what runs it): ours through the
-  model's own functions, the reference through what tests/torch_reference.py calls (F.linear, SDPA) and autograd.
-  Both sides draw the same inputs; each call returns a function computing a checksum of the gradients (outside
-  the timing), and the two sides' checksums must agree."""
-  _, model_config = _load_config(config_path, overrides)
-  shape = _kernel_shapes(config_path, overrides)[kernel]
+                    ) -> tuple[Callable[[], Callable[[], float]], str]:
+  """(forward + backward of one kernel, what runs it): ours through the model's own functions, the reference
+  through what tests/torch_reference.py calls (F.linear, SDPA) and autograd. Both sides draw the same inputs; each
+  call returns a function computing a checksum of the gradients (outside the timing), and the two sides'
+  checksums must agree."""
+  cfg, model_config = _load_config(config_path, overrides)
+  shape = _kernel_shapes(cfg, model_config)[kernel]
   rng = np.random.default_rng(0)
   draw = lambda *dims: (rng.standard_normal(dims) / np.sqrt(dims[-1])).astype(np.float32)
   if kernel == "attention":
@@ -350,7 +349,7 @@ def bench_kernels(config_path: str, overrides: list[str], iters: int, threads: i
                   kernels: list[str] | None = None) -> list[dict]:
   """Forward + backward time of the train step's dominant kernels at the config's shapes, ours against the
   PyTorch reference's, one process per side and kernel as in `bench_train`: where a train-step gap comes from."""
-  shapes = _kernel_shapes(config_path, overrides)
+  shapes = _kernel_shapes(*_load_config(config_path, overrides))
   rows = []
   print(f"kernels of the train step, {config_path}: forward + backward, fp32")
   print(f"{'kernel':22s} {'shape':28s} {'llada-jax ms':>12s} {'PyTorch ms':>11s} {'GFLOP/s':>8s} {'PyTorch':>8s} "

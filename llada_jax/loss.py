@@ -68,7 +68,8 @@ def token_ce(logits: jax.Array, targets: jax.Array) -> jax.Array:
 def _token_ce_forward(logits, targets):
   logits32 = logits.astype(jnp.float32)
   log_z = jax.nn.logsumexp(logits32, axis=-1)
-  # A gather of one logit per position; when the vocab is sharded, XLA gathers locally and sums over the shards.
+  # One logit per position. With the vocab sharded, XLA partitions this gather without gathering the logits
+  # (checked in the HLO of the fsdp×tensor train step: the same collectives as a select-and-sum).
   target_logit = jnp.take_along_axis(logits32, targets[..., None], axis=-1)[..., 0]
   return log_z - target_logit, (logits, targets, log_z)
 
