@@ -27,7 +27,7 @@ def test_help_explains_every_command():
 
 
 def test_loop_commands_restart_once_with_the_steady_state_allocator(monkeypatch):
-  """`llada-jax train|generate|chat|eval|bench train|bench sample` re-execute once with glibc tunables that keep
+  """`llada-jax train|generate|chat|eval|bench train|sample|kernels` re-execute once with glibc tunables that keep
   XLA's per-step buffers mapped (they were faulted in anew on every step), keeping the user's own tunables and
   arguments; the child, which has them, runs main directly; conversion keeps the default allocator."""
   from llada_jax import cli
