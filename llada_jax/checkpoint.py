@@ -7,12 +7,16 @@ attention kernels split into `[embed, heads, head_dim]`). In memory the blocks a
 Orbax item; a change to the on-disk naming must bump it, and old versions must keep loading.
 
 A params checkpoint directory holds:
-  llada_jax.json   {"layout_version", "model_config", "kind": "params"}
+  llada_jax.json   {"layout_version", "model_config", "kind": "params", "fingerprints"}
   params/          the Orbax PyTree item (per-layer names)
+
+Every array written is fingerprinted at save and checked at restore (`fingerprints`): Orbax's files carry no
+checksum, and a damaged chunk that still decompresses would otherwise load as wrong numbers without a word.
 """
 
 import contextlib
 import json
+import logging
 import math
 import os
 import shutil
@@ -27,7 +31,9 @@ import orbax.checkpoint as ocp
 from llada_jax import model as model_lib
 from llada_jax import sharding
 from llada_jax.config import ModelConfig
-from llada_jax.errors import UserError
+from llada_jax.errors import CorruptCheckpoint, UserError, short_reason
+
+log = logging.getLogger("llada_jax")
 
 LAYOUT_VERSION = 1
 METADATA_FILE = "llada_jax.json"
@@ -70,10 +76,13 @@ def layered_abstract(config: ModelConfig, dtype: str | None = None, mesh=None) -
 
 
 def write_metadata(path: str, config: ModelConfig, kind: str = "params", **extra) -> None:
-  """kind: "params" (a params checkpoint) or "train" (a training workdir, with the experiment config)."""
+  """kind: "params" (a params checkpoint) or "train" (a training workdir, with the experiment config). Written
+  to a temporary file and renamed, so a kill leaves the old file or the new one, never half of one."""
   meta = {"layout_version": LAYOUT_VERSION, "kind": kind, "model_config": config.to_dict(), **extra}
-  with open(os.path.join(path, METADATA_FILE), "w") as f:
+  target = os.path.join(path, METADATA_FILE)
+  with open(target + ".tmp", "w") as f:
     json.dump(meta, f, indent=2)
+  os.replace(target + ".tmp", target)
 
 
 def read_metadata(path: str) -> tuple[ModelConfig, dict[str, Any]]:
@@ -105,12 +114,73 @@ def _to_jax_in_place(tree: Params) -> Params:
   return tree
 
 
+# ---- Integrity: a fingerprint of every array, taken at save and checked at restore ----
+
+def _array_fingerprint(x: jax.Array) -> jax.Array:
+  """Two uint32 sums over the array's bit patterns: plain, and weighted by an odd multiplier of each element's
+  position. Any single changed element changes both; moved or swapped elements change the weighted one. Modular
+  integer sums do not depend on reduction order, so the value is the same on every mesh and device count."""
+  bits = jax.lax.bitcast_convert_type(x, jnp.dtype(f"uint{x.dtype.itemsize * 8}")).astype(jnp.uint32)
+  position = jnp.zeros(x.shape, jnp.uint32)
+  stride = 1
+  for axis in reversed(range(x.ndim)):
+    position = position + jax.lax.broadcasted_iota(jnp.uint32, x.shape, axis) * jnp.uint32(stride % 2**32)
+    stride *= x.shape[axis]
+  weight = position * jnp.uint32(0x9E3779B1) | jnp.uint32(1)
+  return jnp.stack([jnp.sum(bits, dtype=jnp.uint32), jnp.sum(bits * weight, dtype=jnp.uint32)])
+
+
+@jax.jit
+def _fingerprint_tree(tree):
+  return jax.tree.map(_array_fingerprint, tree)
+
+
+def fingerprints(tree) -> dict[str, str]:
+  """{"blocks/0/q_proj": "89ab…", …}: one 16-hex-digit fingerprint per array leaf of `tree`."""
+  leaves = jax.tree_util.tree_flatten_with_path(_fingerprint_tree(tree))[0]
+  # The result is replicated: every process reads its own copy (a global array is not fully addressable).
+  return {jax.tree_util.keystr(path, simple=True, separator="/"):
+          "".join(f"{int(v):08x}" for v in np.asarray(value.addressable_data(0)))
+          for path, value in leaves}
+
+
+def verify(tree, expected: dict[str, str] | None, what: str) -> None:
+  """Raises CorruptCheckpoint naming the arrays whose fingerprint differs from the one recorded at save."""
+  if expected is None:  # written before fingerprints existed: nothing to compare with
+    return
+  actual = fingerprints(tree)
+  bad = sorted(k for k in expected.keys() | actual.keys() if expected.get(k) != actual.get(k))
+  if bad:
+    more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+    raise CorruptCheckpoint(f"{what}: the array {bad[0]}{more} differs from what was saved (fingerprint mismatch)")
+
+
+# ---- Output directories ----
+
 def check_output_dir(out_dir: str, overwrite: bool) -> str:
   """The absolute output path; refuses a non-empty directory unless overwriting (checked before any work)."""
   out_dir = os.path.abspath(out_dir)
-  if os.path.exists(out_dir) and os.listdir(out_dir) and not overwrite:
+  if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)) and not overwrite:
     raise UserError(f"{out_dir} exists and is not empty; choose a new directory or pass --overwrite")
   return out_dir
+
+
+def ensure_writable(directory: str) -> None:
+  """Creates `directory` if needed and proves a file can be written there, before hours of work depend on it."""
+  try:
+    os.makedirs(directory, exist_ok=True)
+    fd, probe = tempfile.mkstemp(prefix=".llada-jax-write-test-", dir=directory)
+    os.close(fd)
+    os.unlink(probe)
+  except OSError as e:
+    raise UserError(f"cannot write to {directory} ({e.strerror.lower() if e.strerror else e}); choose a writable "
+                    "directory") from None
+
+
+def _umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
 
 
 @contextlib.contextmanager
@@ -122,14 +192,17 @@ def atomic_output_dir(out_dir: str, overwrite: bool = False) -> Iterator[str]:
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=".llada-jax-", dir=parent)
   try:
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's private 0700 would outlive the rename
     yield tmp
     if os.path.exists(out_dir):
-      shutil.rmtree(out_dir)
+      shutil.rmtree(out_dir) if os.path.isdir(out_dir) else os.unlink(out_dir)
     os.rename(tmp, out_dir)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
 
+
+# ---- Params checkpoints ----
 
 def save_params(out_dir: str, layered: Params, config: ModelConfig, overwrite: bool = False) -> None:
   """Writes a params checkpoint atomically. Takes ownership of `layered` (its host arrays are swapped for jax
@@ -143,16 +216,19 @@ def save_params(out_dir: str, layered: Params, config: ModelConfig, overwrite: b
     checkpointer = ocp.Checkpointer(ocp.PyTreeCheckpointHandler(
         use_ocdbt=False, save_concurrent_gb=max(2, math.ceil(largest_gb))))
     checkpointer.save(os.path.join(tmp, PARAMS_ITEM), args=ocp.args.PyTreeSave(layered))
-    write_metadata(tmp, config)
+    write_metadata(tmp, config, fingerprints=fingerprints(layered))
 
 
 def restore_layered(path: str, config: ModelConfig, *, dtype: str | None = None, mesh=None,
-                    as_numpy: bool = False, item: str = PARAMS_ITEM) -> Params:
-  """Reads the on-disk tree: host numpy arrays, or jax arrays sharded for `mesh` (default: one device)."""
-  item_path = os.path.join(os.path.abspath(path), item)
+                    as_numpy: bool = False) -> Params:
+  """Reads and verifies the on-disk tree of a params checkpoint or step directory (`config`: as stored): host numpy
+  arrays, or jax arrays sharded for `mesh` (default: one device), cast to `dtype` after verification."""
+  path = os.path.abspath(path)
+  item_path = os.path.join(path, PARAMS_ITEM)
   if not os.path.isdir(item_path):
-    raise UserError(f"{path} has no {item}/ item; the checkpoint is incomplete — re-export or re-train it")
-  target = layered_abstract(config, dtype, mesh)
+    raise CorruptCheckpoint(f"{path} has no {PARAMS_ITEM}/ item: the checkpoint is incomplete")
+  expected = _expected_params_fingerprints(path)
+  target = layered_abstract(config, None, mesh)
   if as_numpy:
     restore_args = jax.tree.map(lambda a: ocp.RestoreArgs(restore_type=np.ndarray, dtype=a.dtype), target)
   else:
@@ -161,20 +237,57 @@ def restore_layered(path: str, config: ModelConfig, *, dtype: str | None = None,
       target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), target)
     restore_args = ocp.checkpoint_utils.construct_restore_args(target)
   try:
-    return ocp.PyTreeCheckpointer().restore(
+    layered = ocp.PyTreeCheckpointer().restore(
         item_path, args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args))
-  except (ValueError, KeyError, OSError, RuntimeError) as e:
-    raise UserError(f"could not read the parameters in {item_path}: {str(e).splitlines()[0]} — the checkpoint "
-                    "is corrupt or does not match its llada_jax.json; re-export it") from None
+  except Exception as e:  # tensorstore, zstd and Orbax each raise their own kinds for damaged files
+    raise CorruptCheckpoint(f"{item_path} cannot be read ({short_reason(e)})") from None
+  verify(layered, expected, item_path)
+  if dtype and model_lib.jnp_dtype(dtype) != model_lib.jnp_dtype(config.param_dtype):
+    layered = _cast_in_place(layered, model_lib.jnp_dtype(dtype))
+  return layered
+
+
+def _cast_in_place(tree: Params, dtype) -> Params:
+  """Leaf by leaf, so each stored-dtype original is freed as soon as its cast exists."""
+  for key, value in tree.items():
+    tree[key] = _cast_in_place(value, dtype) if isinstance(value, dict) else value.astype(dtype)
+  return tree
+
+
+def _expected_params_fingerprints(path: str) -> dict[str, str] | None:
+  if is_checkpoint(path):  # a params checkpoint
+    return read_metadata(path)[1].get("fingerprints")
+  return read_step_meta(path).get("fingerprints", {}).get(PARAMS_ITEM)
+
+
+def load_layered(path: str, *, dtype: str | None = None, mesh=None,
+                 as_numpy: bool = False) -> tuple[ModelConfig, Params, str]:
+  """(stored config, verified on-disk tree, the directory read) for a params checkpoint, a step directory, or a
+  training workdir — whose newest step that verifies is used, with a warning for each newer one that does not."""
+  candidates, config = resolve_candidates(path)
+  failures = []
+  for directory in candidates:
+    try:
+      layered = restore_layered(directory, config, dtype=dtype, mesh=mesh, as_numpy=as_numpy)
+    except CorruptCheckpoint as e:
+      failures.append(str(e))
+      continue
+    for failure in failures:
+      log.warning("%s; using the older %s instead", failure, directory)
+    return config, layered, directory
+  if len(candidates) > 1:
+    raise CorruptCheckpoint(f"no checkpoint step in {path} verifies (newest: {failures[0]}); the files are damaged "
+                            "— retrain, or restore them from a copy")
+  raise CorruptCheckpoint(f"{failures[0]} — the checkpoint is damaged or does not match its {METADATA_FILE}; "
+                          "delete it and use another step, or re-export it")
 
 
 def restore_params(path: str, *, dtype: str | None = None, mesh=None) -> tuple[ModelConfig, Params]:
   """(config, stacked params as jax arrays), sharded by the logical rules when a mesh is given. `path`: a params
-  checkpoint, a training workdir (latest step) or a step directory."""
-  path, config = resolve(path)
+  checkpoint, a training workdir (newest verified step) or a step directory."""
+  config, layered, _ = load_layered(path, dtype=dtype, mesh=mesh)
   if dtype:
     config = config.replace(param_dtype=dtype)
-  layered = restore_layered(path, config, dtype=dtype, mesh=mesh)
   return config, stack_on_device(layered, config, mesh)
 
 
@@ -189,24 +302,51 @@ def params_shardings(config: ModelConfig, mesh) -> Params:
   return sharding.tree_shardings(mesh, model_lib.param_logical_axes(config), model_lib.abstract_params(config))
 
 
-# ---- Training checkpoints: a workdir with llada_jax.json and checkpoints/<step>/{state,params,data_iter} ----
+# ---- Training checkpoints: a workdir with llada_jax.json and checkpoints/<step>/{state,params,data_iter,meta} ----
 
-STATE_ITEM, DATA_ITEM = "state", "data_iter"
+STATE_ITEM, DATA_ITEM, META_ITEM = "state", "data_iter", "meta"
+STEP_ITEMS = (STATE_ITEM, PARAMS_ITEM, DATA_ITEM)
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")
+CORRUPT_DIR = "corrupt_checkpoints"
+
+
+def committed_steps(workdir: str) -> list[int]:
+  """The steps whose directories Orbax committed (in-progress writes carry a suffix and are not listed)."""
+  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+  return sorted(int(d) for d in os.listdir(directory) if d.isdigit()) if os.path.isdir(directory) else []
+
+
+def read_step_meta(step_dir: str) -> dict:
+  """The step's `meta` item: {"step", "val_loss", "fingerprints": {item: {array: fingerprint}}}; {} for steps
+  written before it existed."""
+  meta_dir = os.path.join(step_dir, META_ITEM)
+  if not os.path.isdir(meta_dir):
+    return {}
+  try:
+    return ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(meta_dir, args=ocp.args.JsonRestore())
+  except Exception as e:
+    raise CorruptCheckpoint(f"{meta_dir} cannot be read ({short_reason(e)})") from None
 
 
 class TrainCheckpoints:
   """Orbax CheckpointManager over composite items: the full train state, a params-only item in the on-disk
-  layout (what eval and conversion read, never touching optimizer state) and each process's Grain iterator."""
+  layout (what eval and conversion read, never touching optimizer state), each process's Grain iterator, and a
+  `meta` item with the validation bound and every array's fingerprint.
+
+  Rotation keeps the newest `keep` steps and the one with the best finite validation bound, so a run that goes bad
+  after its best point can never push that point out. Restore walks back from the newest step to the newest one
+  that reads and verifies; steps newer than it are moved to WORKDIR/corrupt_checkpoints, never deleted."""
 
   def __init__(self, workdir: str, experiment, model_config: ModelConfig, *, keep: int, async_save: bool):
     import grain
     self.workdir = os.path.abspath(workdir)
     self.directory = os.path.join(self.workdir, "checkpoints")
     self.model_config = model_config
+    self.keep = keep
     os.makedirs(self.workdir, exist_ok=True)
     meta_path = os.path.join(self.workdir, METADATA_FILE)
-    if os.path.isfile(meta_path):
+    # A workdir is bound to its model once it holds a checkpoint; before that, a failed first try binds nothing.
+    if os.path.isfile(meta_path) and committed_steps(self.workdir):
       previous, _ = read_metadata(self.workdir)
       if previous != model_config:
         raise UserError(f"{workdir} holds a run of a different model ({_config_diff(previous, model_config)}); "
@@ -215,9 +355,12 @@ class TrainCheckpoints:
       write_metadata(self.workdir, model_config, kind="train", experiment=experiment.to_dict())
     self.manager = ocp.CheckpointManager(
         self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save, create=True),
+        options=ocp.CheckpointManagerOptions(enable_async_checkpointing=async_save, create=True,
+                                             cleanup_tmp_directories=True),
         item_handlers={STATE_ITEM: ocp.StandardCheckpointHandler(), PARAMS_ITEM: ocp.StandardCheckpointHandler(),
-                       DATA_ITEM: grain.checkpoint.CheckpointHandler()})
+                       DATA_ITEM: grain.checkpoint.CheckpointHandler(), META_ITEM: ocp.JsonCheckpointHandler()})
+    self._saving = None  # the step being written asynchronously
+    self.last_committed = self.latest_step()
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -227,28 +370,143 @@ class TrainCheckpoints:
     if jax.process_index() == 0:
       tokenizer.save(self.workdir)
 
-  def save(self, step: int, state: dict, data_iterator) -> None:
+  def save(self, step: int, state: dict, data_iterator, val_loss: float | None) -> None:
+    """Starts writing `step` (in the background when async). The previous write is waited for and its errors
+    raised first, and rotation runs only over committed steps, so a failing write never costs an older one."""
     import grain
+    self.wait()
+    if os.path.exists(os.path.join(self.directory, str(step))):  # left by a run that fell back past it
+      self._move_aside([step])
     layered = to_layered(state["params"], self.model_config.n_layers)
-    self.manager.save(step, args=ocp.args.Composite(**{
-        STATE_ITEM: ocp.args.StandardSave(state), PARAMS_ITEM: ocp.args.StandardSave(layered),
-        DATA_ITEM: grain.checkpoint.CheckpointSave(data_iterator)}))
+    finite = val_loss is not None and math.isfinite(val_loss)
+    meta = {"step": step, "val_loss": val_loss if finite else None,
+            "fingerprints": {STATE_ITEM: fingerprints(state), PARAMS_ITEM: fingerprints(layered)}}
+    try:
+      self.manager.save(step, args=ocp.args.Composite(**{
+          STATE_ITEM: ocp.args.StandardSave(state), PARAMS_ITEM: ocp.args.StandardSave(layered),
+          DATA_ITEM: grain.checkpoint.CheckpointSave(data_iterator), META_ITEM: ocp.args.JsonSave(meta)}))
+    except Exception as e:
+      raise self._write_failed(step, e) from None
+    self._saving = step
+    if not self.manager.is_saving_in_progress():
+      self.wait()
 
-  def restore(self, abstract_state: dict, shardings: dict, data_iterator, step: int | None = None) -> dict:
-    """Restores into arrays carrying the *current* mesh's shardings, so a run can move to another topology."""
-    import grain
-    step = self.latest_step() if step is None else step
+  def check(self) -> None:
+    """Raises at once if a background write has failed (call every step: it does not block)."""
+    if self._saving is None:
+      return
+    try:
+      self.manager.check_for_errors()
+    except Exception as e:
+      raise self._write_failed(self._saving, e) from None
+    if not self.manager.is_saving_in_progress():
+      self.wait()
+
+  def wait(self) -> None:
+    """Blocks until the write in flight is committed (raising its error), then rotates."""
+    if self._saving is None:
+      return
+    step, self._saving = self._saving, None
+    try:
+      self.manager.wait_until_finished()
+      self.manager.check_for_errors()
+    except Exception as e:
+      raise self._write_failed(step, e) from None
+    if step not in self.manager.all_steps():
+      raise self._write_failed(step, RuntimeError("the step was not committed"))
+    self.last_committed = step
+    self._rotate()
+
+  def _write_failed(self, step: int, error: Exception) -> UserError:
+    """The one-line error for a failed write, after removing what it left half-written."""
+    with contextlib.suppress(Exception):
+      self.manager.wait_until_finished()
+    if os.path.isdir(self.directory):
+      for name in os.listdir(self.directory):
+        if name.startswith(f"{step}.") and "tmp" in name:
+          shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+    from llada_jax.errors import environment_problem
+    problem = environment_problem(error)
+    why = f"{problem[0]}; {problem[1]}" if problem else short_reason(error)
+    last = (f"the last committed checkpoint is step {self.last_committed}" if self.last_committed is not None
+            else "no checkpoint was committed yet")
+    return UserError(f"writing checkpoint step {step} to {self.directory} failed ({why}); {last} — fix this, then "
+                     "continue with --resume")
+
+  def _rotate(self) -> None:
+    steps = self.manager.all_steps()
+    keep = set(sorted(steps)[-self.keep:])
+    scored = [(meta["val_loss"], s) for s in steps
+              if (meta := self._meta_or_empty(s)).get("val_loss") is not None]
+    if scored:
+      keep.add(min(scored)[1])
+    for step in sorted(set(steps) - keep):
+      self.manager.delete(step)
+
+  def _meta_or_empty(self, step: int) -> dict:
+    try:
+      return read_step_meta(os.path.join(self.directory, str(step)))
+    except CorruptCheckpoint:
+      return {}
+
+  def best_step(self) -> int | None:
+    scored = [(meta["val_loss"], s) for s in self.manager.all_steps()
+              if (meta := self._meta_or_empty(s)).get("val_loss") is not None]
+    return min(scored)[1] if scored else None
+
+  def restore(self, abstract_state: dict, shardings: dict, data_iterator) -> dict:
+    """The newest step that reads and verifies, restored into arrays carrying the *current* mesh's shardings (so a
+    run can move to another topology); `data_iterator` is positioned to match."""
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, shardings)
+    failed = []
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        state = self._restore_step(step, target, data_iterator)
+      except CorruptCheckpoint as e:
+        failed.append((step, str(e)))
+        continue
+      if failed:
+        self._move_aside([s for s, _ in failed])
+        for s, why in failed:
+          log.warning("checkpoint step %d is unusable (%s); resuming from step %d instead (step %d moved to %s)",
+                      s, why, step, s, os.path.join(self.workdir, CORRUPT_DIR))
+      self.last_committed = step
+      return state
+    raise UserError(f"no checkpoint in {self.directory} can be restored (step {failed[0][0]}: {failed[0][1]}); if "
+                    "the files are damaged, move the bad step directories away; if the config changed (optimizer, "
+                    "process count), restore it")
+
+  def _restore_step(self, step: int, target: dict, data_iterator) -> dict:
+    import grain
+    step_dir = os.path.join(self.directory, str(step))
+    missing = [item for item in STEP_ITEMS if not os.path.isdir(os.path.join(step_dir, item))]
+    if missing:
+      raise CorruptCheckpoint(f"{', '.join(missing)}/ missing: the step is incomplete")
+    meta = read_step_meta(step_dir)
     try:
       restored = self.manager.restore(step, args=ocp.args.Composite(**{
           STATE_ITEM: ocp.args.StandardRestore(target), DATA_ITEM: grain.checkpoint.CheckpointRestore(data_iterator)}))
-    except (ValueError, KeyError, OSError, RuntimeError) as e:
-      raise UserError(f"could not restore step {step} from {self.directory}: {str(e).splitlines()[0]} — the "
-                      "checkpoint is corrupt, or was written by a different process count or optimizer config") from None
+    except Exception as e:
+      raise CorruptCheckpoint(f"cannot be read: {short_reason(e)}") from None
+    verify(restored[STATE_ITEM], meta.get("fingerprints", {}).get(STATE_ITEM) if meta else None, STATE_ITEM)
     return restored[STATE_ITEM]
 
-  def wait(self) -> None:
-    self.manager.wait_until_finished()
+  def _move_aside(self, steps: list[int]) -> None:
+    """Moves unusable steps out of Orbax's directory (a later save of the same step number would collide), keeping
+    their files for inspection."""
+    if jax.process_index() == 0:
+      aside = os.path.join(self.workdir, CORRUPT_DIR)
+      os.makedirs(aside, exist_ok=True)
+      for step in steps:
+        target = os.path.join(aside, str(step))
+        suffix = 1
+        while os.path.exists(target):
+          target, suffix = os.path.join(aside, f"{step}.{suffix}"), suffix + 1
+        os.rename(os.path.join(self.directory, str(step)), target)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices("llada_jax.move_aside")
+    self.manager.reload()
 
 
 def _config_diff(a: ModelConfig, b: ModelConfig) -> str:
@@ -256,23 +514,22 @@ def _config_diff(a: ModelConfig, b: ModelConfig) -> str:
   return ", ".join(f"{k}: {da[k]} → {db[k]}" for k in da if da[k] != db[k])
 
 
-def resolve(path: str) -> tuple[str, ModelConfig]:
-  """(directory holding a `params/` item, model config) for a params checkpoint, a training workdir (its latest
-  step) or one step directory of a workdir."""
+def resolve_candidates(path: str) -> tuple[list[str], ModelConfig]:
+  """(directories holding a `params/` item, newest first; model config) for a params checkpoint, a training
+  workdir (each committed step) or one step directory of a workdir."""
   path = os.path.abspath(path)
   if is_checkpoint(path):
     config, meta = read_metadata(path)
     if meta.get("kind") != "train":
-      return path, config
-    steps = sorted(int(d) for d in os.listdir(os.path.join(path, "checkpoints")) if d.isdigit()) \
-        if os.path.isdir(os.path.join(path, "checkpoints")) else []
+      return [path], config
+    steps = committed_steps(path)
     if not steps:
       raise UserError(f"{path} is a training workdir without a finished checkpoint yet")
-    return os.path.join(path, "checkpoints", str(steps[-1])), config
+    return [os.path.join(path, "checkpoints", str(s)) for s in reversed(steps)], config
   workdir = os.path.dirname(os.path.dirname(path))
   if os.path.basename(os.path.dirname(path)) == "checkpoints" and is_checkpoint(workdir):
-    return path, read_metadata(workdir)[0]
-  return path, read_metadata(path)[0]  # raises the "not a llada-jax checkpoint" error
+    return [path], read_metadata(workdir)[0]
+  return [path], read_metadata(path)[0]  # raises the "not a llada-jax checkpoint" error
 
 
 def find_tokenizer(path: str) -> str | None:

@@ -165,6 +165,9 @@ def _add_sampling_args(p: argparse.ArgumentParser, gen_length: int, steps: int, 
 def _cmd_tokenizer(args: argparse.Namespace) -> None:
   from llada_jax import data
   from llada_jax.tokenizer import train_tokenizer
+  if os.path.exists(args.out) and not args.overwrite:
+    raise UserError(f"{args.out} exists; choose another --out or pass --overwrite (a run's tokenizer.model must "
+                    "stay the one its model was trained with)")
   if args.input:
     texts = list(data.resolve_paths("text", args.input))
   else:
@@ -181,7 +184,8 @@ def _cmd_prepare_data(args: argparse.Namespace) -> None:
   from llada_jax import config as config_lib, data
   cfg = config_lib.apply_overrides(config_lib.load_config_file(args.config), args.overrides)
   with tqdm(unit="doc", desc="prepare-data") as bar:
-    manifest = data.prepare_data(cfg.data, args.out, records_per_shard=args.records_per_shard, progress=bar.update)
+    manifest = data.prepare_data(cfg.data, args.out, records_per_shard=args.records_per_shard, progress=bar.update,
+                                 overwrite=args.overwrite)
   print(f"wrote ArrayRecord shards to {args.out}: " + ", ".join(
       f"{split}: {info['windows']:,} windows of {manifest['seq_len']} tokens in {len(info['files'])} file(s)"
       for split, info in manifest["splits"].items()))
@@ -190,19 +194,20 @@ def _cmd_prepare_data(args: argparse.Namespace) -> None:
 
 def _cmd_eval(args: argparse.Namespace) -> None:
   from tqdm import tqdm
-  from llada_jax import evaluate
+  from llada_jax import checkpoint, evaluate
   from llada_jax.pretrained import load_for_inference
   tasks = evaluate.load_tasks([t.strip() for t in args.tasks.split(",") if t.strip()], data=args.data,
                               limit=args.limit, num_fewshot=args.num_fewshot, cfg_scale=args.cfg_scale,
                               mc_num=args.mc_num, gen_length=args.gen_length, steps=args.steps,
                               block_length=args.block_length)
+  out = args.output or os.path.join(args.checkpoint if os.path.isdir(args.checkpoint) else ".", "eval_results.json")
+  checkpoint.ensure_writable(os.path.dirname(os.path.abspath(out)))  # before hours of scoring, not after
   model, tokenizer = load_for_inference(args.checkpoint, args.tokenizer, args.dtype)
   results = evaluate.run(model, tokenizer, tasks, data=args.data, limit=args.limit, batch_size=args.batch_size,
                          add_bos=args.add_bos, seed=args.seed, elbo_seq_len=args.elbo_seq_len,
                          elbo_samples=args.elbo_samples,
                          progress_factory=lambda name, total: tqdm(total=total, desc=name, unit="ex"))
   print(evaluate.format_table(results))
-  out = args.output or os.path.join(args.checkpoint if os.path.isdir(args.checkpoint) else ".", "eval_results.json")
   evaluate.write_json(out, results, args.checkpoint)
   print(f"results written to {out}")
 
@@ -229,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="llada-jax", description="LLaDA masked-diffusion language models in JAX: convert, train, sample, "
       "evaluate. Every config key can be overridden as --config.section.key=value.")
+  parser.add_argument("--debug", action="store_true", help="on an error, print the full traceback and the "
+                      "libraries' logs as well as the one-line message (also: LLADA_JAX_DEBUG=1)")
   commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
   p = commands.add_parser("convert", help="convert weights between Hugging Face/PyTorch and llada-jax",
@@ -322,7 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
                  "Shakespeare corpus)")
   p.add_argument("--vocab-size", type=int, default=8192, help="number of ids (default 8192)")
   p.add_argument("--model-type", choices=["bpe", "unigram"], default="bpe", help="sentencepiece model type")
-  p.add_argument("--out", required=True, help="output .model file")
+  p.add_argument("--out", required=True, help="output .model file (must not exist unless --overwrite)")
+  p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
   p.set_defaults(func=_cmd_tokenizer)
 
   p = commands.add_parser("prepare-data", help="pre-tokenize a corpus into ArrayRecord shards",
@@ -330,7 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "validation) plus a manifest and the tokenizer: the input format for pod-scale training "
                           "(--config.data.source=array_record --config.data.paths=OUT).")
   _add_config_args(p)
-  p.add_argument("--out", required=True, help="output directory")
+  p.add_argument("--out", required=True, help="output directory (must not exist or be empty unless --overwrite)")
+  p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
   p.add_argument("--records-per-shard", type=int, default=16384, help="windows per shard file (default 16384)")
   p.set_defaults(func=_cmd_prepare_data)
 
@@ -383,21 +392,67 @@ def main(argv: list[str] | None = None) -> int:
   argv = [a for a in argv if not a.startswith("--config.")]
   args = build_parser().parse_args(argv)
   args.overrides = overrides
+  debug = args.debug or bool(os.environ.get("LLADA_JAX_DEBUG"))
   if overrides and not hasattr(args, "config"):
     print(f"llada-jax {args.command}: error: --config.* overrides need a command that takes --config",
           file=sys.stderr)
     return 2
+  _configure_logging(args.command, debug)
   try:
     args.func(args)
   except UserError as e:
-    print(f"llada-jax {args.command}: error: {e}", file=sys.stderr)
-    return 2
+    return _fail(args.command, e, str(e), debug)
   except BrokenPipeError:  # output piped into `head` and the like
     return 0
   except KeyboardInterrupt:
     print(f"llada-jax {args.command}: interrupted", file=sys.stderr)
     return 130
+  except Exception as e:
+    from llada_jax.errors import environment_problem
+    problem = environment_problem(e)
+    if problem is None:
+      raise
+    what, fix, path = problem
+    return _fail(args.command, e, f"{what}{f' writing {path}' if path else ''}; {fix}", debug)
   return 0
+
+
+def _configure_logging(command: str, debug: bool) -> None:
+  """llada-jax's warnings as `llada-jax COMMAND: warning: …` lines. Without --debug, the libraries' own error logs
+  (Orbax's background threads log every failed write, with tracebacks, before the error reaches us) stay quiet:
+  what went wrong is reported once, as the command's error line."""
+  import logging
+  handler = logging.StreamHandler(sys.stderr)
+  handler.setFormatter(logging.Formatter(f"llada-jax {command}: warning: %(message)s"))
+  ours = logging.getLogger("llada_jax")
+  ours.addHandler(handler)
+  ours.setLevel(logging.WARNING)
+  ours.propagate = False
+  if not debug:
+    for name in ("absl", "asyncio", "tensorboardX"):
+      logging.getLogger(name).setLevel(logging.CRITICAL)
+    # A failed Orbax read or write abandons its other tensorstore futures; when they finish later, their callbacks
+    # find the event loop closed and Python reports each as an "ignored" exception: dozens of tracebacks for a
+    # failure that was already reported (or recovered from, by falling back to an older checkpoint).
+    sys.unraisablehook = lambda unraisable: None
+
+
+def _fail(command: str, error: BaseException, message: str, debug: bool) -> int:
+  """The one error line and exit status 2. Afterwards stderr is closed: background writers and interpreter
+  shutdown would otherwise print a stream of secondary tracebacks after it. --debug (or LLADA_JAX_DEBUG=1) keeps
+  stderr and prints the full traceback, with the chain the one-line message hides."""
+  import traceback
+  if debug:
+    for link in (error, error.__cause__, error.__context__):
+      if link is not None:
+        link.__suppress_context__ = False
+    traceback.print_exception(error)
+  print(f"llada-jax {command}: error: {message}", file=sys.stderr, flush=True)
+  if not debug:
+    sys.stdout.flush()
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+  return 2
 
 
 # Commands that run compiled programs in a loop (train steps, sampling, scoring). XLA allocates each execution's

@@ -230,12 +230,15 @@ def base_config() -> ml_collections.ConfigDict:
       noise_eps=1e-3,  # p = (1 - eps) t + eps
       random_length_prob=0.01,  # fraction of batches cut to a random length
       antithetic_t=False,  # low-discrepancy t across the batch
-      nan_policy="skip",  # skip (drop the update, count it) | stop (save nothing more, exit with a message)
+      nan_policy="skip",  # skip (drop a non-finite update, count it) | stop (at the first one, exit with a message)
+      nan_max_consecutive=5,  # skip: give up (exit 2, --recover-lr advice) after this many non-finite steps in a row
+      nan_max_in_window=20,  # skip: … or after more than this many within nan_window steps
+      nan_window=1000,
       log_every=10,
       eval_every=100,
       eval_batches=4,
       checkpoint_every=500,
-      keep_checkpoints=3,
+      keep_checkpoints=3,  # the newest N, plus the one with the best validation bound
       async_checkpoint=True,
       sample_after=True,  # sample from the model at the end and print it in the summary
       sample_prompt="",  # "" = the first line of a validation document

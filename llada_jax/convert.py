@@ -350,8 +350,7 @@ def jax_to_hf(ckpt_dir: str, out_dir: str, max_shard_size: str = "5GB", dtype: s
               overwrite: bool = False) -> list[str]:
   parse_size(max_shard_size)  # fail on a bad size before reading gigabytes
   _target_dtype(dtype, np.dtype(np.float32))
-  ckpt_dir, config = checkpoint.resolve(ckpt_dir)
+  config, layered, _ = checkpoint.load_layered(ckpt_dir, dtype=dtype, as_numpy=True)
   if dtype:
     config = config.replace(param_dtype=dtype)
-  layered = checkpoint.restore_layered(ckpt_dir, config, as_numpy=True)
   return save_hf(layered, config, out_dir, max_shard_size, overwrite)

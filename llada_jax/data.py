@@ -522,7 +522,7 @@ class _ShardWriter:
 
 
 def prepare_data(data_cfg, out_dir: str, *, records_per_shard: int = 16384,
-                 progress: Callable[[int], None] | None = None) -> dict:
+                 progress: Callable[[int], None] | None = None, overwrite: bool = False) -> dict:
   """Tokenizes and packs the configured pre-training corpus into ArrayRecord shards under `out_dir`; returns the
   manifest (also written as out_dir/manifest.json). Prints nothing.
 
@@ -530,7 +530,8 @@ def prepare_data(data_cfg, out_dir: str, *, records_per_shard: int = 16384,
   in-memory path, in the same order, so `data.source=array_record` with `data.paths=out_dir` gives the same batches.
   Each split goes to `{split}-NNNNN.array_record` files of `records_per_shard` windows (16384 × 4096 tokens is
   256 MiB), and the tokenizer is stored beside them. `progress`, if given, is called with 1 after each document
-  (tqdm's `update` fits).
+  (tqdm's `update` fits). The directory appears only when complete; a non-empty `out_dir` is refused unless
+  `overwrite`, which replaces it.
   """
   corpus = corpus_of(data_cfg)
   if corpus.source not in ("builtin", "text", "jsonl"):
@@ -538,10 +539,15 @@ def prepare_data(data_cfg, out_dir: str, *, records_per_shard: int = 16384,
                     f"data.source={corpus.source}")
   if records_per_shard <= 0:
     raise UserError(f"records_per_shard={records_per_shard} must be positive")
-  if os.path.exists(os.path.join(out_dir, MANIFEST)):
-    raise UserError(f"{out_dir} already holds prepared data; choose a new output directory or delete it")
+  from llada_jax.checkpoint import atomic_output_dir, check_output_dir
+  check_output_dir(out_dir, overwrite)
   tokenizer = make_tokenizer(data_cfg)
-  os.makedirs(out_dir, exist_ok=True)
+  with atomic_output_dir(out_dir, overwrite) as tmp:
+    return _write_prepared(corpus, tokenizer, data_cfg, tmp, records_per_shard, progress)
+
+
+def _write_prepared(corpus: Corpus, tokenizer, data_cfg, out_dir: str, records_per_shard: int,
+                    progress: Callable[[int], None] | None) -> dict:
   shards = {name: _ShardWriter(out_dir, name, records_per_shard) for name in SPLITS}
   counts = {name: {"documents": 0, "tokens": 0} for name in SPLITS}
   first_text = {}

@@ -6,6 +6,8 @@ The step is a pure function `(state, batch) → (state, metrics)`; the state is 
 `fold_in(rng, n)`, so a resumed run draws exactly the masks the uninterrupted one would have.
 """
 
+import collections
+import contextlib
 import dataclasses
 import functools
 import math
@@ -81,6 +83,13 @@ def check_experiment(cfg: ml_collections.ConfigDict, model_config: ModelConfig, 
     problems.append("train.steps must be at least 1")
   if train.nan_policy not in ("skip", "stop"):
     problems.append(f"train.nan_policy={train.nan_policy!r} is not skip or stop")
+  for key in ("log_every", "checkpoint_every", "keep_checkpoints", "nan_max_consecutive", "nan_max_in_window",
+              "nan_window"):
+    if train[key] < 1:
+      problems.append(f"train.{key}={train[key]} must be at least 1")
+  if train.eval_every < 0 or (train.eval_every and train.eval_batches < 1):
+    problems.append(f"train.eval_every={train.eval_every} must be 0 (no validation) or positive with "
+                    f"train.eval_batches ≥ 1 (is {train.eval_batches})")
   if problems:
     raise UserError("; ".join(problems))
 
@@ -156,15 +165,19 @@ def make_train_step(model_config: ModelConfig, train: ml_collections.ConfigDict,
     loss = loss_sum / accum
     grads = jax.tree.map(lambda g, p: (g / accum).astype(p.dtype), grad_sum, state["params"])
     grad_norm = optax.tree.norm(grads)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
-    # A non-finite step changes nothing but the counters (the data moves on); the host skips on or stops.
+    # A finite loss and gradient can still give a non-finite update (an overflowing moment, a huge learning rate)
+    # or parameters: each norm is one reduction, next to nothing beside the step.
+    update_norm, param_norm = optax.tree.norm(updates), optax.tree.norm(params)
+    finite = (jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(update_norm) & jnp.isfinite(param_norm))
+    # A non-finite step changes nothing but the counters (the data moves on); the host decides to go on or stop.
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
     new_state = {"params": keep(params, state["params"]), "opt_state": keep(opt_state, state["opt_state"]),
                  "step": state["step"] + 1, "skipped": state["skipped"] + (~finite).astype(jnp.int32),
                  "rng": state["rng"]}
-    metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state["step"]), "skipped": new_state["skipped"]}
+    metrics = {"loss": loss, "grad_norm": grad_norm, "update_norm": update_norm, "param_norm": param_norm,
+               "finite": finite, "lr": schedule(state["step"]), "skipped": new_state["skipped"]}
     return new_state, metrics
 
   return step_fn
@@ -192,7 +205,9 @@ class Summary:
   losses: list = dataclasses.field(default_factory=list)  # (step, train loss) at every logged step
   val_losses: list = dataclasses.field(default_factory=list)  # (step, loss)
   skipped: int = 0
+  withheld: list = dataclasses.field(default_factory=list)  # checkpoint steps not saved after non-finite steps
   checkpoint_dir: str = ""
+  best_step: int | None = None  # the kept checkpoint with the best validation bound
   tensorboard_dir: str = ""
   data_stats: dict = dataclasses.field(default_factory=dict)
   sample: str = ""
@@ -212,19 +227,24 @@ def evaluate(eval_step, params, batches: Iterator[dict], sharding_, num_batches:
 def run(cfg: ml_collections.ConfigDict, workdir: str, *, resume: bool = False, recover_lr: float | None = None,
         progress: bool = True, log: Callable[[str], None] = print,
         callback: Callable[[int, dict], None] | None = None) -> Summary:
-  """Trains per `cfg` in `workdir`; returns the summary. Everything a user can get wrong fails before compiling.
-  `callback(step, metrics)` is called at every logged step (e.g. to watch a run from a notebook)."""
+  """Trains per `cfg` in `workdir`; returns the summary. Everything a user can get wrong fails before compiling,
+  and before the workdir is touched. `callback(step, metrics)` is called at every logged step (e.g. to watch a run
+  from a notebook)."""
   from llada_jax import data as data_lib
   from tensorboardX import SummaryWriter
 
   if recover_lr is not None:
-    # The LLaDA recipe after a loss spike: resume the last checkpoint with a lower peak learning rate.
+    # The LLaDA recipe after a loss spike: resume the last good checkpoint with a lower peak learning rate.
+    if not checkpoint.committed_steps(workdir):
+      raise UserError(f"--recover-lr resumes a checkpoint, but {workdir} holds none; train without it first")
     resume = True
     cfg.train.lr = float(recover_lr)
     cfg.train.final_lr = min(cfg.train.final_lr, float(recover_lr))
   model_config = model_config_from(cfg)
   mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
   check_experiment(cfg, model_config, mesh, jax.process_count())
+  if checkpoint.committed_steps(workdir) and not resume:
+    raise UserError(f"{workdir} already holds checkpoints; pass --resume to continue them or choose a new --workdir")
   if cfg.train.init_from:
     if not os.path.exists(cfg.train.init_from):
       raise UserError(f"train.init_from={cfg.train.init_from} does not exist; train that model first (e.g. "
@@ -233,17 +253,16 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, resume: bool = False, r
       cfg.data.tokenizer = checkpoint.find_tokenizer(cfg.train.init_from) or ""
   tokenizer = data_lib.make_tokenizer(cfg.data)
   check_tokenizer(tokenizer, model_config)
+  train_iter = data_lib.make_train_iterator(cfg.data, tokenizer, seed=cfg.seed, process_index=jax.process_index(),
+                                            process_count=jax.process_count(), objective=cfg.train.objective)
+  checkpoint.ensure_writable(workdir)
   store = checkpoint.TrainCheckpoints(workdir, cfg, model_config, keep=cfg.train.keep_checkpoints,
                                       async_save=cfg.train.async_checkpoint)
   store.save_tokenizer(tokenizer)
-  if store.latest_step() is not None and not resume:
-    raise UserError(f"{workdir} already holds checkpoints; pass --resume to continue them or choose a new --workdir")
 
   optimizer = optim.make_optimizer(cfg.train)
   abstract, shardings = state_shardings(model_config, optimizer, mesh)
   batch_shard = batch_sharding(mesh)
-  train_iter = data_lib.make_train_iterator(cfg.data, tokenizer, seed=cfg.seed, process_index=jax.process_index(),
-                                            process_count=jax.process_count(), objective=cfg.train.objective)
   with jax.set_mesh(mesh):
     step_fn = jax.jit(make_train_step(model_config, cfg.train, optimizer), in_shardings=(shardings, batch_shard),
                       out_shardings=(shardings, None), donate_argnums=0)
@@ -256,10 +275,16 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, resume: bool = False, r
       state = jax.jit(functools.partial(init_state, model_config, optimizer), static_argnums=0,
                       out_shardings=shardings)(cfg.seed, params)
     tensorboard_dir = os.path.join(workdir, "tensorboard")
-    summary = _loop(cfg, model_config, state, step_fn, eval_fn, train_iter, batch_shard, store, tokenizer,
-                    SummaryWriter(tensorboard_dir) if jax.process_index() == 0 else None,
-                    progress and jax.process_index() == 0, data_lib, callback)
+    writer = SummaryWriter(tensorboard_dir) if jax.process_index() == 0 else None
+    try:
+      summary = _loop(cfg, model_config, state, step_fn, eval_fn, train_iter, batch_shard, store, tokenizer,
+                      writer, progress and jax.process_index() == 0, data_lib, callback)
+    finally:
+      if writer:  # events logged since the last flush survive any exit but a kill
+        with contextlib.suppress(OSError):
+          writer.close()
   summary.checkpoint_dir = os.path.join(store.directory, str(store.latest_step()))
+  summary.best_step = store.best_step()
   summary.data_stats = data_lib.data_stats(cfg.data, tokenizer)
   summary.tensorboard_dir = tensorboard_dir
   return summary
@@ -289,6 +314,54 @@ def check_tokenizer(tokenizer, model_config: ModelConfig) -> None:
                       f"--config.model.{name}_token_id={theirs}")
 
 
+class DivergenceGuard:
+  """Which steps were non-finite (the step dropped their updates), whether the run must stop, and whether the state
+  may be checkpointed.
+
+  Each step's finite flag stays on the device until a log or checkpoint step reads the pending ones at once, so the
+  guard adds no per-step synchronisation. `nan_policy=stop` stops at the first non-finite step; `skip` goes on
+  until `nan_max_consecutive` in a row or more than `nan_max_in_window` within `nan_window` steps. A checkpoint is
+  withheld when its interval held a non-finite step: a run drifting towards divergence is not saved over the
+  checkpoints from before it."""
+
+  def __init__(self, train: ml_collections.ConfigDict):
+    self.train = train
+    self._pending: list[tuple[int, jax.Array]] = []
+    self._recent: collections.deque[int] = collections.deque()  # non-finite steps within the window
+    self.streak = 0
+    self.since_checkpoint = 0
+
+  def add(self, step: int, finite: jax.Array) -> None:
+    self._pending.append((step, finite))
+
+  def flush(self) -> str | None:
+    """Reads the pending flags; returns why the run must stop, or None."""
+    if not self._pending:
+      return None
+    flags = jax.device_get([flag for _, flag in self._pending])
+    last_step = self._pending[-1][0]
+    for (step, _), finite in zip(self._pending, flags):
+      if finite:
+        self.streak = 0
+        continue
+      self.streak += 1
+      self.since_checkpoint += 1
+      self._recent.append(step)
+      if self.train.nan_policy == "stop":
+        self._pending = []
+        return f"step {step} was not finite (nan_policy=stop)"
+      if self.streak >= self.train.nan_max_consecutive:
+        self._pending = []
+        return f"{self.streak} consecutive steps up to {step} were not finite"
+    self._pending = []
+    while self._recent and self._recent[0] <= last_step - self.train.nan_window:
+      self._recent.popleft()
+    if len(self._recent) > self.train.nan_max_in_window:
+      return (f"{len(self._recent)} steps within the last {self.train.nan_window} were not finite "
+              f"(train.nan_max_in_window={self.train.nan_max_in_window})")
+    return None
+
+
 def _loop(cfg, model_config, state, step_fn, eval_fn, train_iter, batch_shard, store, tokenizer, writer, show,
           data_lib, callback) -> Summary:
   from tqdm import tqdm
@@ -298,8 +371,11 @@ def _loop(cfg, model_config, state, step_fn, eval_fn, train_iter, batch_shard, s
   peak = (train.peak_tflops * 1e12 or peak_flops(jax.devices()[0])) * jax.device_count()
   start_step = int(state["step"])
   summary = Summary(start_step=start_step)
+  guard = DivergenceGuard(train)
 
   def validate(step):
+    if summary.val_losses and summary.val_losses[-1][0] == step:
+      return summary.val_losses[-1][1]
     batches = data_lib.make_eval_iterator(cfg.data, tokenizer, process_index=jax.process_index(),
                                           process_count=jax.process_count(), objective=train.objective)
     value = evaluate(eval_fn, state["params"], iter(batches), batch_shard, train.eval_batches)
@@ -309,6 +385,19 @@ def _loop(cfg, model_config, state, step_fn, eval_fn, train_iter, batch_shard, s
       writer.add_scalar("val/ppl_bound", math.exp(min(value, 50.0)), step)
     return value
 
+  def stop_if_diverged(bar):
+    reason = guard.flush()
+    if reason is None:
+      return
+    bar.close()
+    store.wait()
+    good = store.latest_step()
+    where = (f"the last good checkpoint is step {good}; resume it with a lower peak learning rate: rerun the same "
+             f"command with --recover-lr {train.lr / 4:g}" if good is not None else
+             "no checkpoint was written yet; start again with a lower train.lr")
+    raise UserError(f"training diverged: {reason} (non-finite loss, gradient, update or parameters; none of those "
+                    f"updates was applied or saved); {where}")
+
   if train.eval_every > 0 and start_step == 0:
     validate(0)
   bar = tqdm(total=train.steps, initial=start_step, disable=not show, unit="step", dynamic_ncols=True)
@@ -317,9 +406,12 @@ def _loop(cfg, model_config, state, step_fn, eval_fn, train_iter, batch_shard, s
   for step in range(start_step, train.steps):
     batch = _global_batch(next(train_iter), batch_shard)
     state, metrics = step_fn(state, batch)
+    guard.add(step + 1, metrics["finite"])
+    store.check()
     window_steps += 1
     last = step + 1 == train.steps
     if (step + 1) % train.log_every == 0 or last or step == start_step:
+      stop_if_diverged(bar)
       metrics = jax.device_get(metrics)
       loss_value = float(metrics["loss"])
       summary.losses.append((step + 1, loss_value))
@@ -333,25 +425,31 @@ def _loop(cfg, model_config, state, step_fn, eval_fn, train_iter, batch_shard, s
         summary.tokens_per_sec, summary.mfu = rate, rate / tokens_per_step * flops_per_step / peak
         window_start, window_steps = now, 0
       if writer:
-        for key in ("loss", "grad_norm", "lr"):
+        for key in ("loss", "grad_norm", "update_norm", "param_norm", "lr"):
           writer.add_scalar(f"train/{key}", float(metrics[key]), step + 1)
         writer.add_scalar("train/nll_bound", loss_value, step + 1)
+        writer.add_scalar("train/skipped", int(metrics["skipped"]), step + 1)
         if summary.tokens_per_sec:
           writer.add_scalar("perf/tokens_per_sec", summary.tokens_per_sec, step + 1)
           writer.add_scalar("perf/mfu", summary.mfu, step + 1)
+        writer.flush()
       bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{float(metrics['lr']):.2e}",
                       tok_s=f"{summary.tokens_per_sec:,.0f}")
       summary.skipped = int(metrics["skipped"])
-      if summary.skipped and train.nan_policy == "stop":
-        bar.close()
-        store.wait()
-        raise UserError(f"the loss or gradient became NaN/inf by step {step + 1}; those updates were not applied. "
-                        "Resume the last checkpoint with a lower learning rate: llada-jax train … --recover-lr 1e-4")
     bar.update(1)
     if train.eval_every > 0 and ((step + 1) % train.eval_every == 0 or last):
       bar.set_postfix(loss=f"{loss_value:.3f}", val=f"{validate(step + 1):.3f}")
     if (step + 1) % train.checkpoint_every == 0 or last:
-      store.save(step + 1, state, train_iter)
+      stop_if_diverged(bar)
+      val = validate(step + 1) if train.eval_every > 0 else None
+      if guard.since_checkpoint or (val is not None and not math.isfinite(val)):
+        summary.withheld.append(step + 1)
+        why = (f"{guard.since_checkpoint} non-finite step(s) since the previous checkpoint (updates dropped)"
+               if guard.since_checkpoint else f"its validation bound is {val}")
+        checkpoint.log.warning("step %d not checkpointed: %s; the checkpoints before it are kept", step + 1, why)
+        guard.since_checkpoint = 0
+      else:
+        store.save(step + 1, state, train_iter, val)
   bar.close()
   store.wait()
   summary.steps = train.steps - start_step
@@ -360,8 +458,6 @@ def _loop(cfg, model_config, state, step_fn, eval_fn, train_iter, batch_shard, s
   summary.loss = loss_value
   if train.sample_after and train.objective != "autoregressive":
     summary.sample = _sample(cfg, model_config, state["params"], tokenizer, data_lib)
-  if writer:
-    writer.close()
   return summary
 
 
@@ -399,8 +495,11 @@ def format_summary(summary: Summary, cfg: ml_collections.ConfigDict) -> str:
   if summary.data_stats:
     lines.append("data         " + ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in summary.data_stats.items()))
   lines += [
-      f"non-finite   {summary.skipped} step(s) skipped",
-      f"checkpoint   {summary.checkpoint_dir}",
+      f"non-finite   {summary.skipped} step(s) skipped" + (
+          f"; checkpoints withheld at step(s) {', '.join(map(str, summary.withheld))}" if summary.withheld else ""),
+      f"checkpoint   {summary.checkpoint_dir}" + (
+          f" (best validation bound: step {summary.best_step}, kept)"
+          if summary.best_step is not None and not summary.checkpoint_dir.endswith(f"/{summary.best_step}") else ""),
       f"tensorboard  tensorboard --logdir {summary.tensorboard_dir}",
   ]
   if summary.sample:

@@ -226,7 +226,7 @@ def test_prepared_array_record_shards_give_the_in_memory_batches(tmp_path):
                              seed=0)
   with pytest.raises(UserError, match="different tokenizer"):
     data.make_train_iterator(prepared, FakeTokenizer(), seed=0)
-  with pytest.raises(UserError, match="already holds prepared data"):
+  with pytest.raises(UserError, match="exists and is not empty; choose a new directory or pass --overwrite"):
     data.prepare_data(cfg, str(tmp_path / "prepared"))
 
 

@@ -12,7 +12,7 @@ import optax
 import pytest
 
 from conftest import REPO
-from llada_jax import config as config_lib, optim, sharding, train
+from llada_jax import checkpoint, config as config_lib, optim, sharding, train
 from llada_jax.errors import UserError
 
 SMALL_MODEL = ["model.d_model=32", "model.n_heads=4", "model.n_kv_heads=2", "model.n_layers=2",
@@ -117,13 +117,92 @@ def test_restore_onto_a_different_mesh(tmp_path):
   assert "RESUMED 3 3" in out.stdout, out.stderr[-2000:]
 
 
-def test_non_finite_steps_are_skipped_or_stop(tmp_path):
-  summary = train.run(tiny_cfg("train.lr=1e30", "train.warmup_steps=0", "train.grad_clip=0.0"),
-                      str(tmp_path / "skip"), progress=False)
-  assert summary.skipped >= 1
-  with pytest.raises(UserError, match="--recover-lr"):
-    train.run(tiny_cfg("train.lr=1e30", "train.warmup_steps=0", "train.grad_clip=0.0", "train.nan_policy=stop"),
-              str(tmp_path / "stop"), progress=False)
+def poison_steps(monkeypatch, cfg, steps):
+  """Makes the training loss NaN at the given (1-based) steps, and nowhere else: the step's key — the state's rng
+  folded with the step and the micro-batch index — picks them out, so resumed runs are poisoned at the same steps."""
+  _, train_rng = jax.random.split(jax.random.key(cfg.seed))
+  targets = jnp.stack([jax.random.key_data(jax.random.fold_in(jax.random.fold_in(train_rng, s - 1), 0))
+                       for s in steps])
+  original = train._objective_loss
+
+  def poisoned(params, batch, rng, *args, **kwargs):
+    value = original(params, batch, rng, *args, **kwargs)
+    hit = jnp.any(jnp.all(jax.random.key_data(rng) == targets, axis=-1))
+    return jnp.where(hit, jnp.nan, value)
+
+  monkeypatch.setattr(train, "_objective_loss", poisoned)
+
+
+def test_a_skipped_step_withholds_its_checkpoint_and_changes_nothing_else(tmp_path, monkeypatch):
+  clean = train.run(tiny_cfg(), str(tmp_path / "clean"), progress=False)
+  cfg = tiny_cfg()
+  poison_steps(monkeypatch, cfg, [2])
+  summary = train.run(cfg, str(tmp_path / "poisoned"), progress=False)
+  assert summary.skipped == 1 and summary.withheld == [3]
+  assert checkpoint.committed_steps(str(tmp_path / "poisoned")) == [6]
+  losses = dict(summary.losses)
+  assert np.isnan(losses[2])
+  # Step 2's update was dropped: step 3 sees the parameters after step 1, so the runs differ from step 3 on …
+  assert losses[1] == dict(clean.losses)[1] and losses[3] != dict(clean.losses)[3]
+
+
+def test_divergence_gives_up_and_keeps_every_good_checkpoint(tmp_path):
+  workdir = str(tmp_path)
+  train.run(tiny_cfg("train.steps=6", "train.eval_every=3"), workdir, progress=False)
+  before = {s: checkpoint.read_step_meta(os.path.join(workdir, "checkpoints", str(s)))
+            for s in checkpoint.committed_steps(workdir)}
+  assert sorted(before) == [3, 6] and all(np.isfinite(m["val_loss"]) for m in before.values())
+  with pytest.raises(UserError, match=r"diverged: 5 consecutive steps .* last good checkpoint is step 6.*"
+                                      r"--recover-lr"):
+    train.run(tiny_cfg("train.steps=30", "train.eval_every=3", "train.lr=1e6", "train.warmup_steps=0",
+                       "train.grad_clip=0.0"), workdir, resume=True, progress=False)
+  after = {s: checkpoint.read_step_meta(os.path.join(workdir, "checkpoints", str(s)))
+           for s in checkpoint.committed_steps(workdir)}
+  assert after == before  # nothing written from the diverged state, nothing rotated out
+  recovered = train.run(tiny_cfg("train.steps=9", "train.eval_every=3"), workdir, recover_lr=1e-3, progress=False)
+  assert recovered.start_step == 6 and np.isfinite(recovered.loss)
+  assert checkpoint.committed_steps(workdir) == [3, 6, 9]
+
+
+def test_a_non_finite_update_is_caught_even_when_loss_and_gradient_are_finite(tmp_path):
+  """lr=1e39 overflows float32: step 1's loss and gradient are finite, its update is not. The loss-and-gradient
+  check alone would apply it (and make every later step NaN)."""
+  with pytest.raises(UserError, match="step 1 was not finite"):
+    train.run(tiny_cfg("train.lr=1e39", "train.warmup_steps=0", "train.nan_policy=stop"), str(tmp_path),
+              progress=False)
+  assert not checkpoint.committed_steps(str(tmp_path))
+
+
+def test_nan_policy_stop_then_resume_continues_like_an_uninterrupted_run(tmp_path, monkeypatch):
+  full = train.run(tiny_cfg("train.checkpoint_every=2"), str(tmp_path / "full"), progress=False)
+  cfg = tiny_cfg("train.checkpoint_every=2", "train.nan_policy=stop")
+  with monkeypatch.context() as patch:
+    poison_steps(patch, cfg, [5])
+    with pytest.raises(UserError, match=r"step 5 was not finite .* last good checkpoint is step 4"):
+      train.run(cfg, str(tmp_path / "run"), progress=False)
+  assert checkpoint.committed_steps(str(tmp_path / "run")) == [2, 4]
+  resumed = train.run(tiny_cfg("train.checkpoint_every=2"), str(tmp_path / "run"), resume=True, progress=False)
+  assert resumed.start_step == 4
+  np.testing.assert_array_equal([v for _, v in resumed.losses], [v for s, v in full.losses if s > 4])
+
+
+def test_recover_lr_needs_a_checkpoint(tmp_path):
+  with pytest.raises(UserError, match="--recover-lr resumes a checkpoint"):
+    train.run(tiny_cfg(), str(tmp_path / "new"), recover_lr=1e-4, progress=False)
+  assert not os.path.exists(tmp_path / "new")
+
+
+def test_a_failed_first_run_binds_nothing(tmp_path):
+  """Input checks run before the workdir exists; a run that fails before its first checkpoint leaves a workdir
+  that a different model may still use."""
+  workdir = tmp_path / "run"
+  with pytest.raises(UserError, match="nonexistent"):
+    train.run(tiny_cfg("data.source=text", "data.paths=/nonexistent/*.txt"), str(workdir), progress=False)
+  assert not workdir.exists()
+  with pytest.raises(UserError, match="diverged"):
+    train.run(tiny_cfg("train.lr=1e39", "train.warmup_steps=0"), str(workdir), progress=False)
+  summary = train.run(tiny_cfg("model.n_layers=3", "train.steps=3"), str(workdir), progress=False)
+  assert summary.steps == 3
 
 
 def test_wsd_schedule_shape():
@@ -148,10 +227,15 @@ def test_weight_decay_spares_norms_and_embeddings():
     (["train.objective=autoregressive"], "needs model.causal=true"),
     (["train.grad_accum=3"], "not divisible by train.grad_accum"),
     (["train.init_from=/nonexistent"], "does not exist"),
+    (["train.checkpoint_every=0"], "train.checkpoint_every=0 must be at least 1"),
+    (["train.log_every=0"], "train.log_every=0 must be at least 1"),
+    (["train.keep_checkpoints=0"], "train.keep_checkpoints=0 must be at least 1"),
+    (["train.eval_every=-1"], "train.eval_every=-1 must be 0"),
 ])
 def test_bad_configs_fail_before_compiling(tmp_path, overrides, match):
   with pytest.raises(UserError, match=match):
-    train.run(tiny_cfg(*overrides), str(tmp_path), progress=False)
+    train.run(tiny_cfg(*overrides), str(tmp_path / "run"), progress=False)
+  assert not (tmp_path / "run").exists()  # nothing written for a run that never started
 
 
 def test_existing_checkpoints_need_resume_and_the_same_model(tmp_path):
