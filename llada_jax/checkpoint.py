@@ -21,6 +21,7 @@ import math
 import os
 import shutil
 import tempfile
+import time
 from typing import Any, Callable, Iterator
 
 import jax
@@ -305,6 +306,7 @@ def params_shardings(config: ModelConfig, mesh) -> Params:
 # ---- Training checkpoints: a workdir with llada_jax.json and checkpoints/<step>/{state,params,data_iter,meta} ----
 
 STATE_ITEM, DATA_ITEM, META_ITEM = "state", "data_iter", "meta"
+JSON_FILE = "metadata"  # the file name of ocp.JsonCheckpointHandler()
 STEP_ITEMS = (STATE_ITEM, PARAMS_ITEM, DATA_ITEM)
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")
 CORRUPT_DIR = "corrupt_checkpoints"
@@ -322,9 +324,12 @@ def read_step_meta(step_dir: str) -> dict:
   meta_dir = os.path.join(step_dir, META_ITEM)
   if not os.path.isdir(meta_dir):
     return {}
+  # Read as the file JsonCheckpointHandler writes, not through an Orbax Checkpointer: that one synchronises all
+  # processes, and a collective started after a peer died blocks until the heartbeat timeout aborts the process.
   try:
-    return ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(meta_dir, args=ocp.args.JsonRestore())
-  except Exception as e:
+    with open(os.path.join(meta_dir, JSON_FILE)) as f:
+      return json.load(f)
+  except (OSError, ValueError) as e:
     raise CorruptCheckpoint(f"{meta_dir} cannot be read ({short_reason(e)})") from None
 
 
@@ -358,7 +363,7 @@ class TrainCheckpoints:
         options=ocp.CheckpointManagerOptions(enable_async_checkpointing=async_save, create=True,
                                              cleanup_tmp_directories=True),
         item_handlers={STATE_ITEM: ocp.StandardCheckpointHandler(), PARAMS_ITEM: ocp.StandardCheckpointHandler(),
-                       DATA_ITEM: grain.checkpoint.CheckpointHandler(), META_ITEM: ocp.JsonCheckpointHandler()})
+                       DATA_ITEM: grain.checkpoint.CheckpointHandler(), META_ITEM: ocp.JsonCheckpointHandler(JSON_FILE)})
     self._saving = None  # the step being written asynchronously
     self.last_committed = self.latest_step()
 
@@ -417,21 +422,39 @@ class TrainCheckpoints:
     self.last_committed = step
     self._rotate()
 
-  def _write_failed(self, step: int, error: Exception) -> UserError:
-    """The one-line error for a failed write, after removing what it left half-written."""
+  def _write_failed(self, step: int, error: Exception) -> Exception:
+    """The one-line error for a failed write, after removing what it left half-written. A write that failed because
+    another process went away is that process's failure, not the disk's: its error goes on unchanged."""
     with contextlib.suppress(Exception):
       self.manager.wait_until_finished()
-    if os.path.isdir(self.directory):
-      for name in os.listdir(self.directory):
-        if name.startswith(f"{step}.") and "tmp" in name:
-          shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
-    from llada_jax.errors import environment_problem
+    self._remove_partial(step)
+    from llada_jax.errors import environment_problem, peer_failure
+    if jax.process_count() > 1 and peer_failure(error):
+      return error
     problem = environment_problem(error)
     why = f"{problem[0]}; {problem[1]}" if problem else short_reason(error)
     last = (f"the last committed checkpoint is step {self.last_committed}" if self.last_committed is not None
             else "no checkpoint was committed yet")
     return UserError(f"writing checkpoint step {step} to {self.directory} failed ({why}); {last} — fix this, then "
                      "continue with --resume")
+
+  def _remove_partial(self, step: int, settle_seconds: float = 0.3, limit_seconds: float = 10.0) -> None:
+    """Removes the temporary directory of a failed write. Tensorstore's C++ writers of the save's other arrays can
+    still be finishing after Orbax reported the failure, and recreate files in it: remove until it stays gone."""
+    if jax.process_index() != 0 or not os.path.isdir(self.directory):
+      return
+    deadline, gone_since = time.monotonic() + limit_seconds, None
+    while time.monotonic() < deadline:
+      partial = [name for name in os.listdir(self.directory) if name.startswith(f"{step}.") and "tmp" in name]
+      for name in partial:
+        shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+      if partial:
+        gone_since = None
+      elif gone_since is None:
+        gone_since = time.monotonic()
+      elif time.monotonic() - gone_since > settle_seconds:
+        return
+      time.sleep(0.05)
 
   def _rotate(self) -> None:
     steps = self.manager.all_steps()
@@ -473,7 +496,8 @@ class TrainCheckpoints:
       self.last_committed = step
       return state
     raise UserError(f"no checkpoint in {self.directory} can be restored (step {failed[0][0]}: {failed[0][1]}); if "
-                    "the files are damaged, move the bad step directories away; if the config changed (optimizer, "
+                    "the files are damaged, move the bad step directories out of checkpoints/ (with none left, --resume starts "
+                    "from step 0); if the config changed (optimizer, "
                     "process count), restore it")
 
   def _restore_step(self, step: int, target: dict, data_iterator) -> dict:

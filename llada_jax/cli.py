@@ -182,7 +182,9 @@ def _cmd_tokenizer(args: argparse.Namespace) -> None:
 def _cmd_prepare_data(args: argparse.Namespace) -> None:
   from tqdm import tqdm
   from llada_jax import config as config_lib, data
+  from llada_jax.checkpoint import check_output_dir
   cfg = config_lib.apply_overrides(config_lib.load_config_file(args.config), args.overrides)
+  check_output_dir(args.out, args.overwrite)  # before the progress bar: a refusal is one line
   with tqdm(unit="doc", desc="prepare-data") as bar:
     manifest = data.prepare_data(cfg.data, args.out, records_per_shard=args.records_per_shard, progress=bar.update,
                                  overwrite=args.overwrite)
@@ -398,22 +400,29 @@ def main(argv: list[str] | None = None) -> int:
           file=sys.stderr)
     return 2
   _configure_logging(args.command, debug)
+  # With peers, an error ends this process at once: the distributed runtime's shutdown barrier would wait out the
+  # heartbeat timeout of a dead peer and then abort with a C++ stack trace.
+  multi_process = bool(getattr(args, "coordinator_address", None) or getattr(args, "distributed", False))
   try:
     args.func(args)
   except UserError as e:
-    return _fail(args.command, e, str(e), debug)
+    return _fail(args.command, e, str(e), debug, multi_process)
   except BrokenPipeError:  # output piped into `head` and the like
     return 0
   except KeyboardInterrupt:
     print(f"llada-jax {args.command}: interrupted", file=sys.stderr)
     return 130
   except Exception as e:
-    from llada_jax.errors import environment_problem
+    from llada_jax.errors import environment_problem, peer_failure
     problem = environment_problem(e)
-    if problem is None:
+    if problem is not None:
+      what, fix, path = problem
+      return _fail(args.command, e, f"{what}{f' writing {path}' if path else ''}; {fix}", debug, multi_process)
+    peer = peer_failure(e) if multi_process else None
+    if peer is None:
       raise
-    what, fix, path = problem
-    return _fail(args.command, e, f"{what}{f' writing {path}' if path else ''}; {fix}", debug)
+    return _fail(args.command, e, f"another process of this multi-process run stopped ({peer}); find why in its "
+                 "log, then restart every process with --resume", debug, multi_process)
   return 0
 
 
@@ -437,7 +446,7 @@ def _configure_logging(command: str, debug: bool) -> None:
     sys.unraisablehook = lambda unraisable: None
 
 
-def _fail(command: str, error: BaseException, message: str, debug: bool) -> int:
+def _fail(command: str, error: BaseException, message: str, debug: bool, hard_exit: bool = False) -> int:
   """The one error line and exit status 2. Afterwards stderr is closed: background writers and interpreter
   shutdown would otherwise print a stream of secondary tracebacks after it. --debug (or LLADA_JAX_DEBUG=1) keeps
   stderr and prints the full traceback, with the chain the one-line message hides."""
@@ -448,8 +457,10 @@ def _fail(command: str, error: BaseException, message: str, debug: bool) -> int:
         link.__suppress_context__ = False
     traceback.print_exception(error)
   print(f"llada-jax {command}: error: {message}", file=sys.stderr, flush=True)
+  sys.stdout.flush()
+  if hard_exit:
+    os._exit(2)
   if not debug:
-    sys.stdout.flush()
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
   return 2

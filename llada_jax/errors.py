@@ -67,3 +67,15 @@ def short_reason(exc: BaseException, limit: int = 200) -> str:
   text = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
   text = text.split(" See full TensorStore details")[0]
   return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+_PEER_FAILURE = re.compile(r"gloo|connection reset by peer|connection refused|heartbeat|task .* (failed|crashed)|"
+                           r"unavailable|broken pipe", re.IGNORECASE)
+
+
+def peer_failure(exc: BaseException) -> str | None:
+  """Why a collective failed, when the reason is another process of a multi-process run going away."""
+  for link in _chain(exc):
+    if type(link).__name__ in ("JaxRuntimeError", "XlaRuntimeError") and _PEER_FAILURE.search(str(link)):
+      return short_reason(link)
+  return None

@@ -224,6 +224,27 @@ def evaluate(eval_step, params, batches: Iterator[dict], sharding_, num_batches:
   return float(np.mean(values)) if values else float("nan")
 
 
+class ScalarWriter:
+  """Tensorboard scalars written in the caller's thread: tensorboardX's SummaryWriter queues events for a writer
+  thread, so what a flush promises is not yet on disk and a kill right after it loses logged steps."""
+
+  def __init__(self, logdir: str):
+    from tensorboardX.event_file_writer import EventsWriter
+    os.makedirs(logdir, exist_ok=True)
+    self._events = EventsWriter(os.path.join(logdir, "events"))
+
+  def add_scalar(self, tag: str, value: float, step: int) -> None:
+    from tensorboardX.proto import event_pb2
+    from tensorboardX.summary import scalar
+    self._events.write_event(event_pb2.Event(summary=scalar(tag, value), step=step, wall_time=time.time()))
+
+  def flush(self) -> None:
+    self._events.flush()
+
+  def close(self) -> None:
+    self._events.close()
+
+
 def run(cfg: ml_collections.ConfigDict, workdir: str, *, resume: bool = False, recover_lr: float | None = None,
         progress: bool = True, log: Callable[[str], None] = print,
         callback: Callable[[int, dict], None] | None = None) -> Summary:
@@ -231,7 +252,6 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, resume: bool = False, r
   and before the workdir is touched. `callback(step, metrics)` is called at every logged step (e.g. to watch a run
   from a notebook)."""
   from llada_jax import data as data_lib
-  from tensorboardX import SummaryWriter
 
   if recover_lr is not None:
     # The LLaDA recipe after a loss spike: resume the last good checkpoint with a lower peak learning rate.
@@ -275,7 +295,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, resume: bool = False, r
       state = jax.jit(functools.partial(init_state, model_config, optimizer), static_argnums=0,
                       out_shardings=shardings)(cfg.seed, params)
     tensorboard_dir = os.path.join(workdir, "tensorboard")
-    writer = SummaryWriter(tensorboard_dir) if jax.process_index() == 0 else None
+    writer = ScalarWriter(tensorboard_dir) if jax.process_index() == 0 else None
     try:
       summary = _loop(cfg, model_config, state, step_fn, eval_fn, train_iter, batch_shard, store, tokenizer,
                       writer, progress and jax.process_index() == 0, data_lib, callback)

@@ -34,6 +34,18 @@ def tiny_hf_config(**changes) -> dict:
 
 
 @pytest.fixture
+def small_disk(tmp_path):
+  """A 8 MiB tmpfs: room for a tokenizer and one checkpoint of the small test runs, not two."""
+  import subprocess
+  mount = tmp_path / "disk"
+  mount.mkdir()
+  if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], capture_output=True).returncode:
+    pytest.skip("mounting a tmpfs needs root")
+  yield mount
+  subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+@pytest.fixture
 def tiny_config():
   return tiny_hf_config
 

@@ -2,12 +2,14 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
 import pytest
 
 from conftest import REPO, tiny_hf_config, write_hf_dir
+from llada_jax import checkpoint
 
 
 def run_cli(*args, cwd=REPO):
@@ -165,3 +167,96 @@ def test_tokenizer_and_prepare_data_commands(tmp_path):
                 "--config.data.seq_len=64", "--config.data.val_fraction=0.1", "--out", str(tmp_path / "prepared"))
   assert out.returncode == 0, out.stderr[-2000:]
   assert "array_record" in out.stdout and any(f.endswith(".array_record") for f in os.listdir(tmp_path / "prepared"))
+  assert oct(os.stat(tmp_path / "prepared").st_mode & 0o077) == oct(0o055)  # readable by others, as mkdir makes it
+
+  # Nothing is overwritten without --overwrite: not a tokenizer file, not a directory holding someone's files.
+  model_bytes = (tmp_path / "t.model").read_bytes()
+  out = run_cli("tokenizer", "train", "--input", str(corpus), "--vocab-size", "280", "--out", str(tmp_path / "t.model"))
+  assert "pass --overwrite" in one_error_line(out, "tokenizer")
+  assert (tmp_path / "t.model").read_bytes() == model_bytes
+  mine = tmp_path / "mine"
+  mine.mkdir()
+  (mine / "notes.txt").write_text("keep me")
+  out = run_cli("prepare-data", "--config", "configs/tiny.py", "--config.data.source=text",
+                f"--config.data.paths={docs}/*.txt", f"--config.data.tokenizer={tmp_path / 't.model'}",
+                "--config.data.seq_len=64", "--out", str(mine))
+  assert "pass --overwrite" in one_error_line(out, "prepare-data")
+  assert os.listdir(mine) == ["notes.txt"]
+
+
+def one_error_line(out, command: str) -> str:
+  """The CLI's promise for a user-caused failure: exit status 2 and exactly one line on stderr, no traceback."""
+  assert out.returncode == 2, out.stderr[-3000:]
+  lines = [line for line in out.stderr.splitlines() if line.strip()]
+  assert len(lines) == 1 and lines[0].startswith(f"llada-jax {command}: error: "), out.stderr[-3000:]
+  return lines[0]
+
+
+def test_damaged_and_incomplete_checkpoints_fall_back_or_fail_in_one_line(trained, tmp_path):
+  from test_checkpoint import damage
+  workdir = str(tmp_path / "run")
+  shutil.copytree(trained[0], workdir)
+  damage(os.path.join(workdir, "checkpoints", "4", "params"))
+  generate = ("generate", "--prompt", "ROMEO:", "--gen-length", "4", "--steps", "4")
+  out = run_cli(*generate, "--checkpoint", workdir)
+  assert out.returncode == 0, out.stderr[-3000:]
+  # Where the 4 KiB land decides which check sees them: the array decoder (a broken chunk) or the fingerprint.
+  noticed = ("checkpoints/4/params: the array", "checkpoints/4/params cannot be read")
+  assert "warning: " in out.stderr and any(n in out.stderr for n in noticed), out.stderr
+  assert "using the older" in out.stderr and out.stderr.rstrip().endswith("checkpoints/2 instead")
+  line = one_error_line(run_cli(*generate, "--checkpoint", os.path.join(workdir, "checkpoints", "4")), "generate")
+  assert ("differs from what was saved" in line or "cannot be read" in line) and "delete it" in line
+  debug = run_cli("--debug", *generate, "--checkpoint", os.path.join(workdir, "checkpoints", "4"))
+  assert debug.returncode == 2 and "Traceback" in debug.stderr and "error: " in debug.stderr
+
+  damage(os.path.join(workdir, "checkpoints", "4", "state"), "truncate")
+  resume = ("train", "--config", "configs/tiny.py", "--workdir", workdir, "--no-progress", "--resume", *SMALL)
+  out = run_cli(*resume, "--config.train.steps=6")
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "resumed from step 2" in out.stdout and "checkpoint step 4 is unusable" in out.stderr
+  assert os.path.isdir(os.path.join(workdir, "corrupt_checkpoints", "4"))
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints")), key=int) == ["2", "4", "6"]
+
+  shutil.rmtree(os.path.join(workdir, "checkpoints", "6", "params"))  # an item gone missing
+  out = run_cli(*resume, "--config.train.steps=8")
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "resumed from step 4" in out.stdout and "params/ missing" in out.stderr
+
+  for step in checkpoint.committed_steps(workdir):  # nothing left to fall back to: refused, nothing moved
+    damage(os.path.join(workdir, "checkpoints", str(step), "state"), "truncate")
+  kept = checkpoint.committed_steps(workdir)
+  line = one_error_line(run_cli(*resume, "--config.train.steps=10"), "train")
+  assert "no checkpoint in" in line and "can be restored" in line and "move the bad step directories" in line
+  assert checkpoint.committed_steps(workdir) == kept
+
+
+def test_cadences_and_recover_lr_are_checked_before_anything_runs(tmp_path):
+  base = ("train", "--config", "configs/tiny.py", "--workdir", str(tmp_path / "run"), "--no-progress")
+  for flag, key in [("--config.train.checkpoint_every=0", "checkpoint_every"), ("--config.train.log_every=0",
+                                                                                "log_every")]:
+    assert f"train.{key}=0 must be at least 1" in one_error_line(run_cli(*base, flag), "train")
+  assert "holds none" in one_error_line(run_cli(*base, "--recover-lr", "1e-4"), "train")
+  assert not (tmp_path / "run").exists()
+
+
+def test_a_full_disk_stops_the_run_in_one_line_and_keeps_the_committed_step(small_disk):
+  workdir = str(small_disk / "run")
+  out = run_cli("train", "--config", "configs/tiny.py", "--workdir", workdir, "--no-progress", *SMALL,
+                "--config.train.steps=8", "--config.train.eval_every=0")
+  line = one_error_line(out, "train")
+  assert "writing checkpoint step 4" in line and "no space left on device" in line
+  assert "the last committed checkpoint is step 2" in line and "--resume" in line
+  assert os.listdir(os.path.join(workdir, "checkpoints")) == ["2"]  # the half-written step 4 is gone
+  assert checkpoint.load_layered(workdir)[2].endswith(os.path.join("checkpoints", "2"))
+
+
+def test_read_only_places_fail_before_any_work_in_one_line(trained, small_disk, tmp_path):
+  workdir = str(small_disk / "run")
+  shutil.copytree(trained[0], workdir, ignore=shutil.ignore_patterns("2"))  # the newest step fits the disk
+  subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+  for args in [("--workdir", str(small_disk / "new")), ("--workdir", workdir, "--resume")]:
+    line = one_error_line(run_cli("train", "--config", "configs/tiny.py", "--no-progress", *SMALL, *args), "train")
+    assert "read-only file system" in line and "choose a writable directory" in line
+  out = run_cli("eval", "--checkpoint", workdir, "--tasks", "elbo", "--limit", "1")  # default output: in the run
+  assert "read-only file system" in one_error_line(out, "eval") and "llada> " not in out.stdout
+  assert "task" not in out.stdout  # refused before scoring, not after printing the table
