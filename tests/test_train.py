@@ -1,6 +1,7 @@
 """The sharded train step and loop: device-count invariance, exact resume, mesh changes, NaN handling, errors."""
 
 import functools
+import math
 import os
 import subprocess
 import sys
@@ -351,15 +352,23 @@ def test_a_killed_peer_ends_the_other_process_at_once_in_one_line(tmp_path):
   assert "--resume" in lines[0]
 
 
+CHAOS_NAN_STEP = 6
 CHAOS_RUN = """
 import json, sys
+import pytest
 sys.path.insert(0, 'tests')
-from test_train import tiny_cfg
+from test_train import CHAOS_NAN_STEP, poison_steps, tiny_cfg
 from llada_jax import train
 cfg = tiny_cfg('train.steps=14', 'train.checkpoint_every=1', 'train.async_checkpoint=true', 'train.keep_checkpoints=2')
+poison_steps(pytest.MonkeyPatch(), cfg, [CHAOS_NAN_STEP])
 train.run(cfg, sys.argv[1], resume=sys.argv[2] == 'resume', progress=False,
           callback=lambda step, m: print('LOSS', step, repr(float(m['loss'])), flush=True))
 """
+
+
+def _moved_aside(workdir) -> list[int]:
+  aside = os.path.join(workdir, checkpoint.CORRUPT_DIR)
+  return [int(d.split(".")[0]) for d in os.listdir(aside)] if os.path.isdir(aside) else []
 
 
 def _chaos_run(workdir, resume: bool, kill_after: float | None):
@@ -387,12 +396,14 @@ def _chaos_run(workdir, resume: bool, kill_after: float | None):
 
 @pytest.mark.slow
 def test_chaos_kill_9_damage_and_resume_keep_the_loss_sequence(tmp_path):
-  """Random kill -9 (three seeds, checkpoint every step, async writes), then the newest committed step damaged:
-  each resumed run falls back to a step that verifies and reproduces the uninterrupted run's losses bit for bit;
-  every kept checkpoint verifies at the end."""
+  """Random kill -9 (three seeds, checkpoint every step, async writes, a NaN forced at step 6), then the newest
+  committed step damaged: each resumed run falls back to a step that verifies and reproduces the uninterrupted run's
+  losses bit for bit; the NaN step is never checkpointed; every kept checkpoint verifies at the end."""
   from test_checkpoint import damage
-  full, _ = _chaos_run(str(tmp_path / "full"), False, None)
-  assert sorted(full) == list(range(1, 15))
+  full, stderr = _chaos_run(str(tmp_path / "full"), False, None)
+  assert sorted(full) == list(range(1, 15)) and math.isnan(full[CHAOS_NAN_STEP])
+  assert f"step {CHAOS_NAN_STEP} not checkpointed" in stderr
+  full = {s: repr(v) for s, v in full.items()}  # NaN equals itself as text
   for seed in range(3):
     workdir = str(tmp_path / f"chaos{seed}")
     rng = np.random.default_rng(seed)
@@ -401,7 +412,7 @@ def test_chaos_kill_9_damage_and_resume_keep_the_loss_sequence(tmp_path):
       losses, _ = _chaos_run(workdir, resume, float(rng.uniform(0.0, 1.5)))
       seen.update({s: v for s, v in losses.items()})
       for s, v in losses.items():
-        assert v == full[s], (seed, attempt, s)
+        assert repr(v) == full[s], (seed, attempt, s)
       resume = bool(checkpoint.committed_steps(workdir))
     steps = checkpoint.committed_steps(workdir)
     damaged = len(steps) >= 2  # with one step only, damaging it leaves nothing to fall back to (tested elsewhere)
@@ -411,6 +422,7 @@ def test_chaos_kill_9_damage_and_resume_keep_the_loss_sequence(tmp_path):
     if damaged:
       assert f"checkpoint step {steps[-1]} is unusable" in stderr
       assert min(losses) <= steps[-1]  # the damaged step was not resumed from
-    assert all(losses[s] == full[s] for s in losses) and max(losses) == 14
+    assert all(repr(losses[s]) == full[s] for s in losses) and max(losses) == 14
+    assert CHAOS_NAN_STEP not in checkpoint.committed_steps(workdir) + _moved_aside(workdir)
     for step in checkpoint.committed_steps(workdir):
       checkpoint.load_layered(os.path.join(workdir, "checkpoints", str(step)))
