@@ -303,7 +303,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, resume: bool = False, r
       if writer:  # events logged since the last flush survive any exit but a kill
         with contextlib.suppress(OSError):
           writer.close()
-  summary.checkpoint_dir = os.path.join(store.directory, str(store.latest_step()))
+  summary.checkpoint_dir = os.path.join(workdir, "checkpoints", str(store.latest_step()))  # as the user named it
   summary.best_step = store.best_step()
   summary.data_stats = data_lib.data_stats(cfg.data, tokenizer)
   summary.tensorboard_dir = tensorboard_dir
