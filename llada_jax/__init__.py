@@ -3,7 +3,7 @@
 __version__ = "0.1.0"
 
 
-def load_pretrained(path: str, dtype: str | None = None, mesh=None):
+def load_pretrained(path: str, dtype: str | None = None, mesh=None, attention_impl: str = "auto"):
   """Loads an HF LLaDA directory or a llada-jax checkpoint; see `llada_jax.pretrained.load_pretrained`."""
   from llada_jax.pretrained import load_pretrained as _load
-  return _load(path, dtype=dtype, mesh=mesh)
+  return _load(path, dtype=dtype, mesh=mesh, attention_impl=attention_impl)

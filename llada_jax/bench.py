@@ -241,13 +241,12 @@ def _kernel_closure(side: str, config_path: str, overrides: list[str], threads: 
 
   import jax
   import jax.numpy as jnp
-  from llada_jax import model as model_lib
+  from llada_jax import ops
   if kernel == "attention":
-    fn = lambda q, k, v: model_lib.attention(q, k, v, jnp.asarray(key_mask), causal=model_config.causal,
-                                             impl=model_config.attention_impl)
+    fn = lambda q, k, v: ops.attention(q, k, v, jnp.asarray(key_mask), model_config)
     inputs, d_out = [jnp.asarray(a) for a in arrays[:3]], jnp.asarray(arrays[3])
   else:
-    fn, inputs, d_out = model_lib.project, [jnp.asarray(a) for a in arrays[:2]], jnp.asarray(arrays[2])
+    fn, inputs, d_out = ops.project, [jnp.asarray(a) for a in arrays[:2]], jnp.asarray(arrays[2])
   grads = jax.jit(lambda *xs: jax.vjp(fn, *xs)[1](d_out))
 
   def step():

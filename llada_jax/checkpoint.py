@@ -353,8 +353,11 @@ class TrainCheckpoints:
     # A workdir is bound to its model once it holds a checkpoint; before that, a failed first try binds nothing.
     if os.path.isfile(meta_path) and committed_steps(self.workdir):
       previous, _ = read_metadata(self.workdir)
-      if previous != model_config:
-        raise UserError(f"{workdir} holds a run of a different model ({_config_diff(previous, model_config)}); "
+      # The weights' shapes and storage dtype bind; how they are run (kernels, remat, compute dtype) may change.
+      bound = lambda c: c.architecture().replace(param_dtype=c.param_dtype)
+      if bound(previous) != bound(model_config):
+        raise UserError(f"{workdir} holds a run of a different model "
+                        f"({_config_diff(bound(previous), bound(model_config))}); "
                         "choose a new --workdir or restore the old config")
     elif jax.process_index() == 0:
       write_metadata(self.workdir, model_config, kind="train", experiment=experiment.to_dict())

@@ -13,7 +13,7 @@ import ml_collections
 
 from llada_jax.errors import UserError
 
-ATTENTION_IMPLS = ("xla", "cudnn")
+ATTENTION_IMPLS = ("auto", "xla", "cudnn", "splash")  # auto: splash on TPU, cudnn on GPU (bf16/fp16), else xla
 REMAT_POLICIES = ("none", "full", "save_dots", "save_qkv_proj")
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -41,7 +41,9 @@ class ModelConfig:
   param_dtype: str = "float32"
   dtype: str = "float32"  # compute dtype; logits come out in it
   causal: bool = False  # True gives the paper's autoregressive baseline from the same code
-  attention_impl: str = "xla"
+  attention_impl: str = "auto"
+  attention_block_q: int = 512  # splash: query / key block sizes (multiples of 128; shorter sequences use one block)
+  attention_block_kv: int = 512
   scan_layers: bool = True  # lax.scan over the stacked layers (fast compiles) or a Python loop
   remat_policy: str = "none"
 
@@ -62,6 +64,9 @@ class ModelConfig:
                           ("remat_policy", REMAT_POLICIES)):
       if getattr(self, name) not in allowed:
         problems.append(f"{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}")
+    for name in ("attention_block_q", "attention_block_kv"):
+      if getattr(self, name) <= 0 or getattr(self, name) % 128:
+        problems.append(f"{name}={getattr(self, name)} must be a positive multiple of 128 (the TPU's lane width)")
     if min(self.d_model, self.n_layers, self.mlp_hidden_size, self.max_sequence_length) <= 0:
       problems.append("d_model, n_layers, mlp_hidden_size and max_sequence_length must be positive")
     if problems:
@@ -70,6 +75,13 @@ class ModelConfig:
   @property
   def head_dim(self) -> int:
     return self.d_model // self.n_heads
+
+  def architecture(self) -> "ModelConfig":
+    """The same network with every how-to-run field at its default: equal architectures hold the same weights."""
+    runtime = ("param_dtype", "dtype", "attention_impl", "attention_block_q", "attention_block_kv", "scan_layers",
+               "remat_policy")
+    defaults = ModelConfig()
+    return self.replace(**{name: getattr(defaults, name) for name in runtime})
 
   def replace(self, **changes) -> "ModelConfig":
     unknown = set(changes) - {f.name for f in dataclasses.fields(self)}

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
-from llada_jax import sharding
+from llada_jax import ops, sharding
 from llada_jax.config import ModelConfig
 
 Params = dict[str, Any]
@@ -67,75 +67,6 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
   return (x32 * cos + rotated * sin).astype(x.dtype)
 
 
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array | None, *, causal: bool,
-              impl: str) -> jax.Array:
-  """Scaled dot-product attention with grouped kv heads; every implementation must equal "xla".
-
-  q: [batch, q_len, heads, head_dim]; k, v: [batch, kv_len, kv_heads, head_dim]; key_mask: [batch, kv_len] bool,
-  False for padded keys (keys only: padded queries still produce outputs, as in the official model).
-  """
-  batch, q_len, heads, head_dim = q.shape
-  kv_len, kv_heads = k.shape[1], k.shape[2]
-  if impl == "cudnn":
-    mask = None if key_mask is None else key_mask[:, None, None, :]
-    return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal, implementation="cudnn")
-  groups = heads // kv_heads
-  # Query heads sharing a kv head are folded into the query-length dimension, so every product is a plain batched
-  # matmul over (batch, kv_heads): markedly faster on CPU than the equivalent 5-D einsums.
-  q = q.reshape(batch, q_len, kv_heads, groups, head_dim).transpose(0, 2, 3, 1, 4)
-  q = q.reshape(batch, kv_heads, groups * q_len, head_dim)
-  allowed = None if key_mask is None else key_mask[:, None, None, :]
-  if causal:
-    lower = jnp.tile(jnp.tril(jnp.ones((q_len, kv_len), bool)), (groups, 1))[None, None]
-    allowed = lower if allowed is None else allowed & lower
-  out = _attention_core(q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), allowed, 1.0 / math.sqrt(head_dim))
-  return out.reshape(batch, kv_heads, groups, q_len, head_dim).transpose(0, 3, 1, 2, 4).reshape(
-      batch, q_len, heads, head_dim)
-
-
-def _masked_scores(q: jax.Array, k: jax.Array, allowed: jax.Array | None, scale: float) -> jax.Array:
-  scores = jnp.matmul(q, jnp.swapaxes(k, -1, -2), preferred_element_type=jnp.float32) * scale
-  return scores if allowed is None else jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _attention_core(q: jax.Array, k: jax.Array, v: jax.Array, allowed: jax.Array | None,
-                    scale: float) -> jax.Array:
-  """softmax(q kᵀ · scale, masked) v over [batch, kv_heads, rows, head_dim] operands.
-
-  The backward pass keeps only the output and the log-sum-exp and recomputes the probabilities (as flash attention
-  does): the [rows, kv_len] probabilities of every layer are never stored for the backward pass, which saves memory
-  everywhere and, on CPU, the copies of those tensors in and out of the layer scan.
-  """
-  return _attention_forward(q, k, v, allowed, scale)[0]
-
-
-def _attention_forward(q, k, v, allowed, scale):
-  scores = _masked_scores(q, k, allowed, scale)
-  row_max = jnp.max(scores, axis=-1, keepdims=True)
-  unnormalised = jnp.exp(scores - row_max)
-  row_sum = jnp.sum(unnormalised, axis=-1, keepdims=True)
-  # Normalising after the value product divides [rows, head_dim] instead of [rows, kv_len].
-  out = (jnp.matmul(unnormalised.astype(v.dtype), v, preferred_element_type=jnp.float32) / row_sum).astype(v.dtype)
-  return out, (q, k, v, allowed, out, row_max + jnp.log(row_sum))
-
-
-def _attention_backward(scale, residuals, d_out):
-  q, k, v, allowed, out, log_sum_exp = residuals
-  probs = jnp.exp(_masked_scores(q, k, allowed, scale) - log_sum_exp)
-  d_v = jnp.matmul(jnp.swapaxes(probs.astype(v.dtype), -1, -2), d_out)
-  d_probs = jnp.matmul(d_out, jnp.swapaxes(v, -1, -2), preferred_element_type=jnp.float32)
-  # Σ_k p·dp per row equals Σ_d out·d_out: a [rows, head_dim] reduction instead of a [rows, kv_len] one.
-  row_dot = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1, keepdims=True)
-  d_scores = (probs * (d_probs - row_dot) * scale).astype(q.dtype)
-  d_q = jnp.matmul(d_scores, k)
-  d_k = jnp.matmul(jnp.swapaxes(d_scores, -1, -2), q)
-  return d_q, d_k, d_v, None
-
-
-_attention_core.defvjp(_attention_forward, _attention_backward)
-
-
 class Blocks(nnx.Module):
   """All transformer blocks, weights stacked on a leading `layers` axis; `__call__` runs one unstacked layer."""
 
@@ -161,62 +92,24 @@ class Blocks(nnx.Module):
     c = self.config
     dt = x.dtype
     batch, length, _ = x.shape
-    h = _tokens_first(rms_norm(x, self.attn_norm[...], c.rms_norm_eps))
-    q = checkpoint_name(project(h, self.q_proj[...].astype(dt)), "query_proj")
-    k = checkpoint_name(project(h, self.k_proj[...].astype(dt)), "key_proj")
-    v = checkpoint_name(project(h, self.v_proj[...].astype(dt)), "value_proj")
+    h = ops.tokens_first(rms_norm(x, self.attn_norm[...], c.rms_norm_eps))
+    q = checkpoint_name(ops.project(h, self.q_proj[...].astype(dt)), "query_proj")
+    k = checkpoint_name(ops.project(h, self.k_proj[...].astype(dt)), "key_proj")
+    v = checkpoint_name(ops.project(h, self.v_proj[...].astype(dt)), "value_proj")
     q, k, v = (a.reshape(batch, length, *a.shape[1:]) for a in (q, k, v))
     q = sharding.constrain(apply_rope(q, cos, sin), ("activation_batch", "activation_length", "activation_heads",
                                                      None))
     k = apply_rope(k, cos, sin)
-    att = _tokens_first(attention(q, k, v, key_mask, causal=c.causal, impl=c.attention_impl))
-    x = x + project(att, self.attn_out[...].astype(dt), in_dims=2).reshape(x.shape)
+    att = ops.tokens_first(ops.attention(q, k, v, key_mask, c))
+    x = x + ops.project(att, self.attn_out[...].astype(dt), in_dims=2).reshape(x.shape)
     x = sharding.constrain(x, ("activation_batch", "activation_length", "activation_embed"))
-    h = _tokens_first(rms_norm(x, self.ff_norm[...], c.rms_norm_eps))
-    gate = project(h, self.ff_proj[...].astype(dt))
-    up = project(h, self.up_proj[...].astype(dt))
+    h = ops.tokens_first(rms_norm(x, self.ff_norm[...], c.rms_norm_eps))
+    gate = ops.project(h, self.ff_proj[...].astype(dt))
+    up = ops.project(h, self.up_proj[...].astype(dt))
     act = sharding.constrain((jax.nn.silu(gate) * up).reshape(batch, length, -1),
                              ("activation_batch", "activation_length", "activation_mlp"))
-    x = x + project(_tokens_first(act), self.ff_out[...].astype(dt)).reshape(x.shape)
+    x = x + ops.project(ops.tokens_first(act), self.ff_out[...].astype(dt)).reshape(x.shape)
     return sharding.constrain(x, ("activation_batch", "activation_length", "activation_embed"))
-
-
-def project(x: jax.Array, w: jax.Array, in_dims: int = 1) -> jax.Array:
-  """x [tokens, *in] · w [*in, *out] → [tokens, *out], as one 2-D matmul (what XLA's CPU backend runs fastest)."""
-  tokens, out_shape = x.shape[0], w.shape[in_dims:]
-  y = _matmul(x.reshape(tokens, -1), w.reshape(math.prod(w.shape[:in_dims]), -1))
-  return y.reshape(tokens, *out_shape)
-
-
-@jax.custom_vjp
-def _matmul(x: jax.Array, w: jax.Array) -> jax.Array:
-  """x @ w whose weight gradient transposes the narrower of x and the incoming gradient.
-
-  XLA's CPU matmuls take only a transposed right operand, so xᵀ·g needs one explicit transpose of a
-  [tokens, ·] array. Left to itself XLA picked the gradient and fused that transpose into the elementwise ops
-  producing it (RoPE's backward, the head transposes, the residual sums), which ran ~20× slower than a plain
-  transpose and cost ~15% of a training step; transposing the narrower operand also moves the fewest bytes.
-  """
-  return x @ w
-
-
-def _matmul_forward(x, w):
-  return x @ w, (x, w)
-
-
-def _matmul_backward(residuals, grad):
-  x, w = residuals
-  d_w = x.T @ grad if x.shape[1] <= grad.shape[1] else (grad.T @ x).T
-  return grad @ w.T, d_w
-
-
-_matmul.defvjp(_matmul_forward, _matmul_backward)
-
-
-def _tokens_first(x: jax.Array) -> jax.Array:
-  """[batch, length, …] → [batch·length, …]: projections as plain 2-D matmuls, which XLA's CPU backend runs
-  much faster than the same contraction written with two batch-like dimensions."""
-  return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
 
 
 class LLaDA(nnx.Module):
@@ -247,7 +140,7 @@ class LLaDA(nnx.Module):
       start, size = logits_window
       x = jax.lax.dynamic_slice_in_dim(x, start, size, axis=1)
     head = self.wte[...].T if c.weight_tying else self.ff_out[...]
-    logits = project(_tokens_first(x), head.astype(dt)).reshape(*x.shape[:2], -1)
+    logits = ops.project(ops.tokens_first(x), head.astype(dt)).reshape(*x.shape[:2], -1)
     return sharding.constrain(logits, ("activation_batch", "activation_length", "activation_vocab"))
 
   def _run_blocks(self, x, cos, sin, key_mask):

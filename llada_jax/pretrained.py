@@ -80,11 +80,12 @@ class LLaDAModel:
       checkpoint.save_params(out_dir, host, self.config, overwrite)
 
 
-def load_pretrained(path: str, dtype: str | None = None, mesh=None) -> LLaDAModel:
+def load_pretrained(path: str, dtype: str | None = None, mesh=None, attention_impl: str = "auto") -> LLaDAModel:
   """Loads an HF LLaDA directory (config.json + weights), a llada-jax params checkpoint, a training workdir (its
   latest checkpoint) or one step directory of it.
 
-  `dtype` casts the parameters (float32 / bfloat16 / float16); `mesh` shards them by the logical-axis rules.
+  `dtype` casts the parameters (float32 / bfloat16 / float16); `mesh` shards them by the logical-axis rules;
+  `attention_impl` picks the attention kernel (auto, xla, cudnn, splash: `llada_jax.ops`).
   """
   if not os.path.isdir(path):
     raise UserError(f"{path} does not exist or is not a directory")
@@ -95,6 +96,7 @@ def load_pretrained(path: str, dtype: str | None = None, mesh=None) -> LLaDAMode
     placement = checkpoint.layered_abstract(config, mesh=mesh)
     layered = jax.tree.map(lambda a, p: jax.device_put(a, p.sharding), layered, placement)
     params = checkpoint.stack_on_device(layered, config, mesh)
+  config = config.replace(attention_impl=attention_impl)  # how to run is the caller's choice, not the file's
   if dtype:  # computing in the dtype the user asked for, as torch's model.to(dtype) does
     config = config.replace(dtype=dtype)
   return LLaDAModel(config, params, mesh)

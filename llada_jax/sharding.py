@@ -56,8 +56,13 @@ def _fits(shape: Sequence[int], spec: P, mesh: Mesh) -> P:
   return P(*fitted)
 
 
+def fit_spec(shape: Sequence[int], logical_axes: Sequence[str | None], mesh) -> P:
+  """The PartitionSpec of an array of `shape` with these logical axes on `mesh`, replicating what it cannot split."""
+  return _fits(shape, logical_to_spec(logical_axes), mesh)
+
+
 def named_sharding(mesh: Mesh, logical_axes: Sequence[str | None], shape: Sequence[int]) -> NamedSharding:
-  return NamedSharding(mesh, _fits(shape, logical_to_spec(logical_axes), mesh))
+  return NamedSharding(mesh, fit_spec(shape, logical_axes, mesh))
 
 
 def tree_shardings(mesh: Mesh, logical_tree: Any, abstract_tree: Any) -> Any:
@@ -71,7 +76,7 @@ def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty:
     return x
-  return jax.lax.with_sharding_constraint(x, _fits(x.shape, logical_to_spec(logical_axes), mesh))
+  return jax.lax.with_sharding_constraint(x, fit_spec(x.shape, logical_axes, mesh))
 
 
 def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, devices: Sequence[Any] | None = None) -> Mesh:

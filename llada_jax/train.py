@@ -123,6 +123,25 @@ def batch_sharding(mesh) -> NamedSharding:
   return NamedSharding(mesh, P(("data", "fsdp")))
 
 
+def jit_train_step(model_config: ModelConfig, cfg: ml_collections.ConfigDict, optimizer, mesh):
+  """(jitted step, abstract state, state shardings): the step `run` trains with and `llada-jax plan` compiles —
+  state sharded by `state_shardings` and donated, the batch split over data×fsdp. Call it outside `set_mesh` (Flax
+  would read the logical axes as mesh axes); run or lower the step inside it."""
+  abstract, shardings = state_shardings(model_config, optimizer, mesh)
+  step_fn = jax.jit(make_train_step(model_config, cfg.train, optimizer),
+                    in_shardings=(shardings, batch_sharding(mesh)), out_shardings=(shardings, None), donate_argnums=0)
+  return step_fn, abstract, shardings
+
+
+def abstract_batch(cfg: ml_collections.ConfigDict, mesh) -> dict:
+  """The global batch the step takes, as sharded ShapeDtypeStructs (for ahead-of-time compiles)."""
+  rows, sharding_ = cfg.data.global_batch, batch_sharding(mesh)
+  batch = {"tokens": jax.ShapeDtypeStruct((rows, cfg.data.seq_len), jnp.int32, sharding=sharding_)}
+  if cfg.train.objective == "sft":
+    batch["prompt_length"] = jax.ShapeDtypeStruct((rows,), jnp.int32, sharding=sharding_)
+  return batch
+
+
 # ---- The step ----
 
 def _objective_loss(params, batch, rng, model_config: ModelConfig, train: ml_collections.ConfigDict,
@@ -281,11 +300,9 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, resume: bool = False, r
   store.save_tokenizer(tokenizer)
 
   optimizer = optim.make_optimizer(cfg.train)
-  abstract, shardings = state_shardings(model_config, optimizer, mesh)
   batch_shard = batch_sharding(mesh)
+  step_fn, abstract, shardings = jit_train_step(model_config, cfg, optimizer, mesh)
   with jax.set_mesh(mesh):
-    step_fn = jax.jit(make_train_step(model_config, cfg.train, optimizer), in_shardings=(shardings, batch_shard),
-                      out_shardings=(shardings, None), donate_argnums=0)
     eval_fn = jax.jit(make_eval_step(model_config, cfg.train), in_shardings=(shardings["params"], batch_shard, None))
     if resume and store.latest_step() is not None:
       state = store.restore(abstract, shardings, train_iter)
@@ -314,9 +331,7 @@ def _pretrained_params(path: str, model_config: ModelConfig, mesh) -> model_lib.
   """Weights to start from (a checkpoint, workdir or HF directory, e.g. for SFT), checked against the config."""
   from llada_jax.pretrained import load_pretrained
   loaded = load_pretrained(path, dtype=model_config.param_dtype, mesh=mesh)
-  architecture = lambda c: c.replace(param_dtype="float32", dtype="float32", remat_policy="none", scan_layers=True,
-                                     attention_impl="xla")
-  if architecture(loaded.config) != architecture(model_config):
+  if loaded.config.architecture() != model_config.architecture():
     raise UserError(f"train.init_from={path} holds a different architecture than the config's model section; "
                     "make them match")
   return loaded.params

@@ -245,6 +245,10 @@ def test_existing_checkpoints_need_resume_and_the_same_model(tmp_path):
     train.run(tiny_cfg("train.steps=3"), str(tmp_path), progress=False)
   with pytest.raises(UserError, match="different model"):
     train.run(tiny_cfg("model.n_layers=3"), str(tmp_path), resume=True, progress=False)
+  # How the same weights run may change on resume (e.g. the kernel or remat a new chip needs).
+  summary = train.run(tiny_cfg("train.steps=4", "model.remat_policy=full", "model.attention_impl=xla"),
+                      str(tmp_path), resume=True, progress=False)
+  assert summary.steps == 1
 
 
 def test_sft_from_a_pretrained_run(tmp_path):

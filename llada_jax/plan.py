@@ -1,0 +1,199 @@
+"""`llada-jax plan`: the per-device memory and the cost of a training run, from an ahead-of-time compile of the real
+train step for chips that need not be here (TPU topologies through libtpu; simulated CPU devices otherwise).
+
+Nothing is allocated: the state and batch are ShapeDtypeStructs carrying the shardings `train` uses, and XLA's
+memory analysis of the compiled step gives the bytes per device. FLOPs are analytic (`train.train_flops_per_token`):
+XLA's cost analysis counts a scanned layer once.
+"""
+
+import dataclasses
+import os
+import re
+import time
+
+import ml_collections
+
+from llada_jax.errors import UserError
+
+GIB = 1024 ** 3
+# HBM per chip in GiB, by topology-name prefix.
+HBM_GIB = {"v4": 32, "v5e": 16, "v5p": 95, "v6e": 32, "h100": 80, "h200": 141}
+_OOM = re.compile(r"(?:Ran out of memory|exceed(?:s|ed)? available HBM|RESOURCE_EXHAUSTED)", re.I)
+_GIGS = re.compile(r"([0-9.]+)([GM])")
+
+
+@dataclasses.dataclass
+class Plan:
+  topology: str
+  chips: int
+  mesh: dict
+  per_device_batch: int
+  seq_len: int
+  remat_policy: str
+  attention_impl: str
+  capacity_bytes: float
+  compile_seconds: float
+  flops_per_step: float
+  peak_flops: float  # per chip, dense bf16
+  memory: dict | None = None  # arguments, outputs, temporaries, aliased, total (bytes per device)
+  xla_error: str | None = None  # XLA's out-of-memory message when the step does not fit
+
+  @property
+  def total_bytes(self) -> float:
+    if self.memory is not None:
+      return self.memory["total"]
+    figures = [float(n) * (GIB if unit == "G" else GIB / 1024) for n, unit in _GIGS.findall(self.xla_error or "")]
+    return figures[0] if figures else float("nan")  # XLA names the needed size first
+
+  @property
+  def fits(self) -> bool:
+    return self.memory is not None and self.memory["total"] <= self.capacity_bytes
+
+
+def devices_for(topology: str):
+  """(devices, capacity bytes per device, what the plan cannot tell) for a topology name or `cpu:N`."""
+  import jax
+  if topology.startswith("cpu:"):
+    count = int(topology.split(":", 1)[1])
+    devices = jax.devices("cpu")
+    if len(devices) < count:
+      raise UserError(f"--topology {topology} needs {count} CPU devices but this process has {len(devices)}")
+    capacity = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / count
+    return devices[:count], capacity, ("XLA:CPU's memory plan (its fusion, layouts and kernels differ from TPU's): "
+                                       "the shapes and shardings compile, the bytes are not a TPU's")
+  from jax.experimental import topologies
+  chip = topology.split(":", 1)[0].lower()
+  if chip not in HBM_GIB:
+    raise UserError(f"--topology {topology}: unknown chip {chip!r}; use one of {', '.join(HBM_GIB)} (e.g. "
+                    "v5e:16x16, v5p:4x4x4) or cpu:N")
+  try:
+    description = topologies.get_topology_desc(platform="tpu", topology_name=topology)
+  except Exception as e:  # libtpu absent, or a shape it does not know
+    if "libtpu" in str(e).lower() or "platform" in str(e).lower() or "backend" in str(e).lower():
+      raise UserError(f"--topology {topology} needs libtpu: pip install -e '.[tpu]' (or plan for simulated CPU "
+                      "devices with --topology cpu:N)") from None
+    raise UserError(f"--topology {topology} is not a topology libtpu knows ({str(e).splitlines()[0][:200]})") from None
+  return description.devices, HBM_GIB[chip] * GIB, None
+
+
+def parse_mesh(text: str, chips: int) -> dict:
+  """`fsdp=256,tensor=2` → {"data", "fsdp", "tensor"}; unnamed axes are 1, except fsdp, which takes the rest."""
+  mesh = {"data": 1, "fsdp": -1, "tensor": 1}
+  for part in filter(None, (text or "").split(",")):
+    name, _, value = part.partition("=")
+    if name not in mesh or not value.lstrip("-").isdigit():
+      raise UserError(f"--mesh {text}: expected comma-separated data=N, fsdp=N, tensor=N")
+    mesh[name] = int(value)
+  if mesh["fsdp"] == -1 and chips % (mesh["data"] * mesh["tensor"]) == 0:
+    mesh["fsdp"] = chips // (mesh["data"] * mesh["tensor"])
+  return mesh
+
+
+def make_plan(cfg: ml_collections.ConfigDict, topology: str, mesh_text: str, per_device_batch: int | None,
+              seq_len: int | None) -> tuple[Plan, str | None]:
+  """Compiles the train step of `cfg` for the topology and returns its plan (and what the plan cannot tell)."""
+  import jax
+  from llada_jax import ops, optim, sharding, train
+  from llada_jax.config import model_config_from
+  devices, capacity, caveat = devices_for(topology)
+  mesh_shape = parse_mesh(mesh_text, len(devices))
+  mesh = sharding.make_mesh(mesh_shape["data"], mesh_shape["fsdp"], mesh_shape["tensor"], devices=devices)
+  batch_devices = mesh.shape["data"] * mesh.shape["fsdp"]
+  if per_device_batch is not None:
+    cfg.data.global_batch = per_device_batch * batch_devices
+  if seq_len is not None:
+    cfg.data.seq_len = seq_len
+  model_config = model_config_from(cfg)
+  with jax.set_mesh(mesh):  # "auto" names the kernel the target chips get
+    model_config = model_config.replace(attention_impl=ops.resolve_attention_impl(model_config))
+  train.check_experiment(cfg, model_config, mesh, process_count=1)
+  optimizer = optim.make_optimizer(cfg.train)
+  start = time.time()
+  memory, xla_error = None, None
+  step_fn, abstract, shardings = train.jit_train_step(model_config, cfg, optimizer, mesh)
+  with jax.set_mesh(mesh):
+    state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+    try:
+      analysis = step_fn.lower(state, train.abstract_batch(cfg, mesh)).compile().memory_analysis()
+    except Exception as e:
+      if not _OOM.search(str(e)):
+        raise
+      xla_error = " ".join(str(e).split())[:400]
+    else:
+      memory = {"arguments": analysis.argument_size_in_bytes, "outputs": analysis.output_size_in_bytes,
+                "temporaries": analysis.temp_size_in_bytes, "aliased": analysis.alias_size_in_bytes}
+      # Donated state is both argument and output: count it once.
+      memory["total"] = memory["arguments"] + memory["outputs"] + memory["temporaries"] - memory["aliased"]
+  tokens = cfg.data.global_batch * cfg.data.seq_len
+  plan = Plan(topology=topology, chips=len(devices), mesh=dict(mesh.shape), per_device_batch=
+              cfg.data.global_batch // batch_devices, seq_len=cfg.data.seq_len, remat_policy=model_config.remat_policy,
+              attention_impl=model_config.attention_impl, capacity_bytes=capacity, compile_seconds=time.time() - start,
+              flops_per_step=train.train_flops_per_token(model_config, cfg.data.seq_len) * tokens,
+              peak_flops=train.peak_flops(devices[0]), memory=memory, xla_error=xla_error)
+  return plan, caveat
+
+
+def verdict(plan: Plan) -> str:
+  """The plan's last line, in the one format scripts may parse."""
+  used, capacity = plan.total_bytes / GIB, plan.capacity_bytes / GIB
+  return f"{'fits' if plan.fits else 'does not fit'}: {used:.2f} GiB of {capacity:.2f} GiB per device"
+
+
+def format_plan(plan: Plan, caveat: str | None) -> str:
+  mesh = " × ".join(f"{k} {v}" for k, v in plan.mesh.items())
+  lines = [f"─── llada-jax plan: {plan.topology} ({plan.chips} devices) " + "─" * 20,
+           f"mesh         {mesh}",
+           f"batch        {plan.per_device_batch} × {plan.seq_len} tokens per device (data×fsdp shards the batch)",
+           f"model        remat {plan.remat_policy}, attention {plan.attention_impl}",
+           f"compile      {plan.compile_seconds:.1f}s"]
+  if plan.memory is not None:
+    m = {k: v / GIB for k, v in plan.memory.items()}
+    lines.append(f"memory       per device: arguments {m['arguments']:.2f} GiB (params + optimizer state), outputs "
+                 f"{m['outputs']:.2f}, temporaries {m['temporaries']:.2f}, aliased {m['aliased']:.2f} → total "
+                 f"{m['total']:.2f} GiB")
+  else:
+    lines.append(f"memory       XLA: {plan.xla_error}")
+  tokens = plan.per_device_batch * plan.seq_len * plan.chips
+  lines.append(f"FLOPs        {plan.flops_per_step:.3e} per step ({plan.flops_per_step / tokens:.3e} per token, "
+               "full bidirectional attention)")
+  if plan.peak_flops == plan.peak_flops:  # not NaN
+    for mfu in (0.4, 0.6):
+      seconds = plan.flops_per_step / (plan.chips * plan.peak_flops * mfu)
+      lines.append(f"at {mfu:.0%} MFU   {seconds * 1e3:,.1f} ms/step, {tokens / seconds / plan.chips:,.0f} "
+                   "tokens/s/chip")
+  if caveat:
+    lines.append(f"note         {caveat}")
+  lines.append(verdict(plan))
+  return "\n".join(lines)
+
+
+def fit_table(cfg: ml_collections.ConfigDict, topology: str, mesh_text: str, seq_len: int | None,
+              policies: tuple[str, ...], limit: int = 64, log=print) -> list[tuple[str, int, Plan | None]]:
+  """For each remat policy, the largest per-device batch (a power of two up to `limit`) that fits, with its plan."""
+  rows = []
+  for policy in policies:
+    best = None
+    batch = 1
+    while batch <= limit:
+      trial = ml_collections.ConfigDict(cfg.to_dict())
+      trial.model.remat_policy = policy
+      plan, _ = make_plan(trial, topology, mesh_text, batch, seq_len)
+      log(f"  remat {policy:<14} batch {batch:>3}: {verdict(plan)} (compiled in {plan.compile_seconds:.0f}s)")
+      if not plan.fits:
+        break
+      best, batch = plan, batch * 2
+    rows.append((policy, best.per_device_batch if best else 0, best))
+  return rows
+
+
+def format_fit_table(rows: list[tuple[str, int, Plan | None]]) -> str:
+  lines = ["| remat policy | largest per-device batch | memory per device | tokens/s/chip at 40% MFU |", "|---|---|---|---|"]
+  for policy, batch, best in rows:
+    if best is None:
+      lines.append(f"| {policy} | none fits | | |")
+      continue
+    tokens = best.per_device_batch * best.seq_len * best.chips
+    rate = tokens / (best.flops_per_step / (best.chips * best.peak_flops * 0.4)) / best.chips
+    lines.append(f"| {policy} | {batch} × {best.seq_len} | {best.total_bytes / GIB:.2f} of "
+                 f"{best.capacity_bytes / GIB:.2f} GiB | {rate:,.0f} |")
+  return "\n".join(lines)

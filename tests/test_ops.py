@@ -1,0 +1,93 @@
+"""Every attention implementation equals the XLA path: splash runs here in Pallas' interpreter (the TPU kernel's own
+code, executed exactly on CPU), cuDNN only on a GPU."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from llada_jax import model as model_lib, ops, sharding
+from llada_jax.config import ModelConfig
+
+# Splash tiles by 128; 200 tokens with 128-blocks exercise several blocks and the padding of a partial one.
+LENGTH = 200
+
+
+def _inputs(heads, kv_heads, head_dim=64, batch=2, seed=0):
+  rng = np.random.default_rng(seed)
+  q, k, v, d_out = (jnp.asarray(rng.normal(size=(batch, LENGTH, h, head_dim)), jnp.float32)
+                    for h in (heads, kv_heads, kv_heads, heads))
+  left_pads = np.array([0, 37])[:batch]
+  key_mask = jnp.asarray(np.arange(LENGTH)[None, :] >= left_pads[:, None])
+  return q, k, v, d_out, key_mask
+
+
+def _value_and_grads(config, q, k, v, d_out, key_mask):
+  out, vjp = jax.vjp(lambda q, k, v: ops.attention(q, k, v, key_mask, config), q, k, v)
+  return (out, *vjp(d_out))
+
+
+@pytest.mark.parametrize("heads,kv_heads,causal,masked", [(4, 4, False, False), (4, 2, False, True),
+                                                          (4, 1, True, True)])
+def test_splash_attention_equals_the_xla_path(heads, kv_heads, causal, masked):
+  q, k, v, d_out, key_mask = _inputs(heads, kv_heads)
+  if causal:  # right padding: with left padding a causal row before the first real key has no key to attend to
+    key_mask = key_mask[:, ::-1]
+  key_mask = key_mask if masked else None
+  base = ModelConfig(d_model=heads * 64, n_heads=heads, n_kv_heads=kv_heads, causal=causal,
+                     attention_block_q=128, attention_block_kv=128)
+  ref = _value_and_grads(base.replace(attention_impl="xla"), q, k, v, d_out, key_mask)
+  got = _value_and_grads(base.replace(attention_impl="splash"), q, k, v, d_out, key_mask)
+  for name, a, b in zip(("output", "d_q", "d_k", "d_v"), got, ref):
+    scale = float(jnp.max(jnp.abs(b)))
+    assert float(jnp.max(jnp.abs(a - b))) <= 2e-5 * scale, name  # fp32: summation order only
+
+
+def test_splash_attention_sharded_over_batch_and_heads_equals_one_device():
+  if len(jax.devices()) < 4:
+    pytest.skip("needs 4 (simulated) devices")
+  q, k, v, d_out, key_mask = _inputs(4, 2)
+  config = ModelConfig(d_model=256, n_heads=4, n_kv_heads=2, attention_impl="splash", attention_block_q=128,
+                       attention_block_kv=128)
+  single = _value_and_grads(config, q, k, v, d_out, key_mask)
+  mesh = sharding.make_mesh(data=1, fsdp=2, tensor=2, devices=jax.devices()[:4])
+  with jax.set_mesh(mesh):
+    sharded = jax.jit(lambda *a: _value_and_grads(config, *a))(q, k, v, d_out, key_mask)
+  for a, b in zip(sharded, single):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+
+
+def test_splash_logits_equal_the_xla_logits():
+  config = ModelConfig(d_model=128, n_heads=4, n_kv_heads=2, n_layers=2, mlp_hidden_size=256, vocab_size=512,
+                       embedding_size=512, mask_token_id=500, eos_token_id=1, pad_token_id=1,
+                       attention_block_q=128, attention_block_kv=128)
+  params = model_lib.init_params(config.replace(attention_impl="xla"), jax.random.key(0))
+  tokens = jax.random.randint(jax.random.key(1), (2, 150), 0, 512)
+  mask = jnp.arange(150)[None, :] >= jnp.array([[0], [20]])
+  ref = model_lib.apply(params, tokens, mask, config=config.replace(attention_impl="xla"))
+  got = model_lib.apply(params, tokens, mask, config=config.replace(attention_impl="splash"))
+  assert float(jnp.max(jnp.abs(got - ref))) <= 1e-5 * float(jnp.max(jnp.abs(ref)))
+
+
+def test_auto_is_the_xla_path_on_cpu():
+  assert jax.default_backend() != "cpu" or ops.resolve_attention_impl(ModelConfig()) == "xla"
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="the cuDNN attention kernel needs an NVIDIA GPU")
+def test_cudnn_attention_equals_the_xla_path():
+  q, k, v, _, key_mask = (a.astype(jnp.bfloat16) if a.dtype == jnp.float32 else a for a in _inputs(8, 2))
+  config = ModelConfig(d_model=512, n_heads=8, n_kv_heads=2, dtype="bfloat16")
+  ref = ops.attention(q, k, v, key_mask, config.replace(attention_impl="xla")).astype(jnp.float32)
+  fast = ops.attention(q, k, v, key_mask, config.replace(attention_impl="cudnn")).astype(jnp.float32)
+  np.testing.assert_allclose(fast, ref, atol=2e-2)
+
+
+def test_load_pretrained_selects_the_kernel(tmp_path):
+  import llada_jax
+  from llada_jax.errors import UserError
+  from test_checkpoint import _save_params
+  _save_params(tmp_path / "ckpt")
+  assert llada_jax.load_pretrained(str(tmp_path / "ckpt")).config.attention_impl == "auto"
+  assert llada_jax.load_pretrained(str(tmp_path / "ckpt"), attention_impl="splash").config.attention_impl == "splash"
+  with pytest.raises(UserError, match="attention_impl='flash' is not one of auto, xla, cudnn, splash"):
+    llada_jax.load_pretrained(str(tmp_path / "ckpt"), attention_impl="flash")

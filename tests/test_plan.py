@@ -1,0 +1,61 @@
+"""`llada-jax plan`: the real train step compiled ahead of time; a TPU topology where libtpu is installed, simulated
+CPU devices otherwise."""
+
+import importlib.util
+import re
+
+import pytest
+
+from conftest import REPO
+from llada_jax import config as config_lib, plan, train
+from llada_jax.config import model_config_from
+from test_cli import one_error_line, run_cli
+
+SMALL = ["--config.model.d_model=128", "--config.model.n_heads=4", "--config.model.n_kv_heads=2",
+         "--config.model.n_layers=2", "--config.model.mlp_hidden_size=256"]
+VERDICT = re.compile(r"^(fits|does not fit): \d+\.\d\d GiB of \d+\.\d\d GiB per device$")
+HAS_LIBTPU = importlib.util.find_spec("libtpu") is not None
+
+
+def test_plan_compiles_the_train_step_and_ends_with_the_verdict():
+  topology = "v5e:2x2" if HAS_LIBTPU else "cpu:4"
+  out = run_cli("plan", "--config", "configs/tiny.py", "--topology", topology, "--mesh", "fsdp=4",
+                "--per-device-batch", "2", "--seq-len", "128", *SMALL)
+  assert out.returncode == 0, out.stderr[-3000:]
+  lines = out.stdout.strip().splitlines()
+  assert VERDICT.match(lines[-1]) and lines[-1].startswith("fits: "), lines[-1]
+  assert "data 1 × fsdp 4 × tensor 1" in out.stdout and "2 × 128 tokens per device" in out.stdout
+  assert f"attention {'splash' if HAS_LIBTPU else 'xla'}" in out.stdout  # what "auto" means for those chips
+
+
+def test_plan_memory_is_the_sharded_state_and_flops_are_analytic():
+  cfg = config_lib.apply_overrides(config_lib.load_config_file(f"{REPO}/configs/tiny.py"),
+                                   [a[len("--config."):] for a in SMALL])
+  result, caveat = plan.make_plan(cfg, "cpu:8", "fsdp=8", 2, 64)
+  config = model_config_from(cfg)
+  # fp32 parameters and two Adam moments, every matrix split 8 ways over fsdp (d_model 128 divides).
+  state_bytes = 3 * 4 * config.num_params() / 8
+  assert abs(result.memory["arguments"] - state_bytes) / state_bytes < 0.05
+  assert result.memory["aliased"] >= 0.95 * state_bytes  # the donated state is updated in place
+  assert result.flops_per_step == train.train_flops_per_token(config, 64) * 16 * 64
+  assert "the bytes are not a TPU's" in caveat
+  assert VERDICT.match(plan.verdict(result))
+
+
+def test_an_out_of_memory_compile_reads_as_does_not_fit():
+  failed = plan.Plan(topology="v5e:16x16", chips=256, mesh={}, per_device_batch=1, seq_len=4096,
+                     remat_policy="save_dots", attention_impl="xla", capacity_bytes=16 * plan.GIB,
+                     compile_seconds=1.0, flops_per_step=1.0, peak_flops=1.0,
+                     xla_error="RESOURCE_EXHAUSTED: HLO temporaries (15.90G) exceed available HBM (15.75G)")
+  assert plan.verdict(failed) == "does not fit: 15.90 GiB of 16.00 GiB per device"
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--topology", "v9x:2x2"], "unknown chip 'v9x'"),
+    (["--topology", "cpu:x"], "expected cpu:N"),
+    (["--topology", "cpu:4", "--mesh", "fsdp=four"], "expected comma-separated data=N"),
+    (["--topology", "cpu:4", "--mesh", "fsdp=3"], "but there are 4 devices"),
+])
+def test_plan_user_errors_are_one_line(flags, message):
+  line = one_error_line(run_cli("plan", "--config", "configs/tiny.py", *flags), "plan")
+  assert message in line
