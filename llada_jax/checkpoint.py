@@ -366,7 +366,8 @@ class TrainCheckpoints:
         options=ocp.CheckpointManagerOptions(enable_async_checkpointing=async_save, create=True,
                                              cleanup_tmp_directories=True),
         item_handlers={STATE_ITEM: ocp.StandardCheckpointHandler(), PARAMS_ITEM: ocp.StandardCheckpointHandler(),
-                       DATA_ITEM: grain.checkpoint.CheckpointHandler(), META_ITEM: ocp.JsonCheckpointHandler(JSON_FILE)})
+                       DATA_ITEM: grain.checkpoint.CheckpointHandler(),
+                       META_ITEM: ocp.JsonCheckpointHandler(JSON_FILE)})
     self._saving = None  # the step being written asynchronously
     self.last_committed = self.latest_step()
 
@@ -499,9 +500,8 @@ class TrainCheckpoints:
       self.last_committed = step
       return state
     raise UserError(f"no checkpoint in {self.directory} can be restored (step {failed[0][0]}: {failed[0][1]}); if "
-                    "the files are damaged, move the bad step directories out of checkpoints/ (with none left, --resume starts "
-                    "from step 0); if the config changed (optimizer, "
-                    "process count), restore it")
+                    "the files are damaged, move the bad step directories out of checkpoints/ (with none left, "
+                    "--resume starts from step 0); if the config changed (optimizer, process count), restore it")
 
   def _restore_step(self, step: int, target: dict, data_iterator) -> dict:
     import grain

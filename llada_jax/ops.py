@@ -8,7 +8,6 @@ import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from llada_jax import sharding
@@ -114,7 +113,6 @@ def _attention_backward(scale, residuals, d_out):
 _attention_core.defvjp(_attention_forward, _attention_backward)
 
 
-
 # ---- Splash attention (Pallas, TPU) ----
 
 _LANES = 128  # splash tiles sequences in multiples of the TPU's 128 lanes
@@ -145,7 +143,7 @@ def _splash_attention(q, k, v, key_mask, config: ModelConfig) -> jax.Array:
     heads_first = lambda a: a.transpose(0, 2, 1, 3)
     # Queries are segment 1, valid keys 1, padded keys 0: a padded key matches no query.
     segments = SegmentIds(q=jnp.ones(valid.shape, jnp.int32), kv=valid.astype(jnp.int32)) if use_segments else None
-    call = (lambda q, k, v, s: kernel(q, k, v, segment_ids=s)) if use_segments else (lambda q, k, v, s: kernel(q, k, v))
+    call = lambda q, k, v, segments: kernel(q, k, v, segment_ids=segments)
     return jax.vmap(call)(heads_first(q), heads_first(k), heads_first(v), segments).transpose(0, 2, 1, 3)
 
   mesh = jax.sharding.get_abstract_mesh()

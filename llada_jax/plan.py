@@ -33,6 +33,7 @@ class Plan:
   attention_impl: str
   capacity_bytes: float
   compile_seconds: float
+  tokens_per_step: int  # the global batch: per_device_batch × data × fsdp sequences (tensor shards split heads)
   flops_per_step: float
   peak_flops: float  # per chip, dense bf16
   memory: dict | None = None  # arguments, outputs, temporaries, aliased, total (bytes per device)
@@ -48,6 +49,11 @@ class Plan:
   @property
   def fits(self) -> bool:
     return self.memory is not None and self.memory["total"] <= self.capacity_bytes
+
+  def at_mfu(self, mfu: float) -> tuple[float, float]:
+    """(seconds per step, tokens/s per chip) if the chips ran at this model-FLOPs utilisation."""
+    seconds = self.flops_per_step / (self.chips * self.peak_flops * mfu)
+    return seconds, self.tokens_per_step / seconds / self.chips
 
 
 def devices_for(topology: str):
@@ -76,16 +82,15 @@ def devices_for(topology: str):
   return description.devices, HBM_GIB[chip] * GIB, None
 
 
-def parse_mesh(text: str, chips: int) -> dict:
-  """`fsdp=256,tensor=2` → {"data", "fsdp", "tensor"}; unnamed axes are 1, except fsdp, which takes the rest."""
+def parse_mesh(text: str) -> dict:
+  """`fsdp=256,tensor=2` → {"data", "fsdp", "tensor"}; unnamed axes are 1, except fsdp, which is -1 (the rest, as
+  `sharding.make_mesh` reads it)."""
   mesh = {"data": 1, "fsdp": -1, "tensor": 1}
   for part in filter(None, (text or "").split(",")):
     name, _, value = part.partition("=")
     if name not in mesh or not value.lstrip("-").isdigit():
       raise UserError(f"--mesh {text}: expected comma-separated data=N, fsdp=N, tensor=N")
     mesh[name] = int(value)
-  if mesh["fsdp"] == -1 and chips % (mesh["data"] * mesh["tensor"]) == 0:
-    mesh["fsdp"] = chips // (mesh["data"] * mesh["tensor"])
   return mesh
 
 
@@ -96,7 +101,7 @@ def make_plan(cfg: ml_collections.ConfigDict, topology: str, mesh_text: str, per
   from llada_jax import ops, optim, sharding, train
   from llada_jax.config import model_config_from
   devices, capacity, caveat = devices_for(topology)
-  mesh_shape = parse_mesh(mesh_text, len(devices))
+  mesh_shape = parse_mesh(mesh_text)
   mesh = sharding.make_mesh(mesh_shape["data"], mesh_shape["fsdp"], mesh_shape["tensor"], devices=devices)
   batch_devices = mesh.shape["data"] * mesh.shape["fsdp"]
   if per_device_batch is not None:
@@ -125,9 +130,10 @@ def make_plan(cfg: ml_collections.ConfigDict, topology: str, mesh_text: str, per
       # Donated state is both argument and output: count it once.
       memory["total"] = memory["arguments"] + memory["outputs"] + memory["temporaries"] - memory["aliased"]
   tokens = cfg.data.global_batch * cfg.data.seq_len
-  plan = Plan(topology=topology, chips=len(devices), mesh=dict(mesh.shape), per_device_batch=
-              cfg.data.global_batch // batch_devices, seq_len=cfg.data.seq_len, remat_policy=model_config.remat_policy,
-              attention_impl=model_config.attention_impl, capacity_bytes=capacity, compile_seconds=time.time() - start,
+  plan = Plan(topology=topology, chips=len(devices), mesh=dict(mesh.shape),
+              per_device_batch=cfg.data.global_batch // batch_devices, seq_len=cfg.data.seq_len,
+              remat_policy=model_config.remat_policy, attention_impl=model_config.attention_impl,
+              capacity_bytes=capacity, compile_seconds=time.time() - start, tokens_per_step=tokens,
               flops_per_step=train.train_flops_per_token(model_config, cfg.data.seq_len) * tokens,
               peak_flops=train.peak_flops(devices[0]), memory=memory, xla_error=xla_error)
   return plan, caveat
@@ -153,14 +159,13 @@ def format_plan(plan: Plan, caveat: str | None) -> str:
                  f"{m['total']:.2f} GiB")
   else:
     lines.append(f"memory       XLA: {plan.xla_error}")
-  tokens = plan.per_device_batch * plan.seq_len * plan.chips
-  lines.append(f"FLOPs        {plan.flops_per_step:.3e} per step ({plan.flops_per_step / tokens:.3e} per token, "
+  lines.append(f"FLOPs        {plan.flops_per_step:.3e} per step ({plan.flops_per_step / plan.tokens_per_step:.3e} "
+               "per token, "
                "full bidirectional attention)")
   if plan.peak_flops == plan.peak_flops:  # not NaN
     for mfu in (0.4, 0.6):
-      seconds = plan.flops_per_step / (plan.chips * plan.peak_flops * mfu)
-      lines.append(f"at {mfu:.0%} MFU   {seconds * 1e3:,.1f} ms/step, {tokens / seconds / plan.chips:,.0f} "
-                   "tokens/s/chip")
+      seconds, rate = plan.at_mfu(mfu)
+      lines.append(f"at {mfu:.0%} MFU   {seconds * 1e3:,.1f} ms/step, {rate:,.0f} tokens/s/chip")
   if caveat:
     lines.append(f"note         {caveat}")
   lines.append(verdict(plan))
@@ -187,13 +192,12 @@ def fit_table(cfg: ml_collections.ConfigDict, topology: str, mesh_text: str, seq
 
 
 def format_fit_table(rows: list[tuple[str, int, Plan | None]]) -> str:
-  lines = ["| remat policy | largest per-device batch | memory per device | tokens/s/chip at 40% MFU |", "|---|---|---|---|"]
+  lines = ["| remat policy | largest per-device batch | memory per device | tokens/s/chip at 40% MFU |",
+           "|---|---|---|---|"]
   for policy, batch, best in rows:
     if best is None:
       lines.append(f"| {policy} | none fits | | |")
       continue
-    tokens = best.per_device_batch * best.seq_len * best.chips
-    rate = tokens / (best.flops_per_step / (best.chips * best.peak_flops * 0.4)) / best.chips
     lines.append(f"| {policy} | {batch} × {best.seq_len} | {best.total_bytes / GIB:.2f} of "
-                 f"{best.capacity_bytes / GIB:.2f} GiB | {rate:,.0f} |")
+                 f"{best.capacity_bytes / GIB:.2f} GiB | {best.at_mfu(0.4)[1]:,.0f} |")
   return "\n".join(lines)

@@ -248,14 +248,15 @@ class ScalarWriter:
   thread, so what a flush promises is not yet on disk and a kill right after it loses logged steps."""
 
   def __init__(self, logdir: str):
+    from tensorboardX import summary
     from tensorboardX.event_file_writer import EventsWriter
+    from tensorboardX.proto import event_pb2
     os.makedirs(logdir, exist_ok=True)
     self._events = EventsWriter(os.path.join(logdir, "events"))
+    self._event, self._scalar = event_pb2.Event, summary.scalar
 
   def add_scalar(self, tag: str, value: float, step: int) -> None:
-    from tensorboardX.proto import event_pb2
-    from tensorboardX.summary import scalar
-    self._events.write_event(event_pb2.Event(summary=scalar(tag, value), step=step, wall_time=time.time()))
+    self._events.write_event(self._event(summary=self._scalar(tag, value), step=step, wall_time=time.time()))
 
   def flush(self) -> None:
     self._events.flush()

@@ -42,10 +42,21 @@ def test_plan_memory_is_the_sharded_state_and_flops_are_analytic():
   assert VERDICT.match(plan.verdict(result))
 
 
+def test_tensor_parallel_chips_share_their_sequences():
+  """With tensor=2, two chips hold the same sequences: the step's tokens are per_device_batch × data × fsdp."""
+  cfg = config_lib.apply_overrides(config_lib.load_config_file(f"{REPO}/configs/tiny.py"),
+                                   [a[len("--config."):] for a in SMALL])
+  result, _ = plan.make_plan(cfg, "cpu:4", "fsdp=2,tensor=2", 2, 64)
+  assert result.tokens_per_step == 2 * 2 * 64
+  seconds, rate = result.at_mfu(0.4)
+  assert seconds == result.flops_per_step / (4 * result.peak_flops * 0.4)
+  assert rate == 2 * 2 * 64 / seconds / 4
+
+
 def test_an_out_of_memory_compile_reads_as_does_not_fit():
   failed = plan.Plan(topology="v5e:16x16", chips=256, mesh={}, per_device_batch=1, seq_len=4096,
                      remat_policy="save_dots", attention_impl="xla", capacity_bytes=16 * plan.GIB,
-                     compile_seconds=1.0, flops_per_step=1.0, peak_flops=1.0,
+                     compile_seconds=1.0, tokens_per_step=4096 * 256, flops_per_step=1.0, peak_flops=1.0,
                      xla_error="RESOURCE_EXHAUSTED: HLO temporaries (15.90G) exceed available HBM (15.75G)")
   assert plan.verdict(failed) == "does not fit: 15.90 GiB of 16.00 GiB per device"
 
