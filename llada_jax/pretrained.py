@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from llada_jax import checkpoint, convert, likelihood, sampler
+from llada_jax import checkpoint, convert, likelihood, paths, sampler
 from llada_jax import model as model_lib
 from llada_jax.config import ModelConfig
 from llada_jax.errors import UserError
@@ -87,9 +87,9 @@ def load_pretrained(path: str, dtype: str | None = None, mesh=None, attention_im
   `dtype` casts the parameters (float32 / bfloat16 / float16); `mesh` shards them by the logical-axis rules;
   `attention_impl` picks the attention kernel (auto, xla, cudnn, splash: `llada_jax.ops`).
   """
-  if not os.path.isdir(path):
+  if not paths.path(path).is_dir():
     raise UserError(f"{path} does not exist or is not a directory")
-  if not os.path.isfile(os.path.join(path, "config.json")):
+  if not paths.path(path, "config.json").is_file():  # HF directories are read locally (memory-mapped safetensors)
     config, params = checkpoint.restore_params(path, dtype=dtype, mesh=mesh)
   else:
     config, layered = convert.load_hf(path, dtype)

@@ -9,13 +9,13 @@ configs/tiny.py and configs/small.py bake in.
 import io
 import os
 import random
-import tempfile
 from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import sentencepiece as spm
 import tokenizers
 
+from llada_jax import paths
 from llada_jax.errors import UserError
 
 SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>", "<|mdm_mask|>", "<|start_header_id|>", "<|end_header_id|>",
@@ -105,8 +105,9 @@ class Tokenizer:
   def save(self, directory: str) -> str:
     """Writes the tokenizer, byte for byte as loaded, into `directory` as tokenizer.model or tokenizer.json; returns
     the path. Atomic, so a reader never sees half a file."""
-    path = os.path.join(directory, self._filename)
-    _write_atomically(path, self._serialized)
+    path = os.path.join(paths.absolute(directory), self._filename)
+    # Atomic: several processes building the same cached tokenizer see either no file or a whole one.
+    paths.write_atomically(path, self._serialized)
     return path
 
   def _header(self, role: str) -> list[int]:
@@ -179,16 +180,15 @@ class _HFTokenizer(Tokenizer):
 def load_tokenizer(path: str) -> Tokenizer:
   """A sentencepiece .model file, an HF tokenizer.json, or a directory holding tokenizer.json (preferred) or
   tokenizer.model."""
-  path = os.path.expanduser(path)
-  if os.path.isdir(path):
-    found = [os.path.join(path, name) for name in TOKENIZER_FILES if os.path.isfile(os.path.join(path, name))]
+  path = paths.absolute(path)
+  if paths.path(path).is_dir():
+    found = [os.path.join(path, name) for name in TOKENIZER_FILES if paths.path(path, name).is_file()]
     if not found:
       raise UserError(f"{path} holds neither {' nor '.join(TOKENIZER_FILES)}; point data.tokenizer at the tokenizer "
                       "file itself, or leave it empty to train the built-in tokenizer")
     path = found[0]
   try:
-    with open(path, "rb") as f:
-      serialized = f.read()
+    serialized = paths.path(path).read_bytes()
   except OSError as e:
     raise UserError(f"cannot read tokenizer {path} ({e.strerror}); pass an existing sentencepiece .model file, HF "
                     "tokenizer.json, or a directory holding one") from None
@@ -229,7 +229,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_path: str, model_
   ids = (tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id, tokenizer.mask_id, tokenizer.start_header_id,
          tokenizer.end_header_id, tokenizer.eot_id)
   assert ids == (1, 2, 2, 3, 4, 5, 6), f"built-in special ids came out as {ids}; configs/*.py expect 1,2,2,3,4,5,6"
-  _write_atomically(out_path, proto.getvalue())
+  paths.write_atomically(out_path, proto.getvalue())
   return tokenizer
 
 
@@ -281,19 +281,3 @@ def _checked_messages(messages: Sequence[Mapping[str, str]]) -> list[Mapping[str
       raise UserError(f"chat message {n} is {message!r}; each message must be {{'role': one of {', '.join(ROLES)}, "
                       "'content': a string}")
   return messages
-
-
-def _write_atomically(path: str, data: bytes) -> None:
-  """Writes to a temporary file beside `path`, then renames it over `path`: concurrent readers and writers (several
-  processes building the same cached tokenizer) see either no file or a whole one."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".", suffix=".tmp")
-  try:
-    os.fchmod(fd, 0o644)  # mkstemp makes it private; the cache and run directories are meant to be shared
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-    os.replace(tmp, path)
-  except BaseException:
-    os.unlink(tmp)
-    raise

@@ -22,7 +22,7 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from llada_jax import checkpoint, loss as loss_lib, optim, sharding
+from llada_jax import checkpoint, loss as loss_lib, optim, paths, sharding
 from llada_jax import model as model_lib
 from llada_jax.config import ModelConfig, model_config_from
 from llada_jax.errors import UserError
@@ -79,6 +79,10 @@ def check_experiment(cfg: ml_collections.ConfigDict, model_config: ModelConfig, 
                     f"divide over the mesh's data×fsdp = {batch_devices} devices; make it a multiple")
   if data.global_batch % process_count:
     problems.append(f"data.global_batch={data.global_batch} is not divisible by the {process_count} processes")
+  if train.loss_chunk_length < 0 or (0 < train.loss_chunk_length < data.seq_len
+                                     and data.seq_len % train.loss_chunk_length):
+    problems.append(f"train.loss_chunk_length={train.loss_chunk_length} must be 0 (no chunking) or divide "
+                    f"data.seq_len={data.seq_len}")
   if train.steps < 1:
     problems.append("train.steps must be at least 1")
   if train.nan_policy not in ("skip", "stop"):
@@ -147,16 +151,21 @@ def abstract_batch(cfg: ml_collections.ConfigDict, mesh) -> dict:
 def _objective_loss(params, batch, rng, model_config: ModelConfig, train: ml_collections.ConfigDict,
                     random_length_prob: float):
   tokens = batch["tokens"]
-  apply = functools.partial(model_lib.apply, config=model_config)
+
+  def token_ce(inputs, key_mask, targets):
+    hidden = model_lib.features(params, inputs, key_mask, config=model_config)
+    return loss_lib.chunked_token_ce(hidden, lambda h: model_lib.head(params, h, config=model_config), targets,
+                                     train.loss_chunk_length)
+
   if train.objective == "autoregressive":
-    return loss_lib.autoregressive_loss(apply(params, tokens), tokens)
+    return loss_lib.autoregressive_loss(token_ce(tokens, None, loss_lib.next_tokens(tokens)))
   if train.objective == "sft":
     noised = loss_lib.noise_sft(rng, tokens, batch["prompt_length"], mask_id=model_config.mask_token_id,
                                 eps=train.noise_eps, antithetic=train.antithetic_t)
-    return loss_lib.sft_loss(apply(params, noised.inputs), tokens, noised, batch["prompt_length"])
+    return loss_lib.sft_loss(token_ce(noised.inputs, None, tokens), noised, batch["prompt_length"])
   noised = loss_lib.noise(rng, tokens, mask_id=model_config.mask_token_id, eps=train.noise_eps,
                           random_length_prob=random_length_prob, antithetic=train.antithetic_t)
-  return loss_lib.diffusion_loss(apply(params, noised.inputs, noised.key_mask), tokens, noised)
+  return loss_lib.diffusion_loss(token_ce(noised.inputs, noised.key_mask, tokens), noised)
 
 
 def make_train_step(model_config: ModelConfig, train: ml_collections.ConfigDict,
@@ -251,7 +260,7 @@ class ScalarWriter:
     from tensorboardX import summary
     from tensorboardX.event_file_writer import EventsWriter
     from tensorboardX.proto import event_pb2
-    os.makedirs(logdir, exist_ok=True)
+    paths.path(logdir).mkdir(parents=True, exist_ok=True)
     self._events = EventsWriter(os.path.join(logdir, "events"))
     self._event, self._scalar = event_pb2.Event, summary.scalar
 
@@ -286,7 +295,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, resume: bool = False, r
   if checkpoint.committed_steps(workdir) and not resume:
     raise UserError(f"{workdir} already holds checkpoints; pass --resume to continue them or choose a new --workdir")
   if cfg.train.init_from:
-    if not os.path.exists(cfg.train.init_from):
+    if not paths.path(cfg.train.init_from).exists():
       raise UserError(f"train.init_from={cfg.train.init_from} does not exist; train that model first (e.g. "
                       "llada-jax train --config configs/tiny.py --workdir runs/tiny) or set --config.train.init_from")
     if not cfg.data.tokenizer:  # fine-tune with the tokenizer the weights were trained with
@@ -303,7 +312,9 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, resume: bool = False, r
   optimizer = optim.make_optimizer(cfg.train)
   batch_shard = batch_sharding(mesh)
   step_fn, abstract, shardings = jit_train_step(model_config, cfg, optimizer, mesh)
-  with jax.set_mesh(mesh):
+  cache = cfg.train.compilation_cache
+  cache = os.path.join(paths.absolute(workdir), "compilation_cache") if cache == "auto" else cache
+  with compilation_cache(cache), jax.set_mesh(mesh):
     eval_fn = jax.jit(make_eval_step(model_config, cfg.train), in_shardings=(shardings["params"], batch_shard, None))
     if resume and store.latest_step() is not None:
       state = store.restore(abstract, shardings, train_iter)
@@ -326,6 +337,25 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, resume: bool = False, r
   summary.data_stats = data_lib.data_stats(cfg.data, tokenizer)
   summary.tensorboard_dir = tensorboard_dir
   return summary
+
+
+@contextlib.contextmanager
+def compilation_cache(directory: str):
+  """Within the block, compiled programs persist in `directory` ("" = no persistent cache); the process's setting
+  before it is restored after it."""
+  from jax.experimental.compilation_cache import compilation_cache as jax_cache
+
+  def use(path):
+    if (jax.config.jax_compilation_cache_dir or "") != (path or ""):
+      jax_cache.reset_cache()  # JAX opens its cache once per process: reopen it at the new place
+      jax_cache.set_cache_dir(path or None)
+
+  before = jax.config.jax_compilation_cache_dir
+  use(directory)
+  try:
+    yield
+  finally:
+    use(before)
 
 
 def _pretrained_params(path: str, model_config: ModelConfig, mesh) -> model_lib.Params:

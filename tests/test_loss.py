@@ -30,7 +30,7 @@ def test_diffusion_loss_equals_hand_computation():
   logits, targets, masked, p = _fixed()
   noised = loss.Noised(jnp.where(masked, MASK, targets), jnp.asarray(masked), jnp.asarray(p, jnp.float32),
                        jnp.ones(masked.shape, bool), jnp.asarray(6))
-  got = loss.diffusion_loss(jnp.asarray(logits), jnp.asarray(targets), noised)
+  got = loss.diffusion_loss(loss.token_ce(jnp.asarray(logits), jnp.asarray(targets)), noised)
   ce = _numpy_ce(logits, targets)
   want = sum(ce[i, j] / p[i] for i in range(3) for j in range(6) if masked[i, j]) / (3 * 6)
   np.testing.assert_allclose(float(got), want, rtol=1e-5)
@@ -51,13 +51,36 @@ def test_token_ce_gradient_is_softmax_minus_onehot(dtype):
   np.testing.assert_allclose(np.asarray(grad, np.float32), want, atol=1e-6 if dtype == jnp.float32 else 2e-2)
 
 
+@pytest.mark.parametrize("chunk_length,dtype", [(2, jnp.float32), (3, jnp.float32), (4, jnp.bfloat16)])
+def test_chunked_head_and_ce_equal_the_whole_batch_at_once(chunk_length, dtype):
+  """Values and gradients (hidden states and head weights) of the chunked head + CE equal today's unchunked ones."""
+  rng = np.random.default_rng(2)
+  hidden = jnp.asarray(rng.normal(size=(3, 12, 5)), dtype)
+  weights = jnp.asarray(rng.normal(size=(5, 11)), jnp.float32)  # a parameter: fp32 whatever the compute dtype
+  targets = jnp.asarray(rng.integers(0, 11, (3, 12)))
+  scale = jnp.asarray(rng.normal(size=(3, 12)), jnp.float32)
+  head = lambda w: lambda h: jnp.einsum("bld,dv->blv", h, w.astype(h.dtype))
+
+  def total(h, w, chunk):
+    return jnp.sum(loss.chunked_token_ce(h, head(w), targets, chunk) * scale)
+
+  want, want_grads = jax.value_and_grad(total, argnums=(0, 1))(hidden, weights, 0)
+  got, got_grads = jax.jit(jax.value_and_grad(total, argnums=(0, 1)), static_argnums=2)(hidden, weights,
+                                                                                         chunk_length)
+  tol = 1e-6 if dtype == jnp.float32 else 1e-2
+  np.testing.assert_allclose(float(got), float(want), rtol=tol)
+  for g, w in zip(got_grads, want_grads):
+    assert g.dtype == w.dtype
+    np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(w, np.float32), rtol=tol, atol=tol)
+
+
 def test_random_length_cut_normalises_by_the_cut_length():
   logits, targets, masked, p = _fixed()
   cut = 4
   key_mask = np.arange(6)[None, :] < cut
   noised = loss.Noised(jnp.asarray(targets), jnp.asarray(masked & key_mask), jnp.asarray(p, jnp.float32),
                        jnp.asarray(np.broadcast_to(key_mask, masked.shape)), jnp.asarray(cut))
-  got = loss.diffusion_loss(jnp.asarray(logits), jnp.asarray(targets), noised)
+  got = loss.diffusion_loss(loss.token_ce(jnp.asarray(logits), jnp.asarray(targets)), noised)
   ce = _numpy_ce(logits, targets)
   want = sum(ce[i, j] / p[i] for i in range(3) for j in range(cut) if masked[i, j]) / (3 * cut)
   np.testing.assert_allclose(float(got), want, rtol=1e-5)
@@ -69,7 +92,7 @@ def test_sft_loss_equals_hand_computation():
   masked = masked & (np.arange(6)[None, :] >= prompt_length[:, None])
   noised = loss.Noised(jnp.asarray(targets), jnp.asarray(masked), jnp.asarray(p, jnp.float32),
                        jnp.ones(masked.shape, bool), jnp.asarray(6))
-  got = loss.sft_loss(jnp.asarray(logits), jnp.asarray(targets), noised, jnp.asarray(prompt_length))
+  got = loss.sft_loss(loss.token_ce(jnp.asarray(logits), jnp.asarray(targets)), noised, jnp.asarray(prompt_length))
   ce = _numpy_ce(logits, targets)
   rows = [sum(ce[i, j] / p[i] for j in range(6) if masked[i, j]) / (6 - prompt_length[i]) for i in range(3)]
   np.testing.assert_allclose(float(got), np.mean(rows), rtol=1e-5)
@@ -77,7 +100,7 @@ def test_sft_loss_equals_hand_computation():
 
 def test_autoregressive_loss_is_next_token_ce():
   logits, targets, _, _ = _fixed()
-  got = loss.autoregressive_loss(jnp.asarray(logits), jnp.asarray(targets))
+  got = loss.autoregressive_loss(loss.token_ce(jnp.asarray(logits), loss.next_tokens(jnp.asarray(targets))))
   np.testing.assert_allclose(float(got), _numpy_ce(logits[:, :-1], targets[:, 1:]).mean(), rtol=1e-5)
 
 

@@ -9,7 +9,7 @@ import torch
 from conftest import tiny_hf_config, write_hf_dir
 from llada_jax import load_pretrained
 from llada_jax import model as model_lib
-from llada_jax.config import from_hf_config
+from llada_jax.config import REMAT_POLICIES, from_hf_config
 
 FP32_BOUND = 1e-5
 
@@ -111,8 +111,8 @@ def test_fp32_gradients_match_reference_autograd(tmp_path, changes, causal):
     assert np.max(np.abs(ours - expected)) <= 1e-4 * np.max(np.abs(expected)), name
 
 
-@pytest.mark.parametrize("changes", [{"scan_layers": False}, {"remat_policy": "full"},
-                                     {"remat_policy": "save_dots"}, {"remat_policy": "save_qkv_proj"}])
+@pytest.mark.parametrize("changes", [{"scan_layers": False}] + [
+    {"remat_policy": policy} for policy in REMAT_POLICIES if policy != "none"])
 def test_layer_loop_and_remat_variants_equal_scan(changes):
   config = from_hf_config(tiny_hf_config())
   params = model_lib.init_params(config, jax.random.key(0))

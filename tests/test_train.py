@@ -56,6 +56,17 @@ def test_sharded_step_equals_single_device(mesh_shape):
     np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("objective", [[], ["train.objective=autoregressive", "model.causal=true"]])
+def test_the_chunked_loss_trains_like_the_whole_sequence_at_once(objective):
+  """The output head + CE in 4 chunks of 8 positions, sharded fsdp×tensor: the same loss and updated weights as the
+  single-device step computing all logits at once (to the sharded-step tolerance)."""
+  loss_1, params_1 = _one_step((1, 1, 1), tiny_cfg(*objective))
+  loss_n, params_n = _one_step((1, 4, 2), tiny_cfg(*objective, "train.loss_chunk_length=8"))
+  np.testing.assert_allclose(loss_n, loss_1, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(params_n), jax.tree.leaves(params_1)):
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
+
+
 def test_gradient_accumulation_averages_the_micro_batch_gradients():
   """accum=2 equals averaging the gradients of the two micro-batches (rows k, k+2, …) with their own keys."""
   cfg = tiny_cfg("train.grad_accum=2")
@@ -99,12 +110,30 @@ def test_training_lowers_the_validation_bound_and_writes_artifacts(tmp_path):
                                "train.sample_after=true"), str(tmp_path), progress=False)
   (_, first), (_, last) = summary.val_losses[0], summary.val_losses[-1]
   assert last < first - 0.5
+  assert os.listdir(tmp_path / "compilation_cache")  # on by default, in the workdir
   assert os.listdir(tmp_path / "tensorboard")
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["24", "27", "30"]  # keep_checkpoints=3
   assert os.path.isfile(tmp_path / "tokenizer.model")
   assert summary.sample and summary.data_stats["train_windows"] > 1000
   text = train.format_summary(summary, tiny_cfg())
   assert "val loss" in text and "tokens/s" in text
+
+
+def test_a_second_run_loads_its_compiled_programs_from_the_cache(tmp_path):
+  """Two fresh runs of one config sharing a compilation cache: the second compiles nothing new."""
+  cache, events = tmp_path / "cache", []
+  listener = lambda name, **_: events.append(name)
+  jax.monitoring.register_event_listener(listener)
+  try:
+    cfg = lambda: tiny_cfg("train.steps=2", f"train.compilation_cache={cache}")
+    train.run(cfg(), str(tmp_path / "first"), progress=False)
+    entries, first_hits = set(os.listdir(cache)), events.count("/jax/compilation_cache/cache_hits")
+    train.run(cfg(), str(tmp_path / "second"), progress=False)
+  finally:
+    jax.monitoring.unregister_event_listener(listener)
+  assert not jax.config.jax_compilation_cache_dir  # the cache was the run's, not the process's
+  assert entries and set(os.listdir(cache)) == entries  # everything the second run needed was already there
+  assert events.count("/jax/compilation_cache/cache_hits") > first_hits
 
 
 def test_restore_onto_a_different_mesh(tmp_path):
@@ -232,6 +261,7 @@ def test_weight_decay_spares_norms_and_embeddings():
     (["train.log_every=0"], "train.log_every=0 must be at least 1"),
     (["train.keep_checkpoints=0"], "train.keep_checkpoints=0 must be at least 1"),
     (["train.eval_every=-1"], "train.eval_every=-1 must be 0"),
+    (["train.loss_chunk_length=12"], "must be 0 \\(no chunking\\) or divide data.seq_len=32"),
 ])
 def test_bad_configs_fail_before_compiling(tmp_path, overrides, match):
   with pytest.raises(UserError, match=match):

@@ -1,0 +1,55 @@
+"""Where files live: local paths and object stores (gs://, s3://) through one layer, etils.epath.
+
+Orbax, Grain, ArrayRecord, tensorboardX and JAX's compilation cache all read and write through epath (or their own
+gs:// support), so a workdir, a params checkpoint, a tokenizer or the data may be a bucket URL as well as a local
+directory as long as llada-jax's own file handling goes through here too. Local paths are made absolute (`~`
+expanded); URLs are left as they are (`os.path.abspath` would turn gs://b/x into ./gs:/b/x).
+"""
+
+import glob as glob_lib
+import os
+import uuid
+
+from etils import epath
+
+
+def is_url(path: str | os.PathLike) -> bool:
+  return "://" in os.fspath(path)
+
+
+def absolute(path: str | os.PathLike) -> str:
+  """The path as every module stores and prints it: absolute when local, the URL itself otherwise."""
+  path = os.fspath(path)
+  return path if is_url(path) else os.path.abspath(os.path.expanduser(path))
+
+
+def path(location: str | os.PathLike, *parts: str) -> epath.Path:
+  """An epath.Path for a local path or URL, with `parts` joined on (pathlib's interface: `/`, exists, is_dir,
+  iterdir, read_text, …)."""
+  return epath.Path(absolute(location)).joinpath(*parts)
+
+
+def write_atomically(target: str | os.PathLike, data: str | bytes) -> None:
+  """Writes a sibling temporary file and renames it over `target`: a kill leaves the old file or the new one, never
+  half of one (on object stores, where a rename is a copy, the new object appears whole)."""
+  target = path(target)
+  target.parent.mkdir(parents=True, exist_ok=True)
+  tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
+  try:
+    tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+    tmp.replace(target)
+  finally:
+    if tmp.exists():
+      tmp.unlink()
+
+
+def glob(pattern: str) -> list[str]:
+  """Files matching a glob, sorted. Local patterns may use `**` (recursive); URL patterns may not (epath refuses
+  it: on an object store it would list every object below)."""
+  pattern = absolute(pattern)
+  if not is_url(pattern):
+    return sorted(p for p in glob_lib.glob(pattern, recursive=True) if os.path.isfile(p))
+  parts = pattern.split("/")
+  first_magic = next(i for i, part in enumerate(parts) if glob_lib.has_magic(part))
+  base = epath.Path("/".join(parts[:first_magic]))
+  return sorted(str(p) for p in base.glob("/".join(parts[first_magic:])) if p.is_file())
