@@ -109,7 +109,7 @@ class Blocks(nnx.Module):
     q = checkpoint_name(ops.project(h, self.q_proj[...].astype(dt)), "query_proj")
     k = checkpoint_name(ops.project(h, self.k_proj[...].astype(dt)), "key_proj")
     v = checkpoint_name(ops.project(h, self.v_proj[...].astype(dt)), "value_proj")
-    q, k, v = (a.reshape(batch, length, *a.shape[1:]) for a in (q, k, v))
+    q, k, v = (a.reshape(batch, length, *a.shape[-2:]) for a in (q, k, v))
     q = sharding.constrain(apply_rope(q, cos, sin), ("activation_batch", "activation_length", "activation_heads",
                                                      None))
     k = apply_rope(k, cos, sin)

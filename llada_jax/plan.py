@@ -74,7 +74,10 @@ def devices_for(topology: str):
     raise UserError(f"--topology {topology}: unknown chip {chip!r}; use one of {', '.join(HBM_GIB)} (e.g. "
                     "v5e:16x16, v5p:4x4x4) or cpu:N")
   try:
-    description = topologies.get_topology_desc(platform="tpu", topology_name=topology)
+    # A v4 or v5p pod runs each chip's two TensorCores as one JAX device (megacore); libtpu's compile-only
+    # topology would otherwise list every core as a device with half the chip's HBM.
+    megacore = {"chip_config_name": "megacore"} if chip in ("v4", "v5p") else {}
+    description = topologies.get_topology_desc(platform="tpu", topology_name=topology, **megacore)
   except Exception as e:  # libtpu absent, or a shape it does not know
     reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
     if importlib.util.find_spec("libtpu") is None:

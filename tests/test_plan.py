@@ -70,3 +70,13 @@ def test_an_out_of_memory_compile_reads_as_does_not_fit():
 def test_plan_user_errors_are_one_line(flags, message):
   line = one_error_line(run_cli("plan", "--config", "configs/tiny.py", *flags), "plan")
   assert message in line
+
+
+@pytest.mark.skipif(not HAS_LIBTPU, reason="needs libtpu (pip install -e '.[tpu]')")
+@pytest.mark.parametrize("topology,chips,hbm", [("v4:2x2x1", 4, 32), ("v5p:2x2x1", 4, 95), ("v5e:2x2", 4, 16)])
+def test_each_chip_is_one_device_with_its_whole_hbm(topology, chips, hbm):
+  """v4 and v5p run their two TensorCores as one device (megacore), as a real pod does; without it libtpu's
+  compile-only v4 topology lists 8 devices for 4 chips, each planned against a whole chip's HBM."""
+  devices, capacity, caveat = plan.devices_for(topology)
+  assert len(devices) == chips and len({tuple(d.coords) for d in devices}) == chips
+  assert capacity == hbm * plan.GIB and caveat is None
