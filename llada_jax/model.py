@@ -8,7 +8,7 @@ Every parameter carries logical axis names; `sharding.LOGICAL_RULES` maps them t
 
 import functools
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -100,7 +100,14 @@ class Blocks(nnx.Module):
     self.up_proj = _param(rngs, (n, e, m), std_in, ("layers", "embed", "mlp"), dt)
     self.ff_out = _param(rngs, (n, m, e), std_mlp * depth_scale[:, None, None], ("layers", "mlp", "embed"), dt)
 
-  def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, key_mask: jax.Array | None) -> jax.Array:
+  def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, key_mask: jax.Array | None,
+               cached: tuple[jax.Array, jax.Array, jax.Array] | None = None) -> tuple[jax.Array, tuple]:
+    """One layer over x [batch, length, d_model]; returns (x, (keys, values)) with the keys/values it attended to.
+
+    `cached=(keys, values, start)`: this layer's keys/values of a whole canvas [batch, canvas, kv_heads, head_dim]
+    and x's offset in it; x's fresh keys/values overwrite positions start.. and x's queries attend to the whole
+    canvas (cos/sin and key_mask then cover x's positions and the canvas respectively).
+    """
     c = self.config
     dt = x.dtype
     batch, length, _ = x.shape
@@ -113,6 +120,10 @@ class Blocks(nnx.Module):
     q = sharding.constrain(apply_rope(q, cos, sin), ("activation_batch", "activation_length", "activation_heads",
                                                      None))
     k = apply_rope(k, cos, sin)
+    if cached is not None:
+      cached_k, cached_v, start = cached
+      k = jax.lax.dynamic_update_slice_in_dim(cached_k, k.astype(cached_k.dtype), start, axis=1)
+      v = jax.lax.dynamic_update_slice_in_dim(cached_v, v.astype(cached_v.dtype), start, axis=1)
     att = ops.tokens_first(ops.attention(q, k, v, key_mask, c))
     attention_out = checkpoint_name(ops.project(att, self.attn_out[...].astype(dt), in_dims=2), "attention_out")
     x = x + attention_out.reshape(x.shape)
@@ -124,7 +135,7 @@ class Blocks(nnx.Module):
                              ("activation_batch", "activation_length", "activation_mlp"))
     mlp_out = checkpoint_name(ops.project(ops.tokens_first(act), self.ff_out[...].astype(dt)), "mlp_out")
     x = x + mlp_out.reshape(x.shape)
-    return sharding.constrain(x, ("activation_batch", "activation_length", "activation_embed"))
+    return sharding.constrain(x, ("activation_batch", "activation_length", "activation_embed")), (k, v)
 
 
 class LLaDA(nnx.Module):
@@ -151,14 +162,27 @@ class LLaDA(nnx.Module):
 
   def features(self, tokens: jax.Array, attention_mask: jax.Array | None) -> jax.Array:
     """The final-norm hidden states [batch, length, d_model]: everything but the output head."""
+    return self._features(tokens, attention_mask, None, 0, collect_kv=False)[0]
+
+  def features_and_cache(self, tokens: jax.Array, attention_mask: jax.Array | None, cache: "KVCache | None" = None,
+                         start: jax.Array | int = 0) -> tuple[jax.Array, "KVCache | None"]:
+    """(final-norm hidden states, every layer's keys/values). Without `cache` the keys/values are the tokens' own.
+    With `cache` (a whole canvas's keys/values), `tokens` are canvas positions start..start+len, `attention_mask`
+    covers the canvas, and the returned cache has those positions' keys/values replaced."""
+    return self._features(tokens, attention_mask, cache, start, collect_kv=True)
+
+  def _features(self, tokens, attention_mask, cache, start, collect_kv: bool):
     c = self.config
     dt = jnp_dtype(c.dtype)
     x = jnp.take(self.wte[...], tokens, axis=0).astype(dt)
     x = sharding.constrain(x, ("activation_batch", "activation_length", "activation_embed"))
-    cos, sin = rope_tables(tokens.shape[1], c.head_dim, c.rope_theta)
+    canvas = tokens.shape[1] if cache is None else cache.keys.shape[2]
+    cos, sin = rope_tables(canvas, c.head_dim, c.rope_theta)
+    if cache is not None:  # absolute canvas positions, as the uncached model sees them
+      cos, sin = (jax.lax.dynamic_slice_in_dim(t, start, tokens.shape[1]) for t in (cos, sin))
     key_mask = None if attention_mask is None else attention_mask.astype(bool)
-    x = self._run_blocks(x, cos, sin, key_mask)
-    return rms_norm(x, self.ln_f[...], c.rms_norm_eps)
+    x, kv = self._run_blocks(x, cos, sin, key_mask, cache, start, collect_kv)
+    return rms_norm(x, self.ln_f[...], c.rms_norm_eps), (KVCache(*kv) if collect_kv else None)
 
   def head(self, x: jax.Array) -> jax.Array:
     """Hidden states [batch, length, d_model] → logits [batch, length, embedding_size] in the compute dtype."""
@@ -167,20 +191,33 @@ class LLaDA(nnx.Module):
     logits = ops.project(ops.tokens_first(x), head.astype(x.dtype)).reshape(*x.shape[:2], -1)
     return sharding.constrain(logits, ("activation_batch", "activation_length", "activation_vocab"))
 
-  def _run_blocks(self, x, cos, sin, key_mask):
+  def _run_blocks(self, x, cos, sin, key_mask, cache, start, collect_kv):
+    """(x after every layer, (keys, values) stacked over layers, or None: training never keeps them)."""
     c = self.config
     graphdef, stacked = nnx.split(self.blocks)
 
-    def layer(x, layer_state):
-      return nnx.merge(graphdef, layer_state)(x, cos, sin, key_mask), None
+    def layer(x, inputs):
+      layer_state, layer_cache = inputs
+      cached = None if layer_cache is None else (*layer_cache, start)
+      x, kv = nnx.merge(graphdef, layer_state)(x, cos, sin, key_mask, cached)
+      return x, (kv if collect_kv else None)
 
     if c.remat_policy != "none":
       layer = jax.checkpoint(layer, policy=_REMAT_POLICIES[c.remat_policy], prevent_cse=not c.scan_layers)
+    layer_caches = None if cache is None else (cache.keys, cache.values)
     if c.scan_layers:
-      return jax.lax.scan(layer, x, stacked)[0]
+      return jax.lax.scan(layer, x, (stacked, layer_caches))
+    kvs = []
     for i in range(c.n_layers):
-      x, _ = layer(x, jax.tree.map(lambda a, i=i: a[i], stacked))
-    return x
+      x, kv = layer(x, jax.tree.map(lambda a, i=i: a[i], (stacked, layer_caches)))
+      kvs.append(kv)
+    return x, (jax.tree.map(lambda *a: jnp.stack(a), *kvs) if collect_kv else None)
+
+
+class KVCache(NamedTuple):
+  """Every layer's attention keys and values over a canvas, after RoPE: [layers, batch, length, kv_heads, head_dim]."""
+  keys: jax.Array
+  values: jax.Array
 
 
 @functools.cache
@@ -224,6 +261,15 @@ def features(params: Params, tokens: jax.Array, attention_mask: jax.Array | None
              config: ModelConfig) -> jax.Array:
   """`apply` without the output head: the final-norm hidden states [batch, length, d_model]."""
   return nnx.merge(_structure(config)[0], params).features(tokens, attention_mask)
+
+
+def features_and_cache(params: Params, tokens: jax.Array, attention_mask: jax.Array | None = None, *,
+                       config: ModelConfig, cache: KVCache | None = None, start: jax.Array | int = 0
+                       ) -> tuple[jax.Array, KVCache]:
+  """Hidden states and every layer's keys/values (`LLaDA.features_and_cache`): with `cache=None` a full forward
+  that fills a cache for `tokens`; with a cache, a forward of canvas positions start..start+len that attends to the
+  cached keys/values of the rest of the canvas (the sampler's block KV cache)."""
+  return nnx.merge(_structure(config)[0], params).features_and_cache(tokens, attention_mask, cache, start)
 
 
 def head(params: Params, hidden: jax.Array, *, config: ModelConfig) -> jax.Array:

@@ -48,7 +48,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array | No
   if impl == "cudnn":
     mask = None if key_mask is None else key_mask[:, None, None, :]
     return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=config.causal, implementation="cudnn")
-  if impl == "splash":
+  if impl == "splash" and q.shape[1] == k.shape[1]:  # a cached sampler call's few queries gain nothing from tiling
     return _splash_attention(q, k, v, key_mask, config)
   return _xla_attention(q, k, v, key_mask, config.causal)
 

@@ -3,6 +3,7 @@
 import contextlib
 import functools
 import os
+from typing import Iterator
 
 import jax
 import jax.numpy as jnp
@@ -52,12 +53,21 @@ class LLaDAModel:
     with self._mesh_context():
       return _logits(self.params, tokens, attention_mask, self.config)
 
-  def generate(self, prompt, attention_mask=None, **options) -> "sampler.GenerateOutput":
-    """The reverse sampler (`llada_jax.sampler.generate`): steps, gen_length, block_length, temperature,
-    cfg_scale, remasking, mask_id, logits_eos_inf, confidence_eos_eot_inf, rng."""
+  def generate(self, prompt, attention_mask=None, sampling: "sampler.SamplingConfig | None" = None, *, rng=None,
+               return_history: bool = False, **options) -> "sampler.GenerateOutput":
+    """The reverse sampler (`llada_jax.sampler.generate`): a `SamplingConfig`, or its fields as keywords."""
     prompt, attention_mask = self.check_tokens(prompt, attention_mask)
     with self._mesh_context():
-      return sampler.generate(self.params, prompt, attention_mask, config=self.config, **options)
+      return sampler.generate(self.params, prompt, attention_mask, config=self.config, sampling=sampling, rng=rng,
+                              return_history=return_history, **options)
+
+  def generate_blocks(self, prompt, attention_mask=None, sampling: "sampler.SamplingConfig | None" = None, *,
+                      rng=None) -> "Iterator[sampler.BlockUpdate]":
+    """`generate`, yielding the canvas as each block becomes final (`llada_jax.sampler.generate_blocks`)."""
+    prompt, attention_mask = self.check_tokens(prompt, attention_mask)
+    with self._mesh_context():
+      yield from sampler.generate_blocks(self.params, prompt, attention_mask, config=self.config,
+                                         sampling=sampler.SamplingConfig() if sampling is None else sampling, rng=rng)
 
   def log_likelihood(self, prompt, answer, *, mc_num: int = 128, batch_size: int = 16, cfg_scale: float = 0.0,
                      mask_id: int | None = None, rng=None) -> float:

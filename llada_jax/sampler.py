@@ -1,20 +1,35 @@
-"""The reverse (unmasking) sampler with the official `generate` semantics (LLADA_SPEC §5), in one jitted program.
+"""The reverse (unmasking) sampler (LLADA_SPEC §5): the official `generate` semantics, and Fast-dLLM's faster
+decoding and block KV caches (§5.8), batched, inside jit.
 
 The canvas starts as `[prompt, MASK × gen_length]`; blocks are filled left to right (semi-autoregressive when
-block_length < gen_length), each in `steps / num_blocks` steps, committing the most confident predictions and
-never re-masking. The block and step loops are `lax.scan`s: no host round trip per step. One compilation per
-(batch, prompt length, gen_length, block_length, steps, options). `return_history=True` also returns the canvas
-after every step (for `llada-jax generate --show-denoising`).
+block_length < gen_length), never re-masking. Every option lives in one `SamplingConfig`:
 
-Randomness: step i (counted over all blocks) draws from `fold_in(rng, i)`, split into the Gumbel key and the
-`random`-remasking key; draws cover the positions whose logits are computed (the current block, or the whole
-canvas when the prompt holds mask tokens). Temperature sampling uses the Gumbel-max trick as
-`argmax(l/T − log(−log u))`, which selects exactly what the official float64 `argmax(exp(l) / (−log u)^T)` does for
-the same u, without overflow, so float32 suffices.
+- `decoding="exact"`: each block takes `steps / num_blocks` steps, committing the scheduled number of most
+  confident predictions; token-identical to the official code.
+- `decoding="threshold"`: each step commits every masked position of the block whose confidence is ≥ `threshold`,
+  and always the most confident one; `decoding="factor"` commits the n most confident where
+  (n + 1)·(1 − c_n) < `factor`. A block ends when it holds no mask, so the number of steps is dynamic.
+- `cache="prefix" | "dual"`: the first call of a block runs the whole canvas and keeps every layer's keys/values;
+  later calls run only the block and everything after it (`prefix`, reusing the prefix's keys/values) or only the
+  block (`dual`, reusing the prefix's and the suffix's). Approximate by design: the reused keys/values go stale
+  within a block; the first call of each block is exact.
+
+One jitted program per block (the block index is traced: one compilation per shape and options), so a caller can
+show each block as soon as it is final (`generate_blocks`); the steps inside a block are a `lax.scan` (exact) or a
+`lax.while_loop` (every other mode) with no host round trip. In a batch each row advances on its own: a row whose
+block holds no mask commits nothing more, the loop ends when every row is done, and each row reports its own model
+calls; a row's tokens do not depend on what else is in the batch.
+
+Randomness: exact step i (counted over all blocks) draws from `fold_in(rng, i)`, a dynamic step i of block b from
+`fold_in(fold_in(rng, b), i)`, each split into the Gumbel key and the `random`-remasking key; draws cover the
+positions whose logits are computed (the current block, or the whole canvas when the prompt holds mask tokens).
+Temperature sampling uses the Gumbel-max trick as `argmax(l/T − log(−log u))`, which selects exactly what the
+official float64 `argmax(exp(l) / (−log u)^T)` does for the same u, without overflow, so float32 suffices.
 """
 
+import dataclasses
 import functools
-from typing import NamedTuple
+from typing import Iterator, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -25,12 +40,96 @@ from llada_jax.config import ModelConfig
 from llada_jax.errors import UserError
 
 REMASKING = ("low_confidence", "random")
+DECODING = ("exact", "threshold", "factor")
+CACHE = ("none", "prefix", "dual")
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+  """Every option of the sampler, checked when it is built (a bad value raises one UserError naming the fix).
+
+  block_length None means gen_length (one block); mask_id None means the model's. `steps` sets the exact schedule
+  and is ignored by threshold/factor decoding. `confidence_eos_eot_inf` reproduces the official behaviour
+  exactly, quirk included (the published evaluation numbers were produced with it): at temperature 0 the EOS and
+  EoT columns are −inf in the logits used for the confidence, so a position predicting EOS/EoT gets confidence 0
+  (ranked last, still committable); at temperature > 0 only EoT is affected.
+  """
+  steps: int = 128
+  gen_length: int = 128
+  block_length: int | None = None
+  temperature: float = 0.0
+  cfg_scale: float = 0.0
+  remasking: str = "low_confidence"
+  mask_id: int | None = None
+  logits_eos_inf: bool = False
+  confidence_eos_eot_inf: bool = False
+  decoding: str = "exact"
+  threshold: float = 0.9
+  factor: float = 1.0
+  cache: str = "none"
+
+  def __post_init__(self):
+    set_ = functools.partial(object.__setattr__, self)
+    if self.block_length is None:
+      set_("block_length", self.gen_length)
+    for name in ("steps", "gen_length", "block_length"):
+      set_(name, int(getattr(self, name)))
+    for name in ("temperature", "cfg_scale", "threshold", "factor"):
+      set_(name, float(getattr(self, name)))
+    if self.gen_length <= 0 or self.block_length <= 0 or self.steps <= 0:
+      raise UserError("gen_length, block_length and steps must be positive")
+    if self.gen_length % self.block_length:
+      raise UserError(f"gen_length={self.gen_length} is not a multiple of block_length={self.block_length}; make it "
+                      "one (block_length = gen_length disables semi-autoregressive blocks)")
+    for name, allowed in (("remasking", REMASKING), ("decoding", DECODING), ("cache", CACHE)):
+      if getattr(self, name) not in allowed:
+        raise UserError(f"{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}")
+    if self.decoding == "exact" and self.steps % self.num_blocks:
+      raise UserError(f"steps={self.steps} is not a multiple of the number of blocks ({self.num_blocks} = "
+                      f"gen_length / block_length); use e.g. steps={self.num_blocks * max(1, self.steps // self.num_blocks)}")
+    if self.temperature < 0 or self.cfg_scale < 0:
+      raise UserError("temperature and cfg_scale must be non-negative")
+    if self.decoding != "exact" and self.remasking != "low_confidence":
+      raise UserError(f"decoding={self.decoding} compares model confidences; it needs remasking=low_confidence")
+    if self.threshold <= 0 or self.factor <= 0:
+      raise UserError("threshold and factor must be positive")
+
+  @property
+  def num_blocks(self) -> int:
+    return self.gen_length // self.block_length
+
+  @property
+  def is_exact(self) -> bool:
+    """The official algorithm, token for token: the step schedule and no cache."""
+    return self.decoding == "exact" and self.cache == "none"
+
+  def check(self, config: ModelConfig, prompt_length: int) -> None:
+    """The checks that need the model and the prompt, before anything compiles."""
+    if prompt_length + self.gen_length > config.max_sequence_length:
+      raise UserError(f"prompt ({prompt_length} tokens) + gen_length ({self.gen_length}) exceeds the model's "
+                      f"max_sequence_length {config.max_sequence_length}; shorten the prompt or gen_length")
+    if not 0 <= self.mask_token(config) < config.embedding_size:
+      raise UserError(f"mask id {self.mask_token(config)} is outside the vocabulary (size {config.embedding_size})")
+    if self.cache != "none" and config.causal:
+      raise UserError("a KV cache is for the bidirectional diffusion model; this model is causal: use cache=none")
+
+  def mask_token(self, config: ModelConfig) -> int:
+    return config.mask_token_id if self.mask_id is None else int(self.mask_id)
 
 
 class GenerateOutput(NamedTuple):
   tokens: jax.Array  # [batch, prompt_length + gen_length], the prompt included
-  nfe: int  # model calls (a CFG call on the doubled batch counts once)
-  history: jax.Array | None = None  # [steps, batch, length]: the canvas after each step, when asked for
+  nfe: int  # model calls the batch made (a CFG call on the doubled batch counts once)
+  history: jax.Array | None = None  # [steps, batch, length]: the canvas after each exact step, when asked for
+  row_nfe: np.ndarray | None = None  # [batch]: the model calls each row needed
+
+
+class BlockUpdate(NamedTuple):
+  """What `generate_blocks` yields once a block is final."""
+  block: int
+  tokens: jax.Array  # [batch, prompt_length + gen_length]: blocks ≤ `block` are final, later ones still masked
+  row_nfe: jax.Array  # [batch]: model calls so far
+  history: jax.Array | None  # [steps of this block, batch, length] (exact decoding, when asked for)
 
 
 def transfer_schedule(num_masked: jax.Array, steps: int) -> jax.Array:
@@ -42,153 +141,266 @@ def transfer_schedule(num_masked: jax.Array, steps: int) -> jax.Array:
 
 
 def step_keys(rng: jax.Array, step: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """(Gumbel key, random-remasking key) of global step `step`."""
+  """(Gumbel key, random-remasking key) of step `step` drawn from `rng`."""
   gumbel_key, remask_key = jax.random.split(jax.random.fold_in(rng, step))
   return gumbel_key, remask_key
 
 
-def _commit_top_k(confidence: jax.Array, k: jax.Array) -> jax.Array:
-  """[batch, length] bool: the k[b] most confident positions of each row (ties: lowest index first)."""
+def _rank(confidence: jax.Array) -> jax.Array:
+  """Each position's rank by confidence within its row (0 = most confident; ties: lowest index first)."""
   order = jnp.argsort(-confidence, axis=-1, stable=True)
-  rank = jnp.argsort(order, axis=-1, stable=True)
-  return rank < k[:, None]
+  return jnp.argsort(order, axis=-1, stable=True)
+
+
+def _commit_top_k(confidence: jax.Array, k: jax.Array) -> jax.Array:
+  """[batch, length] bool: the k[b] most confident positions of each row."""
+  return _rank(confidence) < k[:, None]
+
+
+def _commit_threshold(confidence: jax.Array, candidates: jax.Array, threshold: float) -> jax.Array:
+  """Every candidate at or above the threshold, and always each row's most confident candidate."""
+  return candidates & ((_rank(confidence) == 0) | (confidence >= threshold))
+
+
+def _commit_factor(confidence: jax.Array, candidates: jax.Array, factor: float) -> jax.Array:
+  """The n most confident candidates while (r + 2)·(1 − c_r) ≤ factor holds for ranks r = 0, 1, … (rank 0 always).
+  As in the reference, when only the last candidate fails it is committed too."""
+  ordered = -jnp.sort(-confidence, axis=-1)
+  rank = jnp.arange(confidence.shape[-1])
+  count = jnp.sum(candidates, axis=-1)
+  passes = ((ordered >= 1.0 - factor / (rank + 2.0)) | (rank == 0)) & (rank < count[:, None])
+  leading = jnp.sum(jnp.cumprod(passes, axis=-1), axis=-1)
+  n = jnp.where(leading >= count - 1, count, leading)
+  return candidates & (_rank(confidence) < n[:, None])
+
+
+def _with_guidance(run, x, attention_mask, prompt_index, *, cfg_scale: float, mask_id: int):
+  """(fp32 logits, whatever `run` returns beside them). `run(tokens, attention_mask) -> (logits, aux)` runs on the
+  batch, or with classifier-free guidance (cfg_scale > 0) once on `[x; x with every prompt position set to
+  mask_id]`, combined as `un + (cfg_scale + 1)(cond − un)`."""
+  if cfg_scale <= 0:
+    logits, aux = run(x, attention_mask)
+    return logits.astype(jnp.float32), aux
+  unconditional = jnp.where(prompt_index, mask_id, x)
+  mask = None if attention_mask is None else jnp.concatenate([attention_mask, attention_mask])
+  both, aux = run(jnp.concatenate([x, unconditional]), mask)
+  both = both.astype(jnp.float32)
+  cond, uncond = both[:x.shape[0]], both[x.shape[0]:]
+  return uncond + (cfg_scale + 1.0) * (cond - uncond), aux
 
 
 def guided_logits(params, x, attention_mask, prompt_index, *, config: ModelConfig, cfg_scale: float, mask_id: int,
                   logits_window=None) -> jax.Array:
-  """fp32 logits, with classifier-free guidance when cfg_scale > 0: the unconditional copy has every prompt
-  position set to mask_id, and the result is `un + (cfg_scale + 1)(cond − un)` (one call on the doubled batch).
-  Shared by the sampler and the likelihood estimator; works with or without an attention mask."""
-  apply = functools.partial(model_lib.apply, params, config=config, logits_window=logits_window)
-  if cfg_scale <= 0:
-    return apply(x, attention_mask).astype(jnp.float32)
-  unconditional = jnp.where(prompt_index, mask_id, x)
-  mask = None if attention_mask is None else jnp.concatenate([attention_mask, attention_mask])
-  both = apply(jnp.concatenate([x, unconditional]), mask).astype(jnp.float32)
-  cond, uncond = both[:x.shape[0]], both[x.shape[0]:]
-  return uncond + (cfg_scale + 1.0) * (cond - uncond)
+  """fp32 logits of the uncached model, with classifier-free guidance when cfg_scale > 0 (one call on the doubled
+  batch). Shared by the sampler and the likelihood estimator; works with or without an attention mask."""
+  run = lambda tokens, mask: (model_lib.apply(params, tokens, mask, config=config, logits_window=logits_window), None)
+  return _with_guidance(run, x, attention_mask, prompt_index, cfg_scale=cfg_scale, mask_id=mask_id)[0]
 
 
-@functools.partial(jax.jit, static_argnames=("config", "steps", "gen_length", "block_length", "temperature",
-                                             "cfg_scale", "remasking", "mask_id", "logits_eos_inf",
-                                             "confidence_eos_eot_inf", "eos_id", "eot_id", "return_history",
-                                             "window"))
-def _generate(params, prompt, attention_mask, rng, *, config: ModelConfig, steps: int, gen_length: int,
-              block_length: int, temperature: float, cfg_scale: float, remasking: str, mask_id: int,
-              logits_eos_inf: bool, confidence_eos_eot_inf: bool, eos_id: int, eot_id: int,
-              return_history: bool, window: bool) -> tuple[jax.Array, jax.Array | None]:
-  batch, prompt_length = prompt.shape
-  total = prompt_length + gen_length
-  num_blocks = gen_length // block_length
-  steps_per_block = steps // num_blocks
-  x = jnp.concatenate([prompt, jnp.full((batch, gen_length), mask_id, prompt.dtype)], axis=1)
-  if attention_mask is not None:
-    attention_mask = jnp.concatenate([attention_mask, jnp.ones((batch, gen_length), attention_mask.dtype)], axis=1)
-  prompt_index = x != mask_id
+def _predict(logits: jax.Array, keys, sampling: SamplingConfig, eos_id: int, eot_id: int):
+  """(x0, confidence) of every position of fp32 logits [batch, width, vocab]."""
+  gumbel_key, remask_key = keys
+  if sampling.logits_eos_inf:
+    logits = logits.at[..., eos_id].set(-jnp.inf)
+  if sampling.temperature > 0:
+    u = jax.random.uniform(gumbel_key, logits.shape, minval=jnp.finfo(jnp.float32).tiny)
+    x0 = jnp.argmax(logits / sampling.temperature - jnp.log(-jnp.log(u)), axis=-1)
+  else:
+    x0 = jnp.argmax(logits, axis=-1)
+  if sampling.remasking == "random":
+    return x0, jax.random.uniform(remask_key, x0.shape)
+  if sampling.confidence_eos_eot_inf:
+    # The official chained assignment: EoT always, EOS only when the noisy logits alias the logits (T = 0).
+    logits = logits.at[..., eot_id].set(-jnp.inf)
+    if sampling.temperature == 0:
+      logits = logits.at[..., eos_id].set(-jnp.inf)
+  probs = jax.nn.softmax(logits, axis=-1)
+  return x0, jnp.take_along_axis(probs, x0[..., None], axis=-1)[..., 0]
+
+
+_STATIC = ("config", "sampling", "prompt_length", "window", "return_history")
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _sample_block(params, x, attention_mask, prompt_index, rng, block, *, config: ModelConfig,
+                  sampling: SamplingConfig, prompt_length: int, window: bool, return_history: bool):
+  """Fills block `block` of the canvas x [batch, total]: (x, model calls per row, history or None)."""
+  if sampling.is_exact:
+    return _exact_block(params, x, attention_mask, prompt_index, rng, block, config=config, sampling=sampling,
+                        prompt_length=prompt_length, window=window, return_history=return_history)
+  return _dynamic_block(params, x, attention_mask, prompt_index, rng, block, config=config, sampling=sampling,
+                        prompt_length=prompt_length) + (None,)
+
+
+def _exact_block(params, x, attention_mask, prompt_index, rng, block, *, config, sampling, prompt_length, window,
+                 return_history):
+  batch, total = x.shape
+  mask_id = sampling.mask_token(config)
+  steps_per_block = sampling.steps // sampling.num_blocks
   positions = jnp.arange(total)[None, :]
-
+  start = prompt_length + block * sampling.block_length
+  block_end = start + sampling.block_length
+  in_block = (positions >= start) & (positions < block_end)
+  schedule = transfer_schedule(jnp.sum((x == mask_id) & in_block, axis=1), steps_per_block)
   # Only the current block's logits are needed: positions after it are never committed and earlier ones hold no
   # masks, unless the prompt itself contains mask tokens (the official code may fill those): then use the whole
   # canvas. `window` is static, so this is decided on the host.
-  window_start = (lambda block: prompt_length + block * block_length) if window else (lambda block: 0)
-  window_size = block_length if window else total
+  window_start, window_size = (start, sampling.block_length) if window else (0, total)
+  in_reach = jax.lax.dynamic_slice_in_dim(positions, window_start, window_size, axis=1) < block_end
 
-  def step(block, i, x, schedule):
-    logits = guided_logits(params, x, attention_mask, prompt_index, config=config, cfg_scale=cfg_scale,
-                           mask_id=mask_id, logits_window=(window_start(block), window_size))
-    if logits_eos_inf:
-      logits = logits.at[..., eos_id].set(-jnp.inf)
-    gumbel_key, remask_key = step_keys(rng, block * steps_per_block + i)
-    if temperature > 0:
-      u = jax.random.uniform(gumbel_key, logits.shape, minval=jnp.finfo(jnp.float32).tiny)
-      x0 = jnp.argmax(logits / temperature - jnp.log(-jnp.log(u)), axis=-1)
-    else:
-      x0 = jnp.argmax(logits, axis=-1)
-    if remasking == "low_confidence":
-      if confidence_eos_eot_inf:
-        # The official chained assignment: EoT always, EOS only when the noisy logits alias the logits (T = 0).
-        logits = logits.at[..., eot_id].set(-jnp.inf)
-        if temperature == 0:
-          logits = logits.at[..., eos_id].set(-jnp.inf)
-      probs = jax.nn.softmax(logits, axis=-1)
-      confidence = jnp.take_along_axis(probs, x0[..., None], axis=-1)[..., 0]
-    else:
-      confidence = jax.random.uniform(remask_key, x0.shape)
-    current = jax.lax.dynamic_slice_in_dim(x, window_start(block), window_size, axis=1)
+  def one_step(x, i):
+    logits = guided_logits(params, x, attention_mask, prompt_index, config=config, cfg_scale=sampling.cfg_scale,
+                           mask_id=mask_id, logits_window=(window_start, window_size))
+    x0, confidence = _predict(logits, step_keys(rng, block * steps_per_block + i), sampling, config.eos_token_id,
+                              config.eot_token_id)
+    current = jax.lax.dynamic_slice_in_dim(x, window_start, window_size, axis=1)
     masked = current == mask_id
-    block_end = prompt_length + (block + 1) * block_length
-    in_reach = jax.lax.dynamic_slice_in_dim(positions, window_start(block), window_size, axis=1) < block_end
     confidence = jnp.where(masked & in_reach, confidence, -jnp.inf)
     x0 = jnp.where(masked, x0.astype(x.dtype), current)
     commit = _commit_top_k(confidence, schedule[:, i])
-    return jax.lax.dynamic_update_slice_in_dim(x, jnp.where(commit, x0, current), window_start(block), axis=1)
+    x = jax.lax.dynamic_update_slice_in_dim(x, jnp.where(commit, x0, current), window_start, axis=1)
+    return x, (x if return_history else None)
 
-  def run_block(x, block):
-    start = prompt_length + block * block_length
-    in_block = (positions >= start) & (positions < start + block_length)
-    schedule = transfer_schedule(jnp.sum((x == mask_id) & in_block, axis=1), steps_per_block)
-
-    def one_step(x, i):
-      x = step(block, i, x, schedule)
-      return x, (x if return_history else None)
-    return jax.lax.scan(one_step, x, jnp.arange(steps_per_block))
-
-  x, history = jax.lax.scan(run_block, x, jnp.arange(num_blocks))
-  return x, (history.reshape(steps, batch, total) if return_history else None)
+  x, history = jax.lax.scan(one_step, x, jnp.arange(steps_per_block))
+  return x, jnp.full((batch,), steps_per_block, jnp.int32), history
 
 
-def generate(params, prompt, attention_mask=None, *, config: ModelConfig, steps: int = 128, gen_length: int = 128,
-             block_length: int = 128, temperature: float = 0.0, cfg_scale: float = 0.0,
-             remasking: str = "low_confidence", mask_id: int | None = None, logits_eos_inf: bool = False,
-             confidence_eos_eot_inf: bool = False, rng: jax.Array | None = None,
-             return_history: bool = False) -> GenerateOutput:
-  """Samples `gen_length` tokens after each (left-padded) prompt row; the official `generate` (LLADA_SPEC §5).
+def _dynamic_block(params, x, attention_mask, prompt_index, rng, block, *, config, sampling, prompt_length):
+  """Threshold/factor decoding or the step schedule, each with or without a KV cache, in a `lax.while_loop`."""
+  batch, total = x.shape
+  size = sampling.block_length
+  mask_id = sampling.mask_token(config)
+  start = prompt_length + block * size
+  rng = jax.random.fold_in(rng, block)
+  guide = functools.partial(_with_guidance, cfg_scale=sampling.cfg_scale, mask_id=mask_id)
+  block_logits = lambda hidden, offset: model_lib.head(
+      params, jax.lax.dynamic_slice_in_dim(hidden, offset, size, axis=1), config=config)
+  # prefix cache: calls after the first run the block and everything after it as one static-width window of
+  # gen_length positions; past the canvas end it holds padding that no query attends to.
+  pad = sampling.gen_length - size if sampling.cache == "prefix" else 0
+  if pad:
+    key_mask = jnp.ones((batch, total), jnp.int32) if attention_mask is None else attention_mask
+    key_mask = jnp.concatenate([key_mask, jnp.zeros((batch, pad), key_mask.dtype)], axis=1)
+    prompt_index_padded = jnp.concatenate([prompt_index, jnp.zeros((batch, pad), bool)], axis=1)
 
-  `confidence_eos_eot_inf` reproduces the official behaviour exactly, quirk included (the published evaluation
-  numbers were produced with it): at temperature 0 the EOS and EoT columns are −inf in the logits used for the
-  confidence, so a position predicting EOS/EoT gets confidence 0 (ranked last, still committable); at
-  temperature > 0 only EoT is affected. `cfg_scale > 0` works with or without an attention mask.
-  """
+  def first_call(x):
+    if sampling.cache == "none":
+      return guided_logits(params, x, attention_mask, prompt_index, config=config, cfg_scale=sampling.cfg_scale,
+                           mask_id=mask_id, logits_window=(start, size)), None
+
+    def run(tokens, mask):
+      hidden, cache = model_lib.features_and_cache(params, tokens, mask, config=config)
+      if pad:
+        cache = jax.tree.map(lambda a: jnp.pad(a, ((0, 0), (0, 0), (0, pad), (0, 0), (0, 0))), cache)
+      return block_logits(hidden, start), cache
+    return guide(run, x, attention_mask, prompt_index)
+
+  def later_call(x, cache):
+    if sampling.cache == "none":
+      return first_call(x)
+    if sampling.cache == "dual":
+      part, mask = jax.lax.dynamic_slice_in_dim(x, start, size, axis=1), attention_mask
+      part_prompt = jax.lax.dynamic_slice_in_dim(prompt_index, start, size, axis=1)
+    else:
+      padded = jnp.concatenate([x, jnp.full((batch, pad), mask_id, x.dtype)], axis=1)
+      width = sampling.gen_length
+      part, mask = jax.lax.dynamic_slice_in_dim(padded, start, width, axis=1), key_mask
+      part_prompt = jax.lax.dynamic_slice_in_dim(prompt_index_padded, start, width, axis=1)
+
+    def run(tokens, mask):  # with CFG, tokens and cache both hold the conditional rows, then the unconditional
+      hidden, new_cache = model_lib.features_and_cache(params, tokens, mask, config=config, cache=cache, start=start)
+      return block_logits(hidden, 0), new_cache
+    return guide(run, part, mask, part_prompt)
+
+  def commit(x, logits, i):
+    x0, confidence = _predict(logits, step_keys(rng, i), sampling, config.eos_token_id, config.eot_token_id)
+    current = jax.lax.dynamic_slice_in_dim(x, start, size, axis=1)
+    candidates = current == mask_id
+    confidence = jnp.where(candidates, confidence, -jnp.inf)
+    if sampling.decoding == "threshold":
+      chosen = _commit_threshold(confidence, candidates, sampling.threshold)
+    elif sampling.decoding == "factor":
+      chosen = _commit_factor(confidence, candidates, sampling.factor)
+    else:
+      chosen = _commit_top_k(confidence, schedule[:, i])
+    return jax.lax.dynamic_update_slice_in_dim(x, jnp.where(chosen, x0.astype(x.dtype), current), start, axis=1)
+
+  block_masked = lambda x: jnp.sum(jax.lax.dynamic_slice_in_dim(x, start, size, axis=1) == mask_id, axis=1)
+  schedule = transfer_schedule(block_masked(x), sampling.steps // sampling.num_blocks)
+  logits, cache = first_call(x)
+  x = commit(x, logits, 0)
+
+  def body(state):
+    x, cache, i, row_nfe = state
+    active = block_masked(x) > 0
+    logits, cache = later_call(x, cache)
+    return commit(x, logits, i), cache, i + 1, row_nfe + active
+
+  def not_done(state):
+    return jnp.any(block_masked(state[0]) > 0)
+
+  x, _, _, row_nfe = jax.lax.while_loop(not_done, body, (x, cache, jnp.int32(1), jnp.ones((batch,), jnp.int32)))
+  return x, row_nfe
+
+
+def _prepare(prompt, attention_mask, sampling: SamplingConfig, config: ModelConfig, return_history: bool):
   prompt = np.asarray(prompt)
   if prompt.ndim == 1:
     prompt = prompt[None]
-  mask_id = config.mask_token_id if mask_id is None else int(mask_id)
-  check_generate_args(config, prompt.shape[1], steps=steps, gen_length=gen_length, block_length=block_length,
-                      temperature=temperature, cfg_scale=cfg_scale, remasking=remasking, mask_id=mask_id)
+  sampling.check(config, prompt.shape[1])
+  mask_id = sampling.mask_token(config)
+  prompt_has_masks = bool(np.any(prompt == mask_id))
+  if prompt_has_masks and not sampling.is_exact:
+    raise UserError(f"the prompt holds mask tokens (id {mask_id}); only decoding=exact with cache=none fills "
+                    "masks inside the prompt")
+  if return_history and not sampling.is_exact:
+    raise UserError("the step-by-step history is kept for decoding=exact with cache=none only")
   if attention_mask is not None:
     attention_mask = np.asarray(attention_mask)
     attention_mask = attention_mask[None] if attention_mask.ndim == 1 else attention_mask
     if attention_mask.shape != prompt.shape:
       raise UserError(f"attention_mask shape {attention_mask.shape} differs from the prompt's {prompt.shape}")
-    attention_mask = jnp.asarray(attention_mask, jnp.int32)
+  return prompt, attention_mask, not prompt_has_masks
+
+
+def generate_blocks(params, prompt, attention_mask=None, *, config: ModelConfig, sampling: SamplingConfig,
+                    rng: jax.Array | None = None, return_history: bool = False) -> Iterator[BlockUpdate]:
+  """Samples `sampling.gen_length` tokens after each (left-padded) prompt row, yielding the canvas each time a
+  block is final (blocks are final once left behind), for streaming output."""
+  prompt, attention_mask, window = _prepare(prompt, attention_mask, sampling, config, return_history)
+  batch, prompt_length = prompt.shape
+  mask_id = sampling.mask_token(config)
+  x = jnp.concatenate([jnp.asarray(prompt, jnp.int32), jnp.full((batch, sampling.gen_length), mask_id, jnp.int32)],
+                      axis=1)
+  if attention_mask is not None:
+    attention_mask = jnp.concatenate([jnp.asarray(attention_mask, jnp.int32),
+                                      jnp.ones((batch, sampling.gen_length), jnp.int32)], axis=1)
+  prompt_index = x != mask_id
   rng = jax.random.key(0) if rng is None else rng
-  tokens, history = _generate(
-      params, jnp.asarray(prompt, jnp.int32), attention_mask, rng, config=config, steps=steps, gen_length=gen_length,
-      block_length=block_length, temperature=float(temperature), cfg_scale=float(cfg_scale), remasking=remasking,
-      mask_id=mask_id, logits_eos_inf=logits_eos_inf, confidence_eos_eot_inf=confidence_eos_eot_inf,
-      eos_id=config.eos_token_id, eot_id=config.eot_token_id, return_history=return_history,
-      window=not bool(np.any(prompt == mask_id)))
-  return GenerateOutput(tokens, steps, history)
+  row_nfe = jnp.zeros((batch,), jnp.int32)
+  for block in range(sampling.num_blocks):
+    x, calls, history = _sample_block(params, x, attention_mask, prompt_index, rng, jnp.int32(block), config=config,
+                                      sampling=sampling, prompt_length=prompt_length, window=window,
+                                      return_history=return_history)
+    row_nfe = row_nfe + calls
+    yield BlockUpdate(block, x, row_nfe, history)
 
 
-def check_generate_args(config: ModelConfig, prompt_length: int, *, steps: int, gen_length: int, block_length: int,
-                        temperature: float, cfg_scale: float, remasking: str, mask_id: int) -> None:
-  """Every user-fixable problem with one clear message, before anything compiles."""
-  if gen_length <= 0 or block_length <= 0 or steps <= 0:
-    raise UserError("gen_length, block_length and steps must be positive")
-  if gen_length % block_length:
-    raise UserError(f"gen_length={gen_length} is not a multiple of block_length={block_length}; make it one "
-                    "(block_length = gen_length disables semi-autoregressive blocks)")
-  num_blocks = gen_length // block_length
-  if steps % num_blocks:
-    raise UserError(f"steps={steps} is not a multiple of the number of blocks ({num_blocks} = gen_length / "
-                    f"block_length); use e.g. steps={num_blocks * max(1, steps // num_blocks)}")
-  if prompt_length + gen_length > config.max_sequence_length:
-    raise UserError(f"prompt ({prompt_length} tokens) + gen_length ({gen_length}) exceeds the model's "
-                    f"max_sequence_length {config.max_sequence_length}; shorten the prompt or gen_length")
-  if not 0 <= mask_id < config.embedding_size:
-    raise UserError(f"mask id {mask_id} is outside the vocabulary (size {config.embedding_size})")
-  if remasking not in REMASKING:
-    raise UserError(f"remasking={remasking!r} is not one of {', '.join(REMASKING)}")
-  if temperature < 0 or cfg_scale < 0:
-    raise UserError("temperature and cfg_scale must be non-negative")
+def generate(params, prompt, attention_mask=None, *, config: ModelConfig, sampling: SamplingConfig | None = None,
+             rng: jax.Array | None = None, return_history: bool = False, **options) -> GenerateOutput:
+  """Samples `gen_length` tokens after each (left-padded) prompt row (LLADA_SPEC §5; module docstring).
+
+  Options come as one `SamplingConfig`, or as its fields by keyword (`steps=…, decoding=…`), not both.
+  `cfg_scale > 0` works with or without an attention mask.
+  """
+  if options:
+    if sampling is not None:
+      raise TypeError("pass either sampling= or SamplingConfig fields as keywords, not both")
+    sampling = SamplingConfig(**options)
+  sampling = SamplingConfig() if sampling is None else sampling
+  updates = list(generate_blocks(params, prompt, attention_mask, config=config, sampling=sampling, rng=rng,
+                                 return_history=return_history))
+  last = updates[-1]
+  history = jnp.concatenate([u.history for u in updates]) if return_history else None
+  row_nfe = np.asarray(last.row_nfe)
+  return GenerateOutput(last.tokens, int(row_nfe.max()), history, row_nfe)

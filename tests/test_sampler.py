@@ -9,7 +9,7 @@ import torch
 from conftest import tiny_hf_config, write_hf_dir
 from llada_jax import load_pretrained, sampler
 from llada_jax.errors import UserError
-from torch_reference import generate as reference_generate
+from torch_reference import generate as reference_generate, generate_fast
 
 HF = tiny_hf_config(n_kv_heads=2)
 EOS, EOT, MASK = HF["eos_token_id"], HF["eot_token_id"], HF["mask_token_id"]
@@ -148,3 +148,169 @@ def test_clear_errors(pair, args, match):
   model, _ = pair
   with pytest.raises(UserError, match=match):
     model.generate(_prompts(), **args)
+
+
+# ------------------------------------------------------------------ Fast-dLLM decoding and block KV caches (§5.8)
+
+def _sharpen_head(model):
+  """Random weights are unsure of everything (confidence ≈ 1/vocab): scale the head so that confidences spread
+  over (0, 1) and thresholds choose among several positions, as on a trained model."""
+  model.model.transformer.ff_out.weight.mul_(12.0)
+
+
+@pytest.fixture(scope="module")
+def sharp_pair(tmp_path_factory):
+  path, ref = write_hf_dir(tmp_path_factory.mktemp("sharp"), HF, seed=5, edit=_sharpen_head)
+  return load_pretrained(path), ref
+
+
+def _block_noise(rng, block_length, vocab):
+  """Our dynamic-mode uniforms for the reference's noise_fn(shape, block, step, block_offset)."""
+  def noise(shape, block, step, block_offset):
+    gumbel_key, _ = sampler.step_keys(jax.random.fold_in(rng, block), step)
+    full = np.full(shape, 0.5)
+    full[:, block_offset:block_offset + block_length] = jax.random.uniform(
+        gumbel_key, (1, block_length, vocab), minval=jnp.finfo(jnp.float32).tiny)
+    return torch.from_numpy(full)
+  return noise
+
+
+FAST = {
+    "threshold": dict(decoding="threshold", threshold=0.3),
+    "threshold_prefix": dict(decoding="threshold", threshold=0.3, cache="prefix"),
+    "threshold_dual": dict(decoding="threshold", threshold=0.3, cache="dual"),
+    "factor_dual": dict(decoding="factor", factor=1.0, cache="dual"),
+    "factor_prefix": dict(decoding="factor", factor=2.0, cache="prefix"),
+    "schedule_prefix": dict(cache="prefix"),
+    "schedule_dual": dict(cache="dual"),
+    "threshold_dual_temperature": dict(decoding="threshold", threshold=0.3, cache="dual", temperature=0.8),
+}
+
+
+@pytest.mark.parametrize("name", list(FAST))
+def test_fast_modes_token_identical_to_reference(sharp_pair, name):
+  """Batch 1, fp32, no CFG: Fast-dLLM's rules (which call commits what, which keys/values are reused, NFE)."""
+  model, ref = sharp_pair
+  args = dict(steps=8, gen_length=16, block_length=8, **FAST[name])
+  prompt = _prompts(batch=1, length=7, seed=4)
+  rng = jax.random.key(2)
+  ours = model.generate(prompt, rng=rng, **args)
+  reference_args = {k: v for k, v in args.items() if k not in ("decoding", "threshold", "factor")}
+  if args.get("decoding") == "threshold":
+    reference_args["threshold"] = args["threshold"]
+  if args.get("decoding") == "factor":
+    reference_args["factor"] = args["factor"]
+  theirs, nfe = generate_fast(ref, torch.tensor(prompt), mask_id=MASK, noise_fn=_block_noise(rng, 8, 128),
+                              **reference_args)
+  np.testing.assert_array_equal(np.asarray(ours.tokens), theirs.numpy())
+  assert ours.nfe == nfe and list(ours.row_nfe) == [nfe]
+  if args.get("decoding"):
+    assert nfe < args["gen_length"]  # the rule did commit several positions per call
+
+
+def test_first_cached_call_equals_the_uncached_model(sharp_pair):
+  """The cache-filling forward is the model (within 2e-6 of the logits' scale: eager op-by-op vs one fused
+  program), and with nothing stale (the cache filled from the same canvas) a block's cached forward is too: the
+  dual call over the block and the prefix call over block + suffix, within 2e-5 of the scale."""
+  from llada_jax import model as model_lib
+  model, _ = sharp_pair
+  c, params = model.config, model.params
+  x = jnp.asarray(np.random.default_rng(1).integers(0, 120, (2, 24)), jnp.int32)
+  mask = jnp.asarray(np.arange(24)[None, :] >= np.array([[0], [5]]), jnp.int32)  # row 1 left-padded
+  full = np.asarray(model_lib.apply(params, x, mask, config=c))
+  hidden, cache = model_lib.features_and_cache(params, x, mask, config=c)
+  scale = np.abs(full).max()
+  np.testing.assert_allclose(np.asarray(model_lib.head(params, hidden, config=c)), full, rtol=0, atol=2e-6 * scale)
+  for start, width in ((8, 8), (16, 8), (8, 16)):
+    part, _ = model_lib.features_and_cache(params, x[:, start:start + width], mask, config=c, cache=cache,
+                                           start=start)
+    cached = np.asarray(model_lib.head(params, part, config=c))
+    np.testing.assert_allclose(cached, full[:, start:start + width], rtol=0, atol=2e-5 * scale)
+
+
+@pytest.mark.parametrize("cache", ["none", "prefix", "dual"])
+def test_threshold_above_one_commits_one_per_call(sharp_pair, cache):
+  """Only the always-committed top-1 passes a threshold above 1: one position per model call; without a cache
+  that is exactly the exact sampler with steps = gen_length."""
+  model, _ = sharp_pair
+  prompt = _prompts(batch=2)
+  out = model.generate(prompt, gen_length=12, block_length=4, decoding="threshold", threshold=1.0 + 1e-6,
+                       cache=cache)
+  assert list(out.row_nfe) == [12, 12] and not np.any(np.asarray(out.tokens) == MASK)
+  if cache == "none":
+    exact = model.generate(prompt, steps=12, gen_length=12, block_length=4)
+    np.testing.assert_array_equal(np.asarray(out.tokens), np.asarray(exact.tokens))
+
+
+def _left_padded_batch(lengths, seed=0):
+  rows = [np.random.default_rng(seed + i).integers(0, 100, n) for i, n in enumerate(lengths)]
+  width = max(lengths)
+  prompt = np.full((len(rows), width), EOS)
+  mask = np.zeros((len(rows), width), np.int64)
+  for i, row in enumerate(rows):
+    prompt[i, width - len(row):], mask[i, width - len(row):] = row, 1
+  return rows, prompt, mask
+
+
+@pytest.mark.parametrize("args", [
+    dict(decoding="threshold", threshold=0.3, cache="dual"),
+    dict(decoding="threshold", threshold=0.9, cache="prefix", cfg_scale=1.0),
+    dict(decoding="factor", cache="dual", cfg_scale=1.0),
+    dict(decoding="threshold", threshold=0.5),
+], ids=["threshold_dual", "threshold_prefix_cfg", "factor_dual_cfg", "threshold"])
+def test_rows_are_batch_invariant(sharp_pair, args):
+  """Each row of a left-padded batch of 8 (prompt lengths 3..10) gets the tokens and model-call count it gets
+  alone, though the rows finish their blocks after different numbers of calls."""
+  model, _ = sharp_pair
+  lengths = [3, 10, 5, 8, 4, 9, 6, 7]
+  rows, prompt, mask = _left_padded_batch(lengths)
+  options = dict(gen_length=16, block_length=8, **args)
+  batch = model.generate(prompt, attention_mask=mask, **options)
+  tokens = np.asarray(batch.tokens)
+  for i, row in enumerate(rows):
+    alone = model.generate(row[None], **options)
+    np.testing.assert_array_equal(tokens[i, -16:], np.asarray(alone.tokens)[0, -16:])
+    assert batch.row_nfe[i] == alone.row_nfe[0]
+  assert len(set(batch.row_nfe.tolist())) > 1  # the rows really did advance on their own
+  assert not np.any(tokens == MASK)
+  np.testing.assert_array_equal(tokens[:, :prompt.shape[1]], prompt)
+
+
+@pytest.mark.parametrize("args", [dict(), dict(decoding="threshold", threshold=0.3, cache="dual")])
+def test_streaming_yields_the_final_text_block_by_block(sharp_pair, args):
+  model, _ = sharp_pair
+  prompt = _prompts(batch=2)
+  sampling = sampler.SamplingConfig(steps=12, gen_length=12, block_length=4, **args)
+  final = np.asarray(model.generate(prompt, sampling=sampling).tokens)
+  updates = list(model.generate_blocks(prompt, sampling=sampling))
+  assert [u.block for u in updates] == [0, 1, 2]
+  for u in updates:
+    canvas = np.asarray(u.tokens)
+    done = prompt.shape[1] + 4 * (u.block + 1)
+    np.testing.assert_array_equal(canvas[:, :done], final[:, :done])  # a block left behind is final
+    assert np.all(canvas[:, done:] == MASK)
+  np.testing.assert_array_equal(np.asarray(updates[-1].tokens), final)
+
+
+@pytest.mark.parametrize("args,match", [
+    (dict(decoding="threshold", remasking="random"), "needs remasking=low_confidence"),
+    (dict(decoding="fast"), "decoding='fast' is not one of"),
+    (dict(cache="kv"), "cache='kv' is not one of"),
+    (dict(decoding="threshold", threshold=0.0), "must be positive"),
+    (dict(gen_length=8, block_length=4, steps=3), "not a multiple of the number of blocks"),
+])
+def test_bad_sampling_options_fail_with_one_line(args, match):
+  with pytest.raises(UserError, match=match):
+    sampler.SamplingConfig(**args)
+
+
+def test_fast_modes_refuse_what_they_cannot_do(sharp_pair):
+  model, _ = sharp_pair
+  prompt = _prompts()
+  prompt[:, 2] = MASK
+  with pytest.raises(UserError, match="only decoding=exact with cache=none fills masks inside the prompt"):
+    model.generate(prompt, decoding="threshold")
+  with pytest.raises(UserError, match="history is kept for decoding=exact"):
+    model.generate(_prompts(), cache="dual", return_history=True)
+  # steps only sets the exact schedule: threshold decoding accepts any
+  assert sampler.SamplingConfig(decoding="threshold", steps=3, gen_length=8, block_length=4).num_blocks == 2

@@ -9,6 +9,7 @@ The model returns logits directly (not an HF output object); `generate` and `get
 `model(ids, attention_mask=...)` / `model(ids)`, so any callable with that contract can stand in for it in tests.
 """
 
+import functools
 import math
 
 import torch
@@ -78,20 +79,30 @@ class LLaDABlock(nn.Module):
     self.up_proj = nn.Linear(d_model, mlp_hidden_size, bias=False)
     self.ff_out = nn.Linear(mlp_hidden_size, d_model, bias=False)  # down
 
-  def forward(self, x, cos, sin, bias):
+  def forward(self, x, cos, sin, bias, past=None, replace_at=None):
+    """-> (x, (keys, values) attended to, before the GQA repeat). `past`: cached (keys, values) (B, kv_heads, T, hd)
+    of other positions; the new ones follow them (prefix cache) or, with `replace_at`, overwrite their slots from
+    that position on (dual cache)."""
     b, t, _ = x.shape
     h = self.attn_norm(x)
     q = self.q_proj(h).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
     k = self.k_proj(h).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
     v = self.v_proj(h).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    if past is not None and replace_at is None:
+      k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+    elif past is not None:
+      new_k, new_v = k, v
+      k, v = past[0].clone(), past[1].clone()
+      k[:, :, replace_at:replace_at + t], v[:, :, replace_at:replace_at + t] = new_k, new_v
+    present = (k, v)
     # GQA: query head h reads kv head h // group, which is what repeat_interleave on the head axis produces.
     group = self.n_heads // self.n_kv_heads
     k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
     a = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0 / math.sqrt(self.head_dim))
     x = x + self.attn_out(a.transpose(1, 2).reshape(b, t, -1))
     h = self.ff_norm(x)
-    return x + self.ff_out(F.silu(self.ff_proj(h)) * self.up_proj(h))
+    return x + self.ff_out(F.silu(self.ff_proj(h)) * self.up_proj(h)), present
 
 
 class TorchLLaDA(nn.Module):
@@ -148,17 +159,31 @@ class TorchLLaDA(nn.Module):
       return None
     return torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)
 
-  def forward(self, input_ids, attention_mask=None):
-    """(B, T) token ids [+ (B, T) mask, 0 = padding] -> (B, T, embedding_size) logits in the model dtype."""
+  def forward(self, input_ids, attention_mask=None, past_key_values=None, replace_at=None, use_cache=False):
+    """(B, T) token ids [+ (B, T) mask, 0 = padding] -> (B, T, embedding_size) logits in the model dtype.
+
+    Fast-dLLM's cached calls (batch 1, no padding): `past_key_values` (one (keys, values) per layer) holds the
+    canvas positions before `input_ids` (prefix cache), or with `replace_at` the whole canvas, whose slots from
+    `replace_at` on the new positions overwrite (dual cache). RoPE uses absolute canvas positions either way.
+    `use_cache=True` returns (logits, the keys/values of every layer over everything attended to).
+    """
     tr = self.model.transformer
     x = tr.wte(input_ids)
     t = input_ids.shape[1]
-    cos, sin = rope_tables(t, self.head_dim, self.rope_theta, x.device)  # left pads consume positions
+    if past_key_values is not None and (attention_mask is not None or self.causal):
+      raise ValueError('cached calls are for the bidirectional model without padding')
+    offset = 0 if past_key_values is None else (
+        past_key_values[0][0].shape[2] if replace_at is None else replace_at)
+    cos, sin = rope_tables(offset + t, self.head_dim, self.rope_theta, x.device)  # left pads consume positions
+    cos, sin = cos[offset:], sin[offset:]
     bias = self._attention_bias(attention_mask, t, x.dtype, x.device)
-    for block in tr.blocks:
-      x = block(x, cos, sin, bias)
+    presents = []
+    for i, block in enumerate(tr.blocks):
+      x, present = block(x, cos, sin, bias, None if past_key_values is None else past_key_values[i], replace_at)
+      presents.append(present)
     x = tr.ln_f(x)
-    return F.linear(x, tr.wte.weight) if self.weight_tying else tr.ff_out(x)
+    logits = F.linear(x, tr.wte.weight) if self.weight_tying else tr.ff_out(x)
+    return (logits, presents) if use_cache else logits
 
 
 @torch.no_grad()
@@ -293,6 +318,91 @@ def generate(model, prompt, attention_mask=None, steps=128, gen_length=128, bloc
       for row in range(b):
         commit[row, order[row, :int(schedule[row, step])]] = True
       x[commit] = x0[commit]
+  return x, nfe
+
+
+def _fast_transfer(logits, mask_index, x, num_transfer, threshold, factor, temperature, noise):
+  """Fast-dLLM's choice of positions to commit (spec §5.8), batch 1: (x0, bool commit mask)."""
+  if temperature > 0:
+    u = noise(logits.shape).to(torch.float64) if noise else torch.rand(logits.shape, dtype=torch.float64)
+    x0 = torch.argmax(logits.to(torch.float64).exp() / (-torch.log(u)) ** temperature, dim=-1)
+  else:
+    x0 = torch.argmax(logits, dim=-1)
+  p = F.softmax(logits.to(torch.float64), dim=-1)
+  x0_p = torch.gather(p, -1, x0[..., None])[..., 0]
+  x0 = torch.where(mask_index, x0, x)
+  confidence = torch.where(mask_index, x0_p, -torch.inf)[0]
+  order = torch.sort(confidence, descending=True, stable=True).indices
+  candidates = int(mask_index.sum())
+  if factor is not None:
+    # threshold 1 - factor / (n + 1) for the n-th most confident (n from 1); the first always passes; the count
+    # is the index of the first failure, except that a failure at the last candidate commits all of them.
+    count = candidates
+    for n in range(1, candidates):
+      if confidence[order[n]] < 1 - factor / (n + 2):
+        count = n if n < candidates - 1 else candidates
+        break
+    chosen = order[:count]
+  elif threshold is not None:
+    chosen = [order[0]] + [i for i in order[1:candidates] if confidence[i] >= threshold]
+  else:
+    chosen = order[:num_transfer]
+  commit = torch.zeros_like(mask_index)
+  commit[0, chosen] = True
+  return x0, commit
+
+
+@torch.no_grad()
+def generate_fast(model, prompt, steps=128, gen_length=128, block_length=128, temperature=0., mask_id=MASK_ID,
+                  threshold=None, factor=None, cache='none', noise_fn=None):
+  """Fast-dLLM's sampler (spec §5.8) at batch 1 without CFG: threshold or factor parallel decoding (else the step
+  schedule of §5.3) and the prefix / dual block KV caches. Returns (canvas (1, Lp + gen_length), model calls).
+
+  Every block's first call runs the whole canvas (and fills the cache); later calls feed `x[:, block_start:]` with
+  the prefix's keys/values (prefix) or only the block with the whole canvas's (dual); only the block's masked
+  positions are candidates. A block ends when it holds no mask; the empty call the reference makes after a block
+  its first call already completed is skipped. Noise (temperature > 0) comes from torch.rand, or from
+  `noise_fn(shape, block, step, block_offset)` (uniforms for the logits of that call, whose positions
+  block_offset.. are the block's) to feed two implementations the same draws.
+  """
+  if prompt.shape[0] != 1 or cache not in ('none', 'prefix', 'dual'):
+    raise ValueError('batch 1; cache none, prefix or dual')
+  lp = prompt.shape[1]
+  x = torch.cat([prompt, torch.full((1, gen_length), mask_id, dtype=prompt.dtype)], dim=1)
+  num_blocks = gen_length // block_length
+  steps_per_block = steps // num_blocks
+  nfe = 0
+  for block in range(num_blocks):
+    start, end = lp + block * block_length, lp + (block + 1) * block_length
+    schedule = transfer_schedule(x[:, start:end] == mask_id, steps_per_block)
+    step = 0
+    past = None
+    while (x[:, start:end] == mask_id).any():
+      nfe += 1
+      if step == 0 or cache == 'none':
+        if cache == 'none':
+          logits = model(x)
+        else:
+          logits, past = model(x, use_cache=True)
+          if cache == 'prefix':
+            past = [(k[:, :, :start], v[:, :, :start]) for k, v in past]
+        view = x
+        offset = 0
+      elif cache == 'prefix':
+        view, offset = x[:, start:], start
+        logits = model(view, past_key_values=past)
+      else:
+        view, offset = x[:, start:end], start
+        logits = model(view, past_key_values=past, replace_at=start)
+      mask_index = view == mask_id
+      mask_index[:, :max(0, start - offset)] = False  # only the current block's positions are candidates
+      mask_index[:, end - offset:] = False
+      num_transfer = int(schedule[0, step]) if step < steps_per_block else 0
+      noise = None if noise_fn is None else functools.partial(noise_fn, block=block, step=step,
+                                                               block_offset=start - offset)
+      x0, commit = _fast_transfer(logits, mask_index, view, num_transfer, threshold, factor, temperature, noise)
+      view[commit] = x0[commit]  # views into x
+      step += 1
   return x, nfe
 
 
