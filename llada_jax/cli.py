@@ -80,12 +80,17 @@ def _cmd_train(args: argparse.Namespace) -> None:
   print(train.format_summary(summary, cfg))
 
 
-def _generate_options(args: argparse.Namespace) -> dict:
-  import jax
-  return dict(steps=args.steps, gen_length=args.gen_length, block_length=args.block_length or args.gen_length,
-              temperature=args.temperature, cfg_scale=args.cfg_scale, remasking=args.remasking,
-              logits_eos_inf=args.logits_eos_inf, confidence_eos_eot_inf=args.confidence_eos_eot_inf,
-              rng=jax.random.key(args.seed))
+def _sampling_config(args: argparse.Namespace, **fields):
+  """The SamplingConfig of generate/chat (every sampling flag), or with `fields` only the decoding flags (eval,
+  whose tasks bring their own lengths)."""
+  from llada_jax.sampler import SamplingConfig
+  decoding = dict(decoding=args.decoding, threshold=args.threshold, factor=args.factor, cache=args.cache)
+  if fields:
+    return SamplingConfig(**fields, **decoding)
+  return SamplingConfig(steps=args.steps, gen_length=args.gen_length, block_length=args.block_length,
+                        temperature=args.temperature, cfg_scale=args.cfg_scale, remasking=args.remasking,
+                        logits_eos_inf=args.logits_eos_inf, confidence_eos_eot_inf=args.confidence_eos_eot_inf,
+                        **decoding)
 
 
 def _cmd_generate(args: argparse.Namespace) -> None:
@@ -98,12 +103,21 @@ def _cmd_generate(args: argparse.Namespace) -> None:
     ids = tokenizer.encode(args.prompt, add_bos=args.add_bos)
   if not ids:
     raise UserError("the prompt is empty")
-  out = model.generate(np.asarray([ids]), return_history=args.show_denoising, **_generate_options(args))
+  import jax
+  from llada_jax.chat import stream_text
+  sampling, rng = _sampling_config(args), jax.random.key(args.seed)
   if args.show_denoising:
+    out = model.generate(np.asarray([ids]), sampling=sampling, rng=rng, return_history=True)
     for step, canvas in enumerate(np.asarray(out.history)[:, 0]):
       text = _render_canvas(tokenizer, canvas[len(ids):], model.config.mask_token_id)
       print(f"[step {step + 1:>4}/{out.nfe}] {text}")
-  print(tokenizer.decode(np.asarray(out.tokens)[0, len(ids):], skip_special_tokens=True))
+    print(tokenizer.decode(np.asarray(out.tokens)[0, len(ids):], skip_special_tokens=True))
+    return
+  sampling.check(model.config, len(ids))  # a refusal before any output
+  for piece in stream_text(tokenizer, model.generate_blocks(np.asarray([ids]), sampling=sampling, rng=rng),
+                           len(ids), sampling.block_length):
+    print(piece, end="", flush=True)
+  print()
 
 
 def _render_canvas(tokenizer, ids, mask_id: int) -> str:
@@ -123,12 +137,15 @@ def _render_canvas(tokenizer, ids, mask_id: int) -> str:
 
 
 def _cmd_chat(args: argparse.Namespace) -> None:
-  from llada_jax.chat import ChatSession
+  import jax
+  from llada_jax.chat import ChatSession, ContextFull
   from llada_jax.pretrained import load_for_inference
+  sampling = _sampling_config(args)
   model, tokenizer = load_for_inference(args.checkpoint, args.tokenizer, args.dtype)
-  session = ChatSession(model, tokenizer, **_generate_options(args))
+  session = ChatSession(model, tokenizer, sampling, system=args.system, rng=jax.random.key(args.seed))
   interactive = sys.stdin.isatty()
   if interactive:
+    import readline  # noqa: F401  (line editing and history for input())
     print("llada-jax chat: type a message and press Enter; an empty line or Ctrl-D ends the chat.")
   while True:
     try:
@@ -137,7 +154,21 @@ def _cmd_chat(args: argparse.Namespace) -> None:
       break
     if not text.strip():
       break
-    print(f"llada> {session.reply(text)}", flush=True)
+    try:
+      stream = session.reply_stream(text)
+      first = next(stream, "")
+    except ContextFull as full:
+      if interactive and input(f"{full}. Start a new conversation with this message? [Y/n] ").strip().lower() in (
+          "n", "no"):
+        break
+      print(f"(starting over: {full})", file=sys.stderr)
+      session.start_over()
+      stream = session.reply_stream(text)
+      first = next(stream, "")
+    print(f"llada> {first}", end="", flush=True)
+    for piece in stream:
+      print(piece, end="", flush=True)
+    print(flush=True)
 
 
 def _add_sampling_args(p: argparse.ArgumentParser, gen_length: int, steps: int, block_length: int | None) -> None:
@@ -148,8 +179,8 @@ def _add_sampling_args(p: argparse.ArgumentParser, gen_length: int, steps: int, 
   p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
                  help="cast weights and compute to this dtype (default: as stored)")
   p.add_argument("--gen-length", type=int, default=gen_length, help=f"tokens to generate (default {gen_length})")
-  p.add_argument("--steps", type=int, default=steps, help=f"sampling steps = model calls (default {steps}); must "
-                 "be a multiple of the number of blocks")
+  p.add_argument("--steps", type=int, default=steps, help=f"sampling steps = model calls of --decoding exact "
+                 f"(default {steps}); must be a multiple of the number of blocks")
   p.add_argument("--block-length", type=int, default=block_length, help="semi-autoregressive block length; "
                  f"gen-length must be a multiple (default {block_length or 'gen-length: one block'})")
   p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; >0 samples (Gumbel-max)")
@@ -160,6 +191,21 @@ def _add_sampling_args(p: argparse.ArgumentParser, gen_length: int, steps: int, 
   p.add_argument("--confidence-eos-eot-inf", action="store_true",
                  help="rank EOS/EoT predictions last, exactly as the official code does (its evaluation setting)")
   p.add_argument("--seed", type=int, default=0, help="random seed for temperature / random remasking")
+  _add_decoding_args(p)
+
+
+def _add_decoding_args(p: argparse.ArgumentParser) -> None:
+  p.add_argument("--decoding", choices=["exact", "threshold", "factor"], default="exact",
+                 help="exact: the official step schedule (--steps); threshold: each call commits every masked "
+                 "position of the block with confidence ≥ --threshold (at least one), so calls are dynamic; factor: "
+                 "the n most confident while (n+1)(1−c_n) < --factor (Fast-dLLM)")
+  p.add_argument("--threshold", type=float, default=0.9, help="confidence threshold of --decoding threshold "
+                 "(default 0.9)")
+  p.add_argument("--factor", type=float, default=1.0, help="factor of --decoding factor (default 1.0)")
+  p.add_argument("--cache", choices=["none", "prefix", "dual"], default="none",
+                 help="block KV cache: after each block's first (full) call, run only the block and what follows "
+                 "it (prefix) or only the block (dual), reusing the other positions' keys/values (approximate; "
+                 "default none)")
 
 
 def _cmd_tokenizer(args: argparse.Namespace) -> None:
@@ -205,7 +251,8 @@ def _cmd_eval(args: argparse.Namespace) -> None:
   out = args.output or os.path.join(args.checkpoint if os.path.isdir(args.checkpoint) else ".", "eval_results.json")
   checkpoint.ensure_writable(os.path.dirname(os.path.abspath(out)))  # before hours of scoring, not after
   model, tokenizer = load_for_inference(args.checkpoint, args.tokenizer, args.dtype)
-  results = evaluate.run(model, tokenizer, tasks, data=args.data, limit=args.limit, batch_size=args.batch_size,
+  results = evaluate.run(model, tokenizer, tasks, sampling=_sampling_config(args, steps=1, gen_length=1),
+                         data=args.data, limit=args.limit, batch_size=args.batch_size,
                          add_bos=args.add_bos, seed=args.seed, elbo_seq_len=args.elbo_seq_len,
                          elbo_samples=args.elbo_samples,
                          progress_factory=lambda name, total: tqdm(total=total, desc=name, unit="ex"))
@@ -298,8 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.set_defaults(func=_cmd_train)
 
   p = commands.add_parser("generate", help="sample a continuation of a prompt (text in, text out)",
-                          description="Generate text with the reverse (unmasking) sampler, the official generate() "
-                          "semantics, compiled into one program.")
+                          description="Generate text with the reverse (unmasking) sampler: the official generate() "
+                          "semantics by default, or Fast-dLLM's threshold decoding and block KV caches; each block "
+                          "is printed as soon as it is final (one jitted program per block).")
   _add_sampling_args(p, gen_length=64, steps=64, block_length=None)
   p.add_argument("--prompt", required=True, help="the prompt text")
   p.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template (instruct models)")
@@ -309,8 +357,10 @@ def build_parser() -> argparse.ArgumentParser:
 
   p = commands.add_parser("chat", help="multi-turn chat on the terminal (reads stdin)",
                           description="Chat with an instruct model using the chat template and the official "
-                          "multi-turn handling (each reply stays in the context, EOS removed).")
+                          "multi-turn handling (each reply stays in the context, EOS removed). Replies stream block "
+                          "by block; a conversation that outgrows the context offers to start over.")
   _add_sampling_args(p, gen_length=128, steps=128, block_length=32)
+  p.add_argument("--system", default=None, help="a system message opening the conversation")
   p.set_defaults(func=_cmd_chat)
 
   p = commands.add_parser("eval", help="score a checkpoint on the paper's benchmarks (offline data)",
@@ -340,6 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None, help="cast weights/compute")
   p.add_argument("--seed", type=int, default=0, help="random seed for the Monte-Carlo draws")
   p.add_argument("--output", default=None, help="JSON results path (default CHECKPOINT/eval_results.json)")
+  _add_decoding_args(p)  # generation tasks
   p.set_defaults(func=_cmd_eval)
 
   p = commands.add_parser("tokenizer", help="train the sentencepiece tokenizer",

@@ -18,6 +18,7 @@ import numpy as np
 
 from llada_jax import eval_data, likelihood
 from llada_jax.errors import UserError
+from llada_jax.sampler import SamplingConfig
 
 EXTRA_TASKS = ("elbo", "reversal_poems")
 
@@ -56,20 +57,18 @@ def score_multiple_choice(model, tokenizer, task, *, add_bos: bool, batch_size: 
                     dict(num_fewshot=task.num_fewshot, cfg_scale=task.cfg_scale, mc_num=task.mc_num), 0.0, details)
 
 
-def generate_batch(model, tokenizer, prompts: list[list[int]], *, gen_length: int, steps: int, block_length: int,
-                   cfg_scale: float = 0.0, logits_eos_inf: bool = False, confidence_eos_eot_inf: bool = False,
-                   rng=None) -> list[str]:
-  """Greedy replies for prompts of different lengths: left-padded with EOS, padding masked as keys."""
+def generate_batch(model, tokenizer, prompts: list[list[int]], sampling: SamplingConfig, rng=None
+                   ) -> tuple[list[str], np.ndarray]:
+  """(replies, model calls per row) for prompts of different lengths: left-padded with EOS, padding masked as
+  keys."""
   width = max(len(p) for p in prompts)
   ids = np.full((len(prompts), width), tokenizer.eos_id, np.int32)
   mask = np.zeros((len(prompts), width), np.int32)
   for row, prompt in enumerate(prompts):
     ids[row, width - len(prompt):] = prompt
     mask[row, width - len(prompt):] = 1
-  out = model.generate(ids, attention_mask=mask, steps=steps, gen_length=gen_length, block_length=block_length,
-                       cfg_scale=cfg_scale, logits_eos_inf=logits_eos_inf,
-                       confidence_eos_eot_inf=confidence_eos_eot_inf, rng=rng)
-  return [tokenizer.decode(row[width:], skip_special_tokens=True) for row in np.asarray(out.tokens)]
+  out = model.generate(ids, attention_mask=mask, sampling=sampling, rng=rng)
+  return [tokenizer.decode(row[width:], skip_special_tokens=True) for row in np.asarray(out.tokens)], out.row_nfe
 
 
 def _is_correct(kind: str, answer: str, text: str) -> tuple[bool, str | None]:
@@ -83,8 +82,18 @@ def _is_correct(kind: str, answer: str, text: str) -> tuple[bool, str | None]:
   return answer in text, text.strip()  # substring (reversal poems)
 
 
-def score_generation(model, tokenizer, task, *, add_bos: bool, batch_size: int, rng, progress) -> TaskResult:
-  correct, details = 0, []
+def task_sampling(task, base: SamplingConfig, gen_length: int) -> SamplingConfig:
+  """The user's decoding options (`base`) with the task's lengths and guidance. LAMBADA's answer-length canvas is
+  one block of one step per token; chat tasks never generate EOS (spec §7)."""
+  last_word = task.kind == "last_word"
+  return dataclasses.replace(base, gen_length=gen_length, steps=gen_length if last_word else task.steps,
+                             block_length=gen_length if last_word else task.block_length, cfg_scale=task.cfg_scale,
+                             logits_eos_inf=base.logits_eos_inf or task.kind == "substring")
+
+
+def score_generation(model, tokenizer, task, *, sampling: SamplingConfig, add_bos: bool, batch_size: int, rng,
+                     progress) -> TaskResult:
+  correct, details, calls = 0, [], []
   chat = task.kind == "substring"
   examples = list(task.examples)
   for start in range(0, len(examples), batch_size):
@@ -96,18 +105,22 @@ def score_generation(model, tokenizer, task, *, add_bos: bool, batch_size: int, 
     gen_length = task.gen_length
     if task.kind == "last_word":  # the answer's own length (+1 so a trailing punctuation token fits)
       gen_length = max(len(tokenizer.encode(" " + e.answer)) for e in chunk) + 1
-    texts = generate_batch(model, tokenizer, prompts, gen_length=gen_length,
-                           steps=task.steps if task.kind != "last_word" else gen_length,
-                           block_length=task.block_length if task.kind != "last_word" else gen_length,
-                           logits_eos_inf=chat, rng=jax.random.fold_in(rng, start))
-    for example, text in zip(chunk, texts):
+    texts, row_nfe = generate_batch(model, tokenizer, prompts, task_sampling(task, sampling, gen_length),
+                                    rng=jax.random.fold_in(rng, start))
+    for example, text, nfe in zip(chunk, texts, row_nfe):
       ok, predicted = _is_correct(task.kind, example.answer, text)
       correct += ok
-      details.append({"id": example.id, "answer": example.answer, "prediction": predicted, "output": text})
+      calls.append(int(nfe))
+      details.append({"id": example.id, "answer": example.answer, "prediction": predicted, "output": text,
+                      "model_calls": int(nfe)})
     progress(len(chunk))
+  settings = dict(num_fewshot=task.num_fewshot, gen_length=task.gen_length, steps=task.steps,
+                  block_length=task.block_length, cfg_scale=task.cfg_scale, decoding=sampling.decoding,
+                  cache=sampling.cache, model_calls_mean=float(np.mean(calls)) if calls else 0.0)
+  if sampling.decoding != "exact":
+    settings[sampling.decoding] = getattr(sampling, sampling.decoding)
   return TaskResult(task.name, "exact_match" if not chat else "substring_match", correct / max(len(examples), 1),
-                    len(examples), dict(num_fewshot=task.num_fewshot, gen_length=task.gen_length, steps=task.steps,
-                                        block_length=task.block_length), 0.0, details)
+                    len(examples), settings, 0.0, details)
 
 
 def score_elbo(model, path: str, *, seq_len: int, samples: int, limit: int | None, tokenizer, rng,
@@ -154,8 +167,10 @@ def load_tasks(names: list[str], *, data: str | None, limit: int | None, num_few
   return tasks
 
 
-def run(model, tokenizer, tasks: list, *, data: str | None, limit: int | None, batch_size: int, add_bos: bool,
-        seed: int, elbo_seq_len: int, elbo_samples: int, progress_factory: Callable) -> list[TaskResult]:
+def run(model, tokenizer, tasks: list, *, sampling: SamplingConfig, data: str | None, limit: int | None,
+        batch_size: int, add_bos: bool, seed: int, elbo_seq_len: int, elbo_samples: int,
+        progress_factory: Callable) -> list[TaskResult]:
+  """Scores every task; generation tasks decode with `sampling`'s options (its lengths come from each task)."""
   rng = jax.random.key(seed)
   results = []
   for task in tasks:
@@ -166,8 +181,12 @@ def run(model, tokenizer, tasks: list, *, data: str | None, limit: int | None, b
                           tokenizer=tokenizer, rng=rng, progress=bar.update)
     else:
       bar = progress_factory(task.name, len(task.examples))
-      scorer = score_multiple_choice if task.kind == "multiple_choice" else score_generation
-      result = scorer(model, tokenizer, task, add_bos=add_bos, batch_size=batch_size, rng=rng, progress=bar.update)
+      if task.kind == "multiple_choice":
+        result = score_multiple_choice(model, tokenizer, task, add_bos=add_bos, batch_size=batch_size, rng=rng,
+                                       progress=bar.update)
+      else:
+        result = score_generation(model, tokenizer, task, sampling=sampling, add_bos=add_bos, batch_size=batch_size,
+                                  rng=rng, progress=bar.update)
     bar.close()
     result.seconds = time.time() - start
     results.append(result)

@@ -11,6 +11,7 @@ from conftest import REPO
 from llada_jax import eval_data, evaluate
 from llada_jax.config import ModelConfig
 from llada_jax.errors import UserError
+from llada_jax.sampler import SamplingConfig
 
 
 class ByteTokenizer:
@@ -41,13 +42,18 @@ class ScriptedModel:
     text = self.tokenizer.decode(answer)
     return -1.0 if text in self.best else -5.0 - len(text)
 
-  def generate(self, ids, attention_mask=None, gen_length=8, **options):
+  def generate(self, ids, attention_mask=None, sampling=None, rng=None):
+    self.calls.append(sampling)
+    gen_length = sampling.gen_length
     rows = []
     for row, mask in zip(np.asarray(ids), np.asarray(attention_mask)):
       prompt = self.tokenizer.decode(row[mask == 1])
       reply = self.tokenizer.encode(self.replies.get(prompt, ""))[:gen_length]
       rows.append(np.concatenate([row, reply + [2] * (gen_length - len(reply))]))
-    return type("Out", (), {"tokens": np.asarray(rows), "nfe": gen_length})
+    return type("Out", (), {"tokens": np.asarray(rows), "nfe": gen_length, "row_nfe": np.full(len(rows), 3)})
+
+
+FAST = SamplingConfig(steps=1, gen_length=1, decoding="threshold", threshold=0.8, cache="dual")
 
 
 def _task(kind, examples, **kw):
@@ -91,22 +97,31 @@ def test_gsm8k_compares_the_first_final_number():
              "Question: 10/4?\nAnswer:": " So the answer is 2.50"}
   result = evaluate.score_generation(ScriptedModel(tok, replies=replies), tok,
                                      _task("generation", examples, gen_length=64, steps=64, block_length=64),
-                                     add_bos=False, batch_size=2, rng=jax.random.key(0), progress=_progress)
+                                     sampling=FAST, add_bos=False, batch_size=2, rng=jax.random.key(0),
+                                     progress=_progress)
   assert [d["prediction"] for d in result.details] == ["42", "3", "2.5"]
   assert result.value == pytest.approx(2 / 3)
+  assert result.settings["decoding"] == "threshold" and result.settings["threshold"] == 0.8
+  assert result.settings["model_calls_mean"] == 3 and result.details[0]["model_calls"] == 3
 
 
 def test_lambada_checks_the_next_word_and_reversal_checks_a_substring():
   tok = ByteTokenizer()
   lam = [eval_data.Generation("He opened the", "door", "a"), eval_data.Generation("She sang a", "song", "b")]
   replies = {"He opened the": " door.", "She sang a": " tune"}
-  result = evaluate.score_generation(ScriptedModel(tok, replies=replies), tok, _task("last_word", lam),
-                                     add_bos=False, batch_size=8, rng=jax.random.key(0), progress=_progress)
+  model = ScriptedModel(tok, replies=replies)
+  result = evaluate.score_generation(model, tok, _task("last_word", lam), sampling=FAST, add_bos=False,
+                                     batch_size=8, rng=jax.random.key(0), progress=_progress)
   assert result.value == 0.5 and result.details[0]["prediction"] == "door"
+  # the user's decoding options with the task's lengths: one block, one step per answer token (+1)
+  used = model.calls[-1]
+  assert (used.decoding, used.cache, used.threshold) == ("threshold", "dual", 0.8)
+  assert used.gen_length == used.steps == used.block_length == len(tok.encode(" song")) + 1
   poems = [eval_data.Generation("first", "second", "p")]
   chat_prompt = tok.decode(tok.encode_chat([{"role": "user", "content": "first"}]))
   result = evaluate.score_generation(ScriptedModel(tok, replies={chat_prompt: "I think: second."}), tok,
-                                     _task("substring", poems), add_bos=False, batch_size=8, rng=jax.random.key(0),
+                                     _task("substring", poems), sampling=FAST, add_bos=False, batch_size=8,
+                                     rng=jax.random.key(0),
                                      progress=_progress)
   assert result.value == 1.0 and result.metric == "substring_match"
 
