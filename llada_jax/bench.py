@@ -136,22 +136,55 @@ def _train_step_closure(side: str, config_path: str, overrides: list[str], threa
   return step, f"XLA, {jax.devices()[0].platform}"
 
 
-def _sample_closure(side: str, config_path: str, overrides: list[str], threads: int, prompt_length: int,
-                    gen_length: int, steps: int) -> tuple[Callable[[], list], str]:
-  """(one greedy generation returning its tokens, what runs it): ours, or the official sampling rules on the
-  PyTorch reference loaded with the same weights (both sides initialise them from key 0)."""
+def _bench_prompts(vocab_size: int, prompt_length: int, batch: int, tokenizer_path: str | None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+  """(left-padded prompts [batch, prompt_length], attention mask): row i holds prompt_length − 4i tokens (at least
+  4), cut from the packaged Shakespeare with the checkpoint's tokenizer, or random ids without one."""
+  lengths = [max(4, prompt_length - 4 * i) for i in range(batch)]
+  if tokenizer_path:
+    from llada_jax import data
+    from llada_jax.tokenizer import load_tokenizer
+    ids = load_tokenizer(tokenizer_path).encode("".join(data.builtin_documents()[:3]))
+    rows = [ids[1000 * (i + 1):1000 * (i + 1) + n] for i, n in enumerate(lengths)]
+  else:
+    rng = np.random.default_rng(0)
+    rows = [rng.integers(8, vocab_size, n) for n in lengths]
+  prompt = np.zeros((batch, prompt_length), np.int32)
+  mask = np.zeros((batch, prompt_length), np.int32)
+  for i, row in enumerate(rows):
+    prompt[i, prompt_length - len(row):], mask[i, prompt_length - len(row):] = row, 1
+  return prompt, mask
+
+
+def _bench_weights(config_path: str, overrides: list[str], checkpoint_path: str | None):
+  """(ModelConfig, params, tokenizer path or None): a trained checkpoint's, or random weights from key 0."""
   import jax
-  from llada_jax import checkpoint, config as config_lib, convert
-  from llada_jax import model as model_lib, sampler
+  from llada_jax import checkpoint, model as model_lib
+  if checkpoint_path:
+    from llada_jax.pretrained import load_pretrained
+    model = load_pretrained(checkpoint_path)
+    return model.config, model.params, checkpoint.find_tokenizer(checkpoint_path)
   _, model_config = _load_config(config_path, overrides)
-  params = jax.jit(model_lib.init_params, static_argnums=0)(model_config, jax.random.key(0))
-  prompt = np.random.default_rng(0).integers(8, model_config.vocab_size, (1, prompt_length)).astype(np.int32)
-  options = dict(steps=steps, gen_length=gen_length, block_length=gen_length)
+  return model_config, jax.jit(model_lib.init_params, static_argnums=0)(model_config, jax.random.key(0)), None
+
+
+def _sample_closure(side: str, config_path: str, overrides: list[str], threads: int, prompt_length: int,
+                    gen_length: int, steps: int, block_length: int, batch: int, checkpoint_path: str | None,
+                    sampling: dict) -> tuple[Callable[[], list], str]:
+  """(one greedy generation returning [tokens, model calls per row], what runs it): ours with `sampling`'s
+  decoding options, or the official sampling rules on the PyTorch reference loaded with the same weights."""
+  import jax
+  from llada_jax import checkpoint, config as config_lib, convert, sampler
+  model_config, params, tokenizer_path = _bench_weights(config_path, overrides, checkpoint_path)
+  prompt, mask = _bench_prompts(model_config.vocab_size, prompt_length, batch, tokenizer_path)
+  padded = bool((mask == 0).any())
   if side == "jax":
+    options = sampler.SamplingConfig(steps=steps, gen_length=gen_length, block_length=block_length, **sampling)
+
     def generate():
-      out = sampler.generate(params, prompt, config=model_config, **options)
-      return [np.asarray(out.tokens).tolist(), int(out.nfe)]
-    return generate, "one jitted program"
+      out = sampler.generate(params, prompt, mask if padded else None, config=model_config, sampling=options)
+      return [np.asarray(out.tokens).tolist(), out.row_nfe.tolist()]
+    return generate, "one jitted program per block"
 
   import torch
   ref = _torch_reference()
@@ -164,9 +197,11 @@ def _sample_closure(side: str, config_path: str, overrides: list[str], threads: 
 
   def generate_reference():
     tokens, nfe = ref.generate(torch_model, torch.from_numpy(prompt.astype(np.int64)),
+                               attention_mask=torch.from_numpy(mask.astype(np.int64)) if padded else None,
                                mask_id=model_config.mask_token_id, eos_id=model_config.eos_token_id,
-                               eot_id=model_config.eot_token_id, **options)
-    return [tokens.numpy().tolist(), int(nfe)]
+                               eot_id=model_config.eot_token_id, steps=steps, gen_length=gen_length,
+                               block_length=block_length)
+    return [tokens.numpy().tolist(), [int(nfe)] * batch]
   return generate_reference, f"official sampling rules, {threads} threads"
 
 
@@ -310,13 +345,15 @@ class _Side:
     self.log.close()
 
 
-def _side_by_side(spec: dict, iters: int, rounds: int) -> tuple[list[str], list[float], list]:
-  """(labels, median seconds per call, last outputs) of ours then theirs, timed in alternating rounds so that a
-  noisy machine slows both alike. Started one after the other: one side's compile must not slow the other's
-  warm-up."""
-  sides = [_Side(side="jax", **spec)]
+def _side_by_side(spec: dict | list[dict], iters: int, rounds: int) -> tuple[list[str], list[float], list]:
+  """(labels, median seconds per call, last outputs) of each side — `spec` is ours then theirs, or a list of
+  specs — timed in alternating rounds so that a noisy machine slows all alike. Started one after the other: one
+  side's compile must not slow another's warm-up."""
+  specs = spec if isinstance(spec, list) else [dict(side="jax", **spec), dict(side="torch", **spec)]
+  sides = []
   try:
-    sides.append(_Side(side="torch", **spec))
+    for one in specs:
+      sides.append(_Side(**one))
     results = [[side.run(iters) for side in sides] for _ in range(rounds)]
   finally:
     for side in sides:
@@ -367,27 +404,80 @@ def bench_kernels(config_path: str, overrides: list[str], iters: int, threads: i
   return rows
 
 
+def _mode_name(sampling: dict) -> str:
+  parts = [sampling.get("decoding", "exact")]
+  if parts[0] in ("threshold", "factor"):
+    parts[0] += f" {sampling[parts[0]]:g}"
+  return ", ".join(parts + [f"cache {sampling.get('cache', 'none')}"])
+
+
 def bench_sample(config_path: str, overrides: list[str], prompt_length: int, gen_length: int, steps: int,
-                 threads: int, repeats: int = 2, rounds: int = 3) -> dict:
-  """Greedy sampling speed of ours and of the official sampling rules on the PyTorch reference, same weights,
-  one process per side as in `bench_train`; also whether both produced the same tokens."""
-  _, model_config = _load_config(config_path, overrides)
-  spec = dict(bench="sample", config_path=config_path, overrides=overrides, threads=threads,
-              prompt_length=prompt_length, gen_length=gen_length, steps=steps)
-  labels, (ours_s, theirs_s), ((ours_tokens, ours_nfe), (theirs_tokens, theirs_nfe)) = _side_by_side(
-      spec, repeats, rounds)
-  identical = ours_tokens == theirs_tokens
-  result = dict(config=config_path, prompt_length=prompt_length, gen_length=gen_length, steps=steps,
-                jax_tokens_per_s=gen_length / ours_s, torch_tokens_per_s=gen_length / theirs_s, jax_nfe=ours_nfe,
-                torch_nfe=theirs_nfe, identical_tokens=identical)
-  print(f"greedy sampling, {config_path}: prompt {prompt_length}, gen_length {gen_length}, steps {steps}, "
-        f"batch 1, {model_config.num_params():,} parameters")
-  print(f"  llada-jax ({labels[0]}): {result['jax_tokens_per_s']:8.1f} tokens/s, {ours_nfe} model calls, "
-        f"{ours_s:.2f} s")
-  print(f"  PyTorch reference ({labels[1]}): {result['torch_tokens_per_s']:8.1f} tokens/s, "
-        f"{theirs_nfe} model calls, {theirs_s:.2f} s")
-  print(f"  ratio llada-jax / PyTorch: {result['jax_tokens_per_s'] / result['torch_tokens_per_s']:.2f}×; "
-        f"outputs token-identical: {identical}")
+                 threads: int, *, block_length: int | None = None, batch: int = 1, checkpoint_path: str | None = None,
+                 modes: list[dict] = (), mc_num: int = 32, repeats: int = 2, rounds: int = 3) -> dict:
+  """Sampling speed of the exact sampler, of each faster mode (`modes`: SamplingConfig decoding fields) and of
+  the official sampling rules on the PyTorch reference, same weights and prompts, one process per side timed in
+  alternating rounds as in `bench_train`. For each mode also the quality cost: the fraction of generated tokens
+  equal to the exact sampler's, and the model's own Monte-Carlo log-likelihood of what it generated."""
+  block_length = block_length or gen_length
+  base = dict(config_path=config_path, overrides=overrides, threads=threads, prompt_length=prompt_length,
+              gen_length=gen_length, steps=steps, block_length=block_length, batch=batch,
+              checkpoint_path=checkpoint_path)
+  modes = [dict(m) for m in modes if dict(m).get("decoding", "exact") != "exact" or dict(m).get("cache", "none")
+           != "none"]
+  from llada_jax import sampler
+  for mode in modes:  # a bad option fails here, in one line, not inside a worker
+    sampler.SamplingConfig(steps=steps, gen_length=gen_length, block_length=block_length, **mode)
+  specs = [dict(bench="sample", side="jax", sampling={}, **base)]
+  specs += [dict(bench="sample", side="jax", sampling=m, **base) for m in modes]
+  specs.append(dict(bench="sample", side="torch", sampling={}, **base))
+  labels, seconds, outputs = _side_by_side(specs, repeats, rounds)
+
+  import jax
+  from llada_jax import likelihood
+  model_config, params, tokenizer_path = _bench_weights(config_path, overrides, checkpoint_path)
+  prompt, mask = _bench_prompts(model_config.vocab_size, prompt_length, batch, tokenizer_path)
+
+  def log_likelihood(tokens) -> float:
+    """Mean over rows of log p(generated | prompt), nats per generated token."""
+    values = [likelihood.log_likelihood(params, row[:prompt_length][m == 1], row[prompt_length:],
+                                        config=model_config, mc_num=mc_num, batch_size=min(mc_num, 16),
+                                        rng=jax.random.key(i)) / gen_length
+              for i, (row, m) in enumerate(zip(np.asarray(tokens), mask))]
+    return float(np.mean(values))
+
+  exact_tokens = np.asarray(outputs[0][0])[:, prompt_length:]
+  rows = []
+  for name, sampling, secs, (tokens, row_nfe) in zip(["exact"] + [_mode_name(m) for m in modes] + ["PyTorch"],
+                                                     [{}] + modes + [None], seconds, outputs):
+    generated = np.asarray(tokens)[:, prompt_length:]
+    rows.append(dict(mode=name, sampling=sampling, tokens_per_s=batch * gen_length / secs, seconds=secs,
+                     model_calls=float(np.mean(row_nfe)), tokens_per_call=gen_length / float(np.mean(row_nfe)),
+                     agreement=float(np.mean(generated == exact_tokens)),
+                     log_likelihood=log_likelihood(tokens) if sampling is not None else None))
+  exact, torch_row = rows[0], rows[-1]
+  weights = checkpoint_path or "random init (key 0)"
+  print(f"sampling, {config_path}, weights {weights}: prompt {prompt_length}, gen_length {gen_length}, block "
+        f"{block_length}, steps {steps} (exact), batch {batch}{' (left-padded)' if batch > 1 else ''}, "
+        f"{model_config.num_params():,} parameters")
+  print(f"  {'mode':30s} {'tokens/s':>9s} {'calls':>7s} {'tok/call':>8s} {'= exact':>8s} {'log-lik/tok':>11s} "
+        f"{'speed-up':>8s}")
+  for r in rows:
+    label = r["mode"] if r["sampling"] is not None else f"PyTorch ({labels[-1]})"
+    loglik = f"{r['log_likelihood']:11.3f}" if r["log_likelihood"] is not None else f"{'':11s}"
+    print(f"  {label:30s} {r['tokens_per_s']:9.1f} {r['model_calls']:7.1f} {r['tokens_per_call']:8.2f} "
+          f"{r['agreement']:8.1%} {loglik} {r['tokens_per_s'] / exact['tokens_per_s']:7.2f}×")
+  result = dict(config=config_path, checkpoint=checkpoint_path, prompt_length=prompt_length, gen_length=gen_length,
+                block_length=block_length, steps=steps, batch=batch, rows=rows,
+                identical_tokens=torch_row["agreement"] == 1.0,
+                exact_vs_pytorch=exact["tokens_per_s"] / torch_row["tokens_per_s"])
+  print(f"  exact vs PyTorch official rules: {result['exact_vs_pytorch']:.2f}×; outputs token-identical: "
+        f"{result['identical_tokens']}")
+  if modes:
+    fastest = max(rows[1:-1], key=lambda r: r["tokens_per_s"])
+    result["speed_up"] = fastest["tokens_per_s"] / exact["tokens_per_s"]
+    print(f"  fastest: {fastest['mode']}, {fastest['tokens_per_s'] / torch_row['tokens_per_s']:.2f}× the PyTorch "
+          "reference's official rules")
+    print(f"speed-up vs exact: {result['speed_up']:.2f}×")
   return result
 
 

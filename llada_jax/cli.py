@@ -271,7 +271,20 @@ def _cmd_bench(args: argparse.Namespace) -> None:
     bench.bench_kernels(args.config or "configs/tiny.py", args.overrides, args.iters, args.threads)
   else:
     bench.bench_sample(args.config or "configs/tiny.py", args.overrides, args.prompt_length, args.gen_length,
-                       args.steps, args.threads)
+                       args.steps, args.threads, block_length=args.block_length, batch=args.batch,
+                       checkpoint_path=args.checkpoint, modes=_bench_modes(args), mc_num=args.mc_num)
+
+
+def _bench_modes(args: argparse.Namespace) -> list[dict]:
+  """Every combination of the comma-separated --decoding, --threshold/--factor and --cache values."""
+  split = lambda text, kind=str: [kind(v) for v in text.split(",") if v.strip()]
+  modes = []
+  for decoding in split(args.decoding):
+    values = {"threshold": split(args.threshold, float), "factor": split(args.factor, float)}.get(decoding, [None])
+    for value in values:
+      for cache in split(args.cache):
+        modes.append(dict(decoding=decoding, cache=cache, **({decoding: value} if value is not None else {})))
+  return modes
 
 
 def _cmd_plan(args: argparse.Namespace) -> None:
@@ -460,7 +473,8 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Benchmarks. convert: peak RSS and time of both conversions on a synthetic "
                           "checkpoint with the 8B's tensor shapes and a few layers, extrapolated to 32 layers. "
                           "train: train-step tokens/s of llada-jax and of the PyTorch reference in tests/, same "
-                          "shapes, in one run. sample: greedy sampling tokens/s and model calls of llada-jax and of "
+                          "shapes, in one run. sample: greedy sampling tokens/s, model calls and quality (agreement "
+                          "with exact, log-likelihood) of the exact sampler, of faster decodings/caches and of "
                           "the official sampling rules on the PyTorch reference, same weights. kernels: forward + "
                           "backward time of the train step's projections, output head and attention at the config's "
                           "shapes, next to the PyTorch reference's (where a train-step gap comes from). train, sample "
@@ -475,7 +489,21 @@ def build_parser() -> argparse.ArgumentParser:
                  "(default: all cores)")
   p.add_argument("--prompt-length", type=int, default=64, help="sample: prompt tokens (default 64)")
   p.add_argument("--gen-length", type=int, default=64, help="sample: generated tokens (default 64)")
-  p.add_argument("--steps", type=int, default=64, help="sample: sampling steps (default 64)")
+  p.add_argument("--steps", type=int, default=64, help="sample: steps of the exact sampler (default 64)")
+  p.add_argument("--block-length", type=int, default=None, help="sample: block length (default gen-length)")
+  p.add_argument("--batch", type=int, default=1, help="sample: prompts per call; rows after the first are 4 tokens "
+                 "shorter each, left-padded (default 1)")
+  p.add_argument("--checkpoint", default=None, help="sample: a trained checkpoint or workdir (its config and "
+                 "tokenizer; prompts from the packaged corpus) instead of random weights: thresholds only fire "
+                 "on a confident model")
+  p.add_argument("--decoding", default="exact", help="sample: comma-separated decodings to time next to exact "
+                 "(exact, threshold, factor)")
+  p.add_argument("--threshold", default="0.9", help="sample: comma-separated thresholds (default 0.9)")
+  p.add_argument("--factor", default="1.0", help="sample: comma-separated factors (default 1.0)")
+  p.add_argument("--cache", default="none", help="sample: comma-separated caches (none, prefix, dual); every "
+                 "combination with --decoding/--threshold/--factor is one mode")
+  p.add_argument("--mc-num", type=int, default=32, help="sample: Monte-Carlo samples of each output's "
+                 "log-likelihood (default 32)")
   p.add_argument("--layers", default="2,4", help="convert: comma-separated layer counts to measure (default 2,4)")
   p.add_argument("--dtype", choices=["float32", "bfloat16"], default="bfloat16",
                  help="convert: weight dtype (default bfloat16)")

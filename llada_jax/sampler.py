@@ -326,7 +326,8 @@ def _dynamic_block(params, x, attention_mask, prompt_index, rng, block, *, confi
     return jax.lax.dynamic_update_slice_in_dim(x, jnp.where(chosen, x0.astype(x.dtype), current), start, axis=1)
 
   block_masked = lambda x: jnp.sum(jax.lax.dynamic_slice_in_dim(x, start, size, axis=1) == mask_id, axis=1)
-  schedule = transfer_schedule(block_masked(x), sampling.steps // sampling.num_blocks)
+  if sampling.decoding == "exact":  # the step schedule, with a cache
+    schedule = transfer_schedule(block_masked(x), sampling.steps // sampling.num_blocks)
   logits, cache = first_call(x)
   x = commit(x, logits, 0)
 

@@ -4,12 +4,19 @@ from conftest import REPO
 from llada_jax import bench
 
 
-def test_sample_benchmark_runs_both_sides_in_their_own_processes_and_they_agree(monkeypatch):
+def test_sample_benchmark_runs_every_side_in_its_own_process_and_they_agree(monkeypatch):
   monkeypatch.chdir(REPO)
+  modes = [dict(decoding="threshold", threshold=1.5, cache="none"), dict(decoding="threshold", threshold=0.5,
+                                                                           cache="dual")]
   result = bench.bench_sample("configs/tiny.py", ["model.n_layers=1"], prompt_length=8, gen_length=8, steps=8,
-                              threads=1, repeats=1, rounds=1)
-  assert result["identical_tokens"] and result["jax_nfe"] == result["torch_nfe"] == 8
-  assert result["jax_tokens_per_s"] > 0 and result["torch_tokens_per_s"] > 0
+                              threads=1, block_length=4, batch=2, modes=modes, mc_num=2, repeats=1, rounds=1)
+  exact, above_one, dual, torch_row = result["rows"]
+  assert result["identical_tokens"] and exact["model_calls"] == torch_row["model_calls"] == 8
+  # a threshold above 1 commits one token per call: the exact sampler with steps = gen_length, token for token
+  assert above_one["agreement"] == 1.0 and above_one["model_calls"] == 8
+  assert 1 <= dual["model_calls"] <= 8 and dual["tokens_per_call"] == 8 / dual["model_calls"]
+  assert all(r["tokens_per_s"] > 0 for r in result["rows"]) and result["speed_up"] > 0
+  assert all(r["log_likelihood"] < 0 for r in result["rows"][:-1])
 
 
 def test_kernel_benchmark_sides_compute_the_same_gradients(monkeypatch):

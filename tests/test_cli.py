@@ -132,6 +132,12 @@ def test_generate_and_chat_on_the_trained_run(trained):
   assert chat.stdout.count("llada> ") == 2
   bad = run_cli("generate", "--checkpoint", workdir, "--prompt", "x", "--gen-length", "10", "--block-length", "4")
   assert bad.returncode == 2 and "multiple of block_length" in bad.stderr
+  fast = run_cli("generate", "--checkpoint", workdir, "--prompt", "ROMEO:", "--gen-length", "8", "--block-length",
+                 "4", "--decoding", "threshold", "--threshold", "0.5", "--cache", "dual")
+  assert fast.returncode == 0 and fast.stdout.strip(), fast.stderr[-2000:]
+  bad = run_cli("generate", "--checkpoint", workdir, "--prompt", "x", "--decoding", "threshold", "--remasking",
+                "random")
+  assert bad.returncode == 2 and "needs remasking=low_confidence" in bad.stderr and len(bad.stderr.splitlines()) == 1
 
 
 def test_eval_and_export_of_the_trained_run(trained, tmp_path):

@@ -314,3 +314,17 @@ def test_fast_modes_refuse_what_they_cannot_do(sharp_pair):
     model.generate(_prompts(), cache="dual", return_history=True)
   # steps only sets the exact schedule: threshold decoding accepts any
   assert sampler.SamplingConfig(decoding="threshold", steps=3, gen_length=8, block_length=4).num_blocks == 2
+
+
+@pytest.mark.parametrize("cache", ["none", "dual"])
+def test_eos_options_hold_in_fast_modes(pair, cache):
+  """On the EOS-favouring model: logits_eos_inf never yields EOS, and the confidence quirk changes what is
+  committed, with threshold decoding and a cache as with the exact sampler."""
+  model, _ = pair
+  prompt = _prompts(batch=3)
+  args = dict(gen_length=8, block_length=4, decoding="threshold", threshold=0.05, cache=cache)
+  base = np.asarray(model.generate(prompt, **args).tokens)
+  assert np.isin(base[:, 6:], [EOS, EOT]).any()
+  assert not (np.asarray(model.generate(prompt, logits_eos_inf=True, **args).tokens)[:, 6:] == EOS).any()
+  quirk = np.asarray(model.generate(prompt, confidence_eos_eot_inf=True, **args).tokens)
+  assert not np.array_equal(quirk, base) and not np.any(quirk == MASK)
