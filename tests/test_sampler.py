@@ -253,11 +253,11 @@ def _left_padded_batch(lengths, seed=0):
 
 
 @pytest.mark.parametrize("args", [
-    dict(decoding="threshold", threshold=0.3, cache="dual"),
     dict(decoding="threshold", threshold=0.9, cache="prefix", cfg_scale=1.0),
-    dict(decoding="factor", cache="dual", cfg_scale=1.0),
-    dict(decoding="threshold", threshold=0.5),
-], ids=["threshold_dual", "threshold_prefix_cfg", "factor_dual_cfg", "threshold"])
+    pytest.param(dict(decoding="threshold", threshold=0.3, cache="dual"), marks=pytest.mark.slow),
+    pytest.param(dict(decoding="factor", cache="dual", cfg_scale=1.0), marks=pytest.mark.slow),
+    pytest.param(dict(decoding="threshold", threshold=0.5), marks=pytest.mark.slow),
+], ids=["threshold_prefix_cfg", "threshold_dual", "factor_dual_cfg", "threshold"])
 def test_rows_are_batch_invariant(sharp_pair, args):
   """Each row of a left-padded batch of 8 (prompt lengths 3..10) gets the tokens and model-call count it gets
   alone, though the rows finish their blocks after different numbers of calls."""
