@@ -140,6 +140,7 @@ def _bench_prompts(vocab_size: int, prompt_length: int, batch: int, tokenizer_pa
                    ) -> tuple[np.ndarray, np.ndarray]:
   """(left-padded prompts [batch, prompt_length], attention mask): row i holds prompt_length − 4i tokens (at least
   4), cut from the packaged Shakespeare with the checkpoint's tokenizer, or random ids without one."""
+  from llada_jax import sampler
   lengths = [max(4, prompt_length - 4 * i) for i in range(batch)]
   if tokenizer_path:
     from llada_jax import data
@@ -149,11 +150,7 @@ def _bench_prompts(vocab_size: int, prompt_length: int, batch: int, tokenizer_pa
   else:
     rng = np.random.default_rng(0)
     rows = [rng.integers(8, vocab_size, n) for n in lengths]
-  prompt = np.zeros((batch, prompt_length), np.int32)
-  mask = np.zeros((batch, prompt_length), np.int32)
-  for i, row in enumerate(rows):
-    prompt[i, prompt_length - len(row):], mask[i, prompt_length - len(row):] = row, 1
-  return prompt, mask
+  return sampler.left_pad(rows, pad_id=0, width=prompt_length)
 
 
 def _bench_weights(config_path: str, overrides: list[str], checkpoint_path: str | None):

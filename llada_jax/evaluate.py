@@ -18,7 +18,7 @@ import numpy as np
 
 from llada_jax import eval_data, likelihood
 from llada_jax.errors import UserError
-from llada_jax.sampler import SamplingConfig
+from llada_jax.sampler import SamplingConfig, left_pad
 
 EXTRA_TASKS = ("elbo", "reversal_poems")
 
@@ -40,20 +40,28 @@ def encode_pair(tokenizer, context: str, continuation: str, add_bos: bool) -> tu
   return tokenizer.encode(context, add_bos=add_bos), tokenizer.encode(continuation)
 
 
-def score_multiple_choice(model, tokenizer, task, *, add_bos: bool, batch_size: int, rng, progress) -> TaskResult:
+def score_multiple_choice(model, tokenizer, task, *, add_bos: bool, batch_size: int, rng, progress,
+                          pairs_per_call: int = 4) -> TaskResult:
+  """Accuracy of picking the most likely choice. The choices of `pairs_per_call` examples at a time go to the
+  batched estimator; choice c of example i draws its masks from fold_in(rng, 16·i + c) whatever the batching."""
   correct, details = 0, []
-  for index, example in enumerate(task.examples):
-    scores = []
-    for choice_index, choice in enumerate(example.choices):
-      context, continuation = encode_pair(tokenizer, choice.context, choice.continuation, add_bos)
-      scores.append(model.log_likelihood(context, continuation, mc_num=task.mc_num,
-                                         batch_size=min(batch_size, task.mc_num), cfg_scale=task.cfg_scale,
-                                         rng=jax.random.fold_in(rng, index * 16 + choice_index)))
-    prediction = int(np.argmax(scores))
-    correct += prediction == example.gold
-    details.append({"id": example.id, "gold": example.gold, "prediction": prediction, "log_likelihoods": scores})
-    progress(1)
-  return TaskResult(task.name, "accuracy", correct / max(len(task.examples), 1), len(task.examples),
+  examples = list(task.examples)
+  for first in range(0, len(examples), pairs_per_call):
+    chunk = list(enumerate(examples[first:first + pairs_per_call], start=first))
+    pairs, keys = [], []
+    for index, example in chunk:
+      for choice_index, choice in enumerate(example.choices):
+        pairs.append(encode_pair(tokenizer, choice.context, choice.continuation, add_bos))
+        keys.append(jax.random.fold_in(rng, index * 16 + choice_index))
+    values = iter(model.log_likelihoods(pairs, rngs=keys, mc_num=task.mc_num, batch_size=min(batch_size, task.mc_num),
+                                        cfg_scale=task.cfg_scale, pairs_per_call=pairs_per_call).tolist())
+    for index, example in chunk:
+      scores = [next(values) for _ in example.choices]
+      prediction = int(np.argmax(scores))
+      correct += prediction == example.gold
+      details.append({"id": example.id, "gold": example.gold, "prediction": prediction, "log_likelihoods": scores})
+    progress(len(chunk))
+  return TaskResult(task.name, "accuracy", correct / max(len(examples), 1), len(examples),
                     dict(num_fewshot=task.num_fewshot, cfg_scale=task.cfg_scale, mc_num=task.mc_num), 0.0, details)
 
 
@@ -61,12 +69,8 @@ def generate_batch(model, tokenizer, prompts: list[list[int]], sampling: Samplin
                    ) -> tuple[list[str], np.ndarray]:
   """(replies, model calls per row) for prompts of different lengths: left-padded with EOS, padding masked as
   keys."""
-  width = max(len(p) for p in prompts)
-  ids = np.full((len(prompts), width), tokenizer.eos_id, np.int32)
-  mask = np.zeros((len(prompts), width), np.int32)
-  for row, prompt in enumerate(prompts):
-    ids[row, width - len(prompt):] = prompt
-    mask[row, width - len(prompt):] = 1
+  ids, mask = left_pad(prompts, tokenizer.eos_id)
+  width = ids.shape[1]
   out = model.generate(ids, attention_mask=mask, sampling=sampling, rng=rng)
   return [tokenizer.decode(row[width:], skip_special_tokens=True) for row in np.asarray(out.tokens)], out.row_nfe
 
@@ -169,7 +173,7 @@ def load_tasks(names: list[str], *, data: str | None, limit: int | None, num_few
 
 def run(model, tokenizer, tasks: list, *, sampling: SamplingConfig, data: str | None, limit: int | None,
         batch_size: int, add_bos: bool, seed: int, elbo_seq_len: int, elbo_samples: int,
-        progress_factory: Callable) -> list[TaskResult]:
+        progress_factory: Callable, pairs_per_call: int = 4) -> list[TaskResult]:
   """Scores every task; generation tasks decode with `sampling`'s options (its lengths come from each task)."""
   rng = jax.random.key(seed)
   results = []
@@ -183,7 +187,7 @@ def run(model, tokenizer, tasks: list, *, sampling: SamplingConfig, data: str | 
       bar = progress_factory(task.name, len(task.examples))
       if task.kind == "multiple_choice":
         result = score_multiple_choice(model, tokenizer, task, add_bos=add_bos, batch_size=batch_size, rng=rng,
-                                       progress=bar.update)
+                                       progress=bar.update, pairs_per_call=pairs_per_call)
       else:
         result = score_generation(model, tokenizer, task, sampling=sampling, add_bos=add_bos, batch_size=batch_size,
                                   rng=rng, progress=bar.update)

@@ -20,7 +20,13 @@ from llada_jax import sampler
 from llada_jax.config import ModelConfig
 from llada_jax.errors import UserError
 
-BUCKET = 64
+
+BUCKET = 64  # sequences are padded to a multiple of this: one compilation serves many lengths
+WINDOW = 16  # answers are scored over a multiple of this many positions
+
+
+def round_up(n: int, multiple: int) -> int:
+  return -(-n // multiple) * multiple
 
 
 def stratified_counts(rng: jax.Array, batch: int, answer_length: jax.Array) -> jax.Array:
@@ -44,34 +50,67 @@ def draw_masks(rng: jax.Array, batch: int, length: int, prompt_length: jax.Array
   return rank < counts[:, None]
 
 
+def minibatch_losses(params, seqs, masks, prompt_lengths, answer_lengths, *, config: ModelConfig,
+                     cfg_scale: float, mask_id: int, window: int | None = None) -> jax.Array:
+  """[pairs] Σ_rows Σ_masked CE / (x_i / T) / b: one mini-batch of masks [pairs, b, L] for each of `pairs` padded
+  sequences seqs [pairs, L], all in one model call of pairs·b rows (twice that with guidance).
+
+  `window` (static, ≥ every T): the output head and the cross-entropy run only over `window` positions covering
+  each answer, which hold every mask token unless a prompt itself contains one; None scores all L positions.
+  """
+  pairs, batch, length = masks.shape
+  position = jnp.arange(length)[None, :]
+  valid = position < (prompt_lengths + answer_lengths)[:, None]  # [pairs, L]
+  x = jnp.where(masks, mask_id, seqs[:, None, :])
+  window = length if window is None else window
+  scored_at = jnp.clip(prompt_lengths, 0, length - window)[:, None] + jnp.arange(window)  # [pairs, window]
+  per_row = lambda a: jnp.broadcast_to(a[:, None], (pairs, batch, *a.shape[1:])).reshape(pairs * batch, *a.shape[1:])
+
+  def run(tokens, key_mask):
+    hidden = model_lib.features(params, tokens, key_mask, config=config)
+    at = jnp.tile(per_row(scored_at), (tokens.shape[0] // (pairs * batch), 1))  # guidance doubles the rows
+    return model_lib.head(params, jnp.take_along_axis(hidden, at[..., None], axis=1), config=config), None
+
+  logits, _ = sampler.with_guidance(run, x.reshape(pairs * batch, length), per_row(valid),
+                                    per_row(position < prompt_lengths[:, None]), cfg_scale=cfg_scale,
+                                    mask_id=mask_id)
+  cut = lambda a: jnp.take_along_axis(a, per_row(scored_at), axis=1)
+  ce = loss_lib.token_ce(logits.astype(jnp.float32), cut(per_row(seqs)))
+  p = (jnp.sum(masks, axis=2) / answer_lengths[:, None]).reshape(pairs * batch)
+  # As officially, every mask token counts, also one already in the text.
+  scored = (cut(x.reshape(pairs * batch, length)) == mask_id) & cut(per_row(valid))
+  return jnp.sum(jnp.where(scored, ce / p[:, None], 0.0).reshape(pairs, -1), axis=1) / batch
+
+
 def minibatch_loss(params, seq, masks, prompt_length, answer_length, *, config: ModelConfig, cfg_scale: float,
-                   mask_id: int) -> jax.Array:
-  """Σ_rows Σ_masked CE / (x_i / T) / b for one mini-batch of masks [b, L] over the padded sequence seq [L]."""
-  batch, length = masks.shape
-  position = jnp.arange(length)
-  valid = position < prompt_length + answer_length
-  x = jnp.where(masks, mask_id, seq[None, :])
-  logits = sampler.guided_logits(params, x, jnp.broadcast_to(valid, x.shape), position < prompt_length,
-                                 config=config, cfg_scale=cfg_scale, mask_id=mask_id)
-  ce = loss_lib.token_ce(logits, jnp.broadcast_to(seq, x.shape))
-  p = jnp.sum(masks, axis=1) / answer_length
-  scored = (x == mask_id) & valid  # as officially: every mask token counts, also one already in the text
-  return jnp.sum(jnp.where(scored, ce / p[:, None], 0.0)) / batch
+                   mask_id: int, window: int | None = None) -> jax.Array:
+  """`minibatch_losses` of one sequence seq [L] with masks [b, L]."""
+  return minibatch_losses(params, seq[None], masks[None], jnp.asarray(prompt_length)[None],
+                          jnp.asarray(answer_length)[None], config=config, cfg_scale=cfg_scale, mask_id=mask_id,
+                          window=window)[0]
 
 
-@functools.partial(jax.jit, static_argnames=("config", "num_batches", "batch_size", "cfg_scale", "mask_id"))
-def _estimate(params, seq, prompt_length, answer_length, rng, *, config, num_batches, batch_size, cfg_scale,
-              mask_id):
-  def one(_, key):
-    masks = draw_masks(key, batch_size, seq.shape[0], prompt_length, answer_length)
-    return None, minibatch_loss(params, seq, masks, prompt_length, answer_length, config=config,
-                                cfg_scale=cfg_scale, mask_id=mask_id)
-  _, losses = jax.lax.scan(one, None, jax.random.split(rng, num_batches))
-  return -jnp.mean(losses)
+@functools.partial(jax.jit, static_argnames=("config", "num_batches", "batch_size", "cfg_scale", "mask_id",
+                                             "window"))
+def _estimate_many(params, seqs, prompt_lengths, answer_lengths, rngs, *, config, num_batches, batch_size,
+                   cfg_scale, mask_id, window):
+  """The estimate of each of a group's pairs: a `lax.scan` over mini-batches, each one model call holding every
+  pair's masked copies. Pair i's masks come from its own key, so its value does not depend on its companions."""
+  length = seqs.shape[1]
+  keys = jax.vmap(lambda key: jax.random.split(key, num_batches))(rngs)  # [pairs, num_batches]
+  draw = jax.vmap(lambda key, lp, la: draw_masks(key, batch_size, length, lp, la))
+
+  def one(_, minibatch_keys):
+    masks = draw(minibatch_keys, prompt_lengths, answer_lengths)
+    return None, minibatch_losses(params, seqs, masks, prompt_lengths, answer_lengths, config=config,
+                                  cfg_scale=cfg_scale, mask_id=mask_id, window=window)
+
+  _, losses = jax.lax.scan(one, None, jnp.swapaxes(keys, 0, 1))
+  return -jnp.mean(losses, axis=0)
 
 
-def pad_to_bucket(ids: np.ndarray, pad_id: int, bucket: int = BUCKET) -> np.ndarray:
-  length = -(-len(ids) // bucket) * bucket
+def pad_to_bucket(ids: np.ndarray, pad_id: int) -> np.ndarray:
+  length = round_up(len(ids), BUCKET)
   return np.concatenate([ids, np.full(length - len(ids), pad_id, ids.dtype)])
 
 
@@ -79,44 +118,117 @@ def log_likelihood(params, prompt, answer, *, config: ModelConfig, mc_num: int =
                    cfg_scale: float = 0.0, mask_id: int | None = None, rng: jax.Array | None = None) -> float:
   """Monte-Carlo estimate of log p(answer | prompt) (nats), the official estimator. mc_num=1 suffices for
   single-token answers (MMLU-style)."""
-  prompt, answer = np.asarray(prompt, np.int32).reshape(-1), np.asarray(answer, np.int32).reshape(-1)
+  rng = jax.random.key(0) if rng is None else rng
+  return float(log_likelihoods(params, [(prompt, answer)], config=config, mc_num=mc_num, batch_size=batch_size,
+                               cfg_scale=cfg_scale, mask_id=mask_id, rngs=[rng], pairs_per_call=1)[0])
+
+
+def log_likelihoods(params, pairs, *, config: ModelConfig, rngs, mc_num: int = 128, batch_size: int = 16,
+                    cfg_scale: float = 0.0, mask_id: int | None = None, pairs_per_call: int = 4,
+                    progress=None) -> np.ndarray:
+  """`log_likelihood` of many (prompt, answer) pairs, pair i drawing its masks from rngs[i], so each value
+  equals the pair's own `log_likelihood` with that key (up to float rounding of the larger matmuls).
+
+  Pairs whose padded lengths share a bucket run up to `pairs_per_call` at a time in one jitted call (batch_size ×
+  pairs_per_call rows per model call): the choices of a multiple-choice question, or several questions. A short
+  last call of a bucket is filled with copies up to a power of two, so a bucket compiles only a few shapes."""
   mask_id = config.mask_token_id if mask_id is None else int(mask_id)
   batch_size = min(batch_size, mc_num)
-  if len(answer) == 0:
-    raise UserError("the answer is empty: there is nothing to score")
   if mc_num % batch_size:
     raise UserError(f"mc_num={mc_num} must be a multiple of batch_size={batch_size}")
-  if len(prompt) + len(answer) > config.max_sequence_length:
-    raise UserError(f"prompt + answer ({len(prompt) + len(answer)} tokens) exceed the model's max_sequence_length "
-                    f"{config.max_sequence_length}")
+  if pairs_per_call < 1:
+    raise UserError(f"pairs_per_call={pairs_per_call} must be at least 1")
   if not 0 <= mask_id < config.embedding_size:
     raise UserError(f"mask id {mask_id} is outside the vocabulary (size {config.embedding_size})")
-  seq = pad_to_bucket(np.concatenate([prompt, answer]), config.pad_token_id)
-  rng = jax.random.key(0) if rng is None else rng
-  return float(_estimate(params, jnp.asarray(seq), len(prompt), len(answer), rng, config=config,
-                         num_batches=mc_num // batch_size, batch_size=batch_size, cfg_scale=float(cfg_scale),
-                         mask_id=mask_id))
+  rngs = list(rngs)
+  if len(rngs) != len(pairs):
+    raise ValueError(f"{len(pairs)} pairs but {len(rngs)} keys")
+  encoded = []
+  for prompt, answer in pairs:
+    prompt, answer = np.asarray(prompt, np.int32).reshape(-1), np.asarray(answer, np.int32).reshape(-1)
+    if len(answer) == 0:
+      raise UserError("the answer is empty: there is nothing to score")
+    if len(prompt) + len(answer) > config.max_sequence_length:
+      raise UserError(f"prompt + answer ({len(prompt) + len(answer)} tokens) exceed the model's "
+                      f"max_sequence_length {config.max_sequence_length}")
+    seq = pad_to_bucket(np.concatenate([prompt, answer]), config.pad_token_id)
+    # A mask token inside the prompt is scored too (officially), so such a pair scores every position.
+    window = len(seq) if np.any(prompt == mask_id) else min(len(seq), round_up(len(answer), WINDOW))
+    encoded.append((seq, len(prompt), len(answer), window))
+  groups: dict[int, list[int]] = {}
+  for i, (seq, _, _, _) in enumerate(encoded):
+    groups.setdefault(len(seq), []).append(i)
+  values = np.zeros(len(pairs), np.float64)
+  run_config = config.for_inference()
+  for length, indices in groups.items():
+    indices.sort(key=lambda i: encoded[i][3])  # neighbours need similar scoring windows
+    for first in range(0, len(indices), pairs_per_call):
+      chunk = indices[first:first + pairs_per_call]
+      size = min(pairs_per_call, 1 << (len(chunk) - 1).bit_length())  # few shapes, under half of them filler
+      rows = chunk + [chunk[0]] * (size - len(chunk))
+      seqs, prompt_lengths, answer_lengths = (np.stack([encoded[i][j] for i in rows]) for j in range(3))
+      out = _estimate_many(params, jnp.asarray(seqs), jnp.asarray(prompt_lengths, jnp.int32),
+                           jnp.asarray(answer_lengths, jnp.int32), jnp.stack([rngs[i] for i in rows]),
+                           config=run_config, num_batches=mc_num // batch_size, batch_size=batch_size,
+                           cfg_scale=float(cfg_scale), mask_id=mask_id, window=encoded[chunk[-1]][3])
+      values[chunk] = np.asarray(out)[:len(chunk)]
+      if progress:
+        progress(len(chunk))
+  return values
 
 
 @functools.partial(jax.jit, static_argnames=("config", "eps"))
-def _window_bound(params, tokens, rng, *, config: ModelConfig, eps: float):
+def _bound_sums(params, tokens, lengths, rng, *, config: ModelConfig, eps: float):
+  """Per row, Σ_masked CE / p over its first lengths[i] tokens (the rest is padding, masked as keys): one draw of
+  the diffusion bound on the row's NLL, in nats."""
   noised = loss_lib.noise(rng, tokens, mask_id=config.mask_token_id, eps=eps)
-  logits = model_lib.apply(params, noised.inputs, config=config)
-  return loss_lib.diffusion_loss(loss_lib.token_ce(logits, tokens), noised)
+  valid = jnp.arange(tokens.shape[1])[None, :] < lengths[:, None]
+  masked = noised.masked & valid
+  logits = model_lib.apply(params, jnp.where(masked, config.mask_token_id, tokens), valid, config=config)
+  ce = loss_lib.token_ce(logits, tokens)
+  return jnp.sum(jnp.where(masked, ce / noised.p[:, None], 0.0), axis=1)
+
+
+def nll_bounds(params, documents, *, config: ModelConfig, samples: int = 8, batch_size: int = 8,
+               rng: jax.Array | None = None, eps: float = 1e-3, max_length: int | None = None,
+               progress=None) -> np.ndarray:
+  """Per document (a sequence of token ids): the diffusion bound on its NLL in nats, averaged over `samples`
+  draws. It is an upper bound on −log p, not an estimate of it: −bound is a lower bound on the log-likelihood.
+  A document longer than `max_length` (default the model's) is cut into consecutive windows, each token scored
+  once with the context of its own window. Windows are padded to a length bucket, `batch_size` per call."""
+  rng = jax.random.key(0) if rng is None else rng
+  max_length = min(max_length or config.max_sequence_length, config.max_sequence_length)
+  run_config = config.for_inference()
+  windows = []  # (document index, tokens)
+  for d, doc in enumerate(documents):
+    doc = np.asarray(doc, np.int32).reshape(-1)
+    windows += [(d, doc[i:i + max_length]) for i in range(0, len(doc), max_length)]
+  groups: dict[int, list[int]] = {}
+  for w, (_, tokens) in enumerate(windows):
+    groups.setdefault(min(round_up(len(tokens), BUCKET), max_length), []).append(w)
+  totals = np.zeros(len(documents), np.float64)
+  for length, members in sorted(groups.items()):
+    for first in range(0, len(members), batch_size):
+      chunk = members[first:first + batch_size]
+      rows = chunk + [chunk[0]] * (batch_size - len(chunk))  # one shape per bucket
+      tokens = np.stack([np.pad(windows[w][1], (0, length - len(windows[w][1])),
+                                constant_values=config.pad_token_id) for w in rows])
+      lengths = jnp.asarray([len(windows[w][1]) for w in rows], jnp.int32)
+      key = jax.random.fold_in(rng, chunk[0])
+      draws = np.mean([np.asarray(_bound_sums(params, jnp.asarray(tokens), lengths, jax.random.fold_in(key, s),
+                                              config=run_config, eps=eps)) for s in range(samples)], axis=0)
+      for w, value in zip(chunk, draws):
+        totals[windows[w][0]] += value
+      if progress:
+        progress(len(chunk))
+  return totals
 
 
 def elbo_bound(params, windows: np.ndarray, *, config: ModelConfig, samples: int = 8, batch_size: int = 8,
                rng: jax.Array | None = None, eps: float = 1e-3, progress=None) -> float:
   """The diffusion loss (an upper bound on NLL, nats/token) averaged over windows [n, L] and `samples` draws.
   exp() of it bounds the perplexity."""
-  rng = jax.random.key(0) if rng is None else rng
-  values = []
-  for start in range(0, len(windows), batch_size):
-    chunk = jnp.asarray(windows[start:start + batch_size])
-    for s in range(samples):
-      values.append((float(_window_bound(params, chunk, jax.random.fold_in(rng, start * samples + s),
-                                         config=config, eps=eps)), len(chunk)))
-    if progress:
-      progress(len(chunk))
-  total = sum(n for _, n in values)
-  return sum(v * n for v, n in values) / total
+  windows = np.asarray(windows)
+  bounds = nll_bounds(params, list(windows), config=config, samples=samples, batch_size=batch_size, rng=rng,
+                      eps=eps, max_length=windows.shape[1], progress=progress)
+  return float(bounds.sum() / windows.size)

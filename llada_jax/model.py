@@ -160,16 +160,16 @@ class LLaDA(nnx.Module):
       x = jax.lax.dynamic_slice_in_dim(x, start, size, axis=1)
     return self.head(x)
 
-  def features(self, tokens: jax.Array, attention_mask: jax.Array | None) -> jax.Array:
-    """The final-norm hidden states [batch, length, d_model]: everything but the output head."""
-    return self._features(tokens, attention_mask, None, 0, collect_kv=False)[0]
+  def features(self, tokens: jax.Array, attention_mask: jax.Array | None, cache: "KVCache | None" = None,
+               start: jax.Array | int = 0) -> jax.Array:
+    """The final-norm hidden states [batch, length, d_model]: everything but the output head. With `cache` (a
+    whole canvas's keys/values), `tokens` are canvas positions start..start+len whose fresh keys/values replace
+    the cached ones there, the queries attend to the whole canvas, and `attention_mask` covers the canvas."""
+    return self._features(tokens, attention_mask, cache, start, collect_kv=False)[0]
 
-  def features_and_cache(self, tokens: jax.Array, attention_mask: jax.Array | None, cache: "KVCache | None" = None,
-                         start: jax.Array | int = 0) -> tuple[jax.Array, "KVCache | None"]:
-    """(final-norm hidden states, every layer's keys/values). Without `cache` the keys/values are the tokens' own.
-    With `cache` (a whole canvas's keys/values), `tokens` are canvas positions start..start+len, `attention_mask`
-    covers the canvas, and the returned cache has those positions' keys/values replaced."""
-    return self._features(tokens, attention_mask, cache, start, collect_kv=True)
+  def features_and_cache(self, tokens: jax.Array, attention_mask: jax.Array | None) -> tuple[jax.Array, "KVCache"]:
+    """(final-norm hidden states, every layer's keys/values): the forward that fills a cache for `tokens`."""
+    return self._features(tokens, attention_mask, None, 0, collect_kv=True)
 
   def _features(self, tokens, attention_mask, cache, start, collect_kv: bool):
     c = self.config
@@ -258,18 +258,17 @@ def apply(params: Params, tokens: jax.Array, attention_mask: jax.Array | None = 
 
 
 def features(params: Params, tokens: jax.Array, attention_mask: jax.Array | None = None, *,
-             config: ModelConfig) -> jax.Array:
-  """`apply` without the output head: the final-norm hidden states [batch, length, d_model]."""
-  return nnx.merge(_structure(config)[0], params).features(tokens, attention_mask)
+             config: ModelConfig, cache: "KVCache | None" = None, start: jax.Array | int = 0) -> jax.Array:
+  """`apply` without the output head: the final-norm hidden states [batch, length, d_model]. With `cache`, a
+  forward of canvas positions start..start+len that attends to the cached keys/values of the rest of the canvas
+  (the sampler's block KV cache; `LLaDA.features`)."""
+  return nnx.merge(_structure(config)[0], params).features(tokens, attention_mask, cache, start)
 
 
 def features_and_cache(params: Params, tokens: jax.Array, attention_mask: jax.Array | None = None, *,
-                       config: ModelConfig, cache: KVCache | None = None, start: jax.Array | int = 0
-                       ) -> tuple[jax.Array, KVCache]:
-  """Hidden states and every layer's keys/values (`LLaDA.features_and_cache`): with `cache=None` a full forward
-  that fills a cache for `tokens`; with a cache, a forward of canvas positions start..start+len that attends to the
-  cached keys/values of the rest of the canvas (the sampler's block KV cache)."""
-  return nnx.merge(_structure(config)[0], params).features_and_cache(tokens, attention_mask, cache, start)
+                       config: ModelConfig) -> tuple[jax.Array, KVCache]:
+  """Hidden states and every layer's keys/values: the full forward that fills a block KV cache."""
+  return nnx.merge(_structure(config)[0], params).features_and_cache(tokens, attention_mask)
 
 
 def head(params: Params, hidden: jax.Array, *, config: ModelConfig) -> jax.Array:

@@ -78,6 +78,16 @@ class LLaDAModel:
       return likelihood.log_likelihood(self.params, prompt, answer, config=self.config, mc_num=mc_num,
                                        batch_size=batch_size, cfg_scale=cfg_scale, mask_id=mask_id, rng=rng)
 
+  def log_likelihoods(self, pairs, *, rngs, mc_num: int = 128, batch_size: int = 16, cfg_scale: float = 0.0,
+                      mask_id: int | None = None, pairs_per_call: int = 4, progress=None) -> np.ndarray:
+    """`log_likelihood` of many (prompt, answer) pairs, several per jitted call, pair i with key rngs[i]
+    (`llada_jax.likelihood.log_likelihoods`)."""
+    pairs = [tuple(self.check_tokens(np.asarray(part, np.int64))[0] for part in pair) for pair in pairs]
+    with self._mesh_context():
+      return likelihood.log_likelihoods(self.params, pairs, config=self.config, rngs=rngs, mc_num=mc_num,
+                                        batch_size=batch_size, cfg_scale=cfg_scale, mask_id=mask_id,
+                                        pairs_per_call=pairs_per_call, progress=progress)
+
   def save_pretrained(self, out_dir: str, format: str = "hf", max_shard_size: str = "5GB",
                       overwrite: bool = False) -> None:
     """`format="hf"`: config.json + sharded safetensors; `format="jax"`: our Orbax params checkpoint."""

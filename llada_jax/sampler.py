@@ -132,6 +132,18 @@ class BlockUpdate(NamedTuple):
   history: jax.Array | None  # [steps of this block, batch, length] (exact decoding, when asked for)
 
 
+def left_pad(rows, pad_id: int, width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """(prompts [len(rows), width] int32, attention mask): token rows of different lengths right-aligned, as the
+  sampler expects a batch (pads at the left, masked as keys; the official code pads with EOS)."""
+  width = max(len(r) for r in rows) if width is None else width
+  ids = np.full((len(rows), width), pad_id, np.int32)
+  mask = np.zeros((len(rows), width), np.int32)
+  for i, row in enumerate(rows):
+    if len(row):
+      ids[i, -len(row):], mask[i, -len(row):] = row, 1
+  return ids, mask
+
+
 def transfer_schedule(num_masked: jax.Array, steps: int) -> jax.Array:
   """Tokens to commit at each step of a block: base = n // steps, the first n % steps steps get one more.
   num_masked: [batch] → [batch, steps]."""
@@ -174,7 +186,7 @@ def _commit_factor(confidence: jax.Array, candidates: jax.Array, factor: float) 
   return candidates & (_rank(confidence) < n[:, None])
 
 
-def _with_guidance(run, x, attention_mask, prompt_index, *, cfg_scale: float, mask_id: int):
+def with_guidance(run, x, attention_mask, prompt_index, *, cfg_scale: float, mask_id: int):
   """(fp32 logits, whatever `run` returns beside them). `run(tokens, attention_mask) -> (logits, aux)` runs on the
   batch, or with classifier-free guidance (cfg_scale > 0) once on `[x; x with every prompt position set to
   mask_id]`, combined as `un + (cfg_scale + 1)(cond − un)`."""
@@ -194,7 +206,7 @@ def guided_logits(params, x, attention_mask, prompt_index, *, config: ModelConfi
   """fp32 logits of the uncached model, with classifier-free guidance when cfg_scale > 0 (one call on the doubled
   batch). Shared by the sampler and the likelihood estimator; works with or without an attention mask."""
   run = lambda tokens, mask: (model_lib.apply(params, tokens, mask, config=config, logits_window=logits_window), None)
-  return _with_guidance(run, x, attention_mask, prompt_index, cfg_scale=cfg_scale, mask_id=mask_id)[0]
+  return with_guidance(run, x, attention_mask, prompt_index, cfg_scale=cfg_scale, mask_id=mask_id)[0]
 
 
 def _predict(logits: jax.Array, keys, sampling: SamplingConfig, eos_id: int, eot_id: int):
@@ -272,7 +284,7 @@ def _dynamic_block(params, x, attention_mask, prompt_index, rng, block, *, confi
   mask_id = sampling.mask_token(config)
   start = prompt_length + block * size
   rng = jax.random.fold_in(rng, block)
-  guide = functools.partial(_with_guidance, cfg_scale=sampling.cfg_scale, mask_id=mask_id)
+  guide = functools.partial(with_guidance, cfg_scale=sampling.cfg_scale, mask_id=mask_id)
   block_logits = lambda hidden, offset: model_lib.head(
       params, jax.lax.dynamic_slice_in_dim(hidden, offset, size, axis=1), config=config)
   # prefix cache: calls after the first run the block and everything after it as one static-width window of
@@ -296,8 +308,10 @@ def _dynamic_block(params, x, attention_mask, prompt_index, rng, block, *, confi
     return guide(run, x, attention_mask, prompt_index)
 
   def later_call(x, cache):
+    """Logits of the block. A cached call's fresh keys/values replace the cache's only for that call: the
+    positions they cover are recomputed by every later call of the block, and nothing else changes."""
     if sampling.cache == "none":
-      return first_call(x)
+      return first_call(x)[0]
     if sampling.cache == "dual":
       part, mask = jax.lax.dynamic_slice_in_dim(x, start, size, axis=1), attention_mask
       part_prompt = jax.lax.dynamic_slice_in_dim(prompt_index, start, size, axis=1)
@@ -308,9 +322,9 @@ def _dynamic_block(params, x, attention_mask, prompt_index, rng, block, *, confi
       part_prompt = jax.lax.dynamic_slice_in_dim(prompt_index_padded, start, width, axis=1)
 
     def run(tokens, mask):  # with CFG, tokens and cache both hold the conditional rows, then the unconditional
-      hidden, new_cache = model_lib.features_and_cache(params, tokens, mask, config=config, cache=cache, start=start)
-      return block_logits(hidden, 0), new_cache
-    return guide(run, part, mask, part_prompt)
+      hidden = model_lib.features(params, tokens, mask, config=config, cache=cache, start=start)
+      return block_logits(hidden, 0), None
+    return guide(run, part, mask, part_prompt)[0]
 
   def commit(x, logits, i):
     x0, confidence = _predict(logits, step_keys(rng, i), sampling, config.eos_token_id, config.eot_token_id)
@@ -332,15 +346,14 @@ def _dynamic_block(params, x, attention_mask, prompt_index, rng, block, *, confi
   x = commit(x, logits, 0)
 
   def body(state):
-    x, cache, i, row_nfe = state
+    x, i, row_nfe = state
     active = block_masked(x) > 0
-    logits, cache = later_call(x, cache)
-    return commit(x, logits, i), cache, i + 1, row_nfe + active
+    return commit(x, later_call(x, cache), i), i + 1, row_nfe + active
 
   def not_done(state):
     return jnp.any(block_masked(state[0]) > 0)
 
-  x, _, _, row_nfe = jax.lax.while_loop(not_done, body, (x, cache, jnp.int32(1), jnp.ones((batch,), jnp.int32)))
+  x, _, row_nfe = jax.lax.while_loop(not_done, body, (x, jnp.int32(1), jnp.ones((batch,), jnp.int32)))
   return x, row_nfe
 
 
@@ -369,6 +382,7 @@ def generate_blocks(params, prompt, attention_mask=None, *, config: ModelConfig,
   """Samples `sampling.gen_length` tokens after each (left-padded) prompt row, yielding the canvas each time a
   block is final (blocks are final once left behind), for streaming output."""
   prompt, attention_mask, window = _prepare(prompt, attention_mask, sampling, config, return_history)
+  config = config.for_inference()
   batch, prompt_length = prompt.shape
   mask_id = sampling.mask_token(config)
   x = jnp.concatenate([jnp.asarray(prompt, jnp.int32), jnp.full((batch, sampling.gen_length), mask_id, jnp.int32)],

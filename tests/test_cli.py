@@ -21,11 +21,15 @@ def run_cli(*args, cwd=REPO):
 def test_help_explains_every_command():
   out = run_cli("--help")
   assert out.returncode == 0
-  for command in ("convert", "init", "info", "train", "generate", "chat", "eval", "tokenizer", "prepare-data",
-                  "bench"):
+  for command in ("convert", "init", "info", "train", "generate", "chat", "eval", "lm-eval", "lm-eval-tasks",
+                  "tokenizer", "prepare-data", "bench"):
     assert command in out.stdout
   out = run_cli("convert", "--help")
   assert "--max-shard-size" in out.stdout and "--dtype" in out.stdout
+  out = run_cli("lm-eval", "--help")
+  assert out.returncode == 0 and all(arg in out.stdout for arg in ("checkpoint=DIR", "mc_num", "check_greedy"))
+  out = run_cli("info", "runs/none", "--no-such-flag")
+  assert out.returncode == 2 and "unrecognized arguments: --no-such-flag" in out.stderr
 
 
 def test_loop_commands_restart_once_with_the_steady_state_allocator(monkeypatch):

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, tiny_hf_config, write_hf_dir
 from llada_jax import eval_data, evaluate
 from llada_jax.config import ModelConfig
 from llada_jax.errors import UserError
@@ -37,10 +37,11 @@ class ScriptedModel:
                               bos_token_id=1, eot_token_id=6)
     self.calls = []
 
-  def log_likelihood(self, prompt, answer, **options):
+  def log_likelihoods(self, pairs, *, rngs, **options):
+    assert len(rngs) == len(pairs)
     self.calls.append(options)
-    text = self.tokenizer.decode(answer)
-    return -1.0 if text in self.best else -5.0 - len(text)
+    texts = [self.tokenizer.decode(answer) for _, answer in pairs]
+    return np.array([-1.0 if text in self.best else -5.0 - len(text) for text in texts])
 
   def generate(self, ids, attention_mask=None, sampling=None, rng=None):
     self.calls.append(sampling)
@@ -79,6 +80,32 @@ def test_multiple_choice_picks_the_most_likely_continuation_with_the_task_settin
   assert result.value == pytest.approx(2 / 3)
   assert [d["prediction"] for d in result.details] == [0, 1, 1]
   assert all(c["cfg_scale"] == 0.5 and c["mc_num"] == 8 and c["batch_size"] == 4 for c in model.calls)
+
+
+def test_multiple_choice_scores_do_not_depend_on_the_batching(tmp_path):
+  """A real model: choice c of example i is the estimate with key fold_in(rng, 16·i + c) — whether scored one
+  pair per call or the choices of three examples together."""
+  from llada_jax import load_pretrained
+  tok = ByteTokenizer()
+  path, _ = write_hf_dir(tmp_path, tiny_hf_config(vocab_size=280, embedding_size=288, mask_token_id=3,
+                                                  eos_token_id=2, pad_token_id=2, bos_token_id=1), seed=3)
+  model = load_pretrained(path)
+  examples = [eval_data.MultipleChoice((eval_data.Choice("Q: sky?", " blue"), eval_data.Choice("Q: sky?", " green")),
+                                       0, "a"),
+              eval_data.MultipleChoice((eval_data.Choice("Q: 2+2?", " four"), eval_data.Choice("Q: 2+2?", " five")),
+                                       0, "b"),
+              eval_data.MultipleChoice((eval_data.Choice("A much longer question, to land in another bucket " * 2,
+                                                         " yes"), eval_data.Choice("Q", " no")), 1, "c")]
+  task = _task("multiple_choice", examples, mc_num=4)
+  rng = jax.random.key(5)
+  scored = [evaluate.score_multiple_choice(model, tok, task, add_bos=True, batch_size=2, rng=rng, progress=_progress,
+                                           pairs_per_call=n).details for n in (1, 3)]
+  one, together = ([d["log_likelihoods"] for d in details] for details in scored)
+  np.testing.assert_allclose(together, one, rtol=1e-5)
+  context, continuation = evaluate.encode_pair(tok, "Q: 2+2?", " five", add_bos=True)
+  alone = model.log_likelihood(context, continuation, mc_num=4, batch_size=2, cfg_scale=0.5,
+                               rng=jax.random.fold_in(rng, 16 * 1 + 1))
+  assert one[1][1] == pytest.approx(alone, rel=1e-6)
 
 
 def test_pair_encoding_moves_the_context_space_into_the_continuation():

@@ -20,8 +20,9 @@ def pair(tmp_path_factory):
   return load_pretrained(path), ref
 
 
-@pytest.mark.parametrize("cfg_scale", [0.0, 1.5])
-def test_equals_reference_when_the_same_masks_are_injected(pair, cfg_scale):
+@pytest.mark.parametrize("cfg_scale,window", [(0.0, None), (1.5, None), (1.5, 16)])
+def test_equals_reference_when_the_same_masks_are_injected(pair, cfg_scale, window):
+  """Also with the head and cross-entropy run only over a 16-position window holding the 12-token answer."""
   model, ref = pair
   prompt, answer = np.arange(10, 19), np.arange(40, 52)
   lp, t, b = len(prompt), len(answer), 4
@@ -29,7 +30,8 @@ def test_equals_reference_when_the_same_masks_are_injected(pair, cfg_scale):
   keys = jax.random.split(jax.random.key(3), 3)
   masks = [likelihood.draw_masks(k, b, len(seq), lp, t) for k in keys]
   ours = -np.mean([float(likelihood.minibatch_loss(model.params, jnp.asarray(seq), m, lp, t, config=model.config,
-                                                   cfg_scale=cfg_scale, mask_id=model.config.mask_token_id))
+                                                   cfg_scale=cfg_scale, mask_id=model.config.mask_token_id,
+                                                   window=window))
                    for m in masks])
   theirs = get_log_likelihood(ref, torch.tensor(prompt), torch.tensor(answer), mc_num=12, batch_size=b,
                               cfg_scale=cfg_scale, mask_id=model.config.mask_token_id,
@@ -72,6 +74,22 @@ def test_estimator_prefers_the_answer_the_model_predicts(pair):
   assert model.log_likelihood(prompt, greedy, mc_num=16) > model.log_likelihood(prompt, other, mc_num=16)
 
 
+@pytest.mark.parametrize("cfg_scale", [pytest.param(0.0, marks=pytest.mark.slow), 0.5])
+def test_batched_pairs_equal_each_pair_alone(pair, cfg_scale):
+  """Five pairs over two length buckets, two per call (so the last call of a bucket is filled with a copy):
+  each value is the pair's own estimate with its key, to float rounding of the larger matmuls."""
+  model, _ = pair
+  rng = np.random.default_rng(4)
+  pairs = [(rng.integers(10, 120, lp), rng.integers(10, 120, la)) for lp, la in ((9, 12), (5, 3), (40, 30),
+                                                                                 (20, 7), (50, 29))]
+  keys = [jax.random.key(100 + i) for i in range(len(pairs))]
+  batched = model.log_likelihoods(pairs, rngs=keys, mc_num=8, batch_size=4, cfg_scale=cfg_scale, pairs_per_call=2)
+  alone = [model.log_likelihood(p, a, mc_num=8, batch_size=4, cfg_scale=cfg_scale, rng=k)
+           for (p, a), k in zip(pairs, keys)]
+  np.testing.assert_allclose(batched, alone, rtol=1e-5)
+  assert len(set(np.round(batched, 3))) == len(pairs)  # different pairs really got their own values
+
+
 def test_errors(pair):
   model, _ = pair
   with pytest.raises(UserError, match="multiple of batch_size"):
@@ -80,3 +98,5 @@ def test_errors(pair):
     model.log_likelihood([1, 2], [], mc_num=4)
   with pytest.raises(UserError, match="max_sequence_length"):
     model.log_likelihood(np.ones(250, int), np.ones(10, int), mc_num=4)
+  with pytest.raises(UserError, match="pairs_per_call"):
+    model.log_likelihoods([([1], [2])], rngs=[jax.random.key(0)], mc_num=4, pairs_per_call=0)

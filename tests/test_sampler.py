@@ -222,8 +222,7 @@ def test_first_cached_call_equals_the_uncached_model(sharp_pair):
   scale = np.abs(full).max()
   np.testing.assert_allclose(np.asarray(model_lib.head(params, hidden, config=c)), full, rtol=0, atol=2e-6 * scale)
   for start, width in ((8, 8), (16, 8), (8, 16)):
-    part, _ = model_lib.features_and_cache(params, x[:, start:start + width], mask, config=c, cache=cache,
-                                           start=start)
+    part = model_lib.features(params, x[:, start:start + width], mask, config=c, cache=cache, start=start)
     cached = np.asarray(model_lib.head(params, part, config=c))
     np.testing.assert_allclose(cached, full[:, start:start + width], rtol=0, atol=2e-5 * scale)
 
@@ -242,14 +241,11 @@ def test_threshold_above_one_commits_one_per_call(sharp_pair, cache):
     np.testing.assert_array_equal(np.asarray(out.tokens), np.asarray(exact.tokens))
 
 
-def _left_padded_batch(lengths, seed=0):
-  rows = [np.random.default_rng(seed + i).integers(0, 100, n) for i, n in enumerate(lengths)]
-  width = max(lengths)
-  prompt = np.full((len(rows), width), EOS)
-  mask = np.zeros((len(rows), width), np.int64)
-  for i, row in enumerate(rows):
-    prompt[i, width - len(row):], mask[i, width - len(row):] = row, 1
-  return rows, prompt, mask
+def test_left_pad_right_aligns_rows_and_masks_the_pads():
+  ids, mask = sampler.left_pad([[5, 6, 7], [8], []], EOS, width=4)
+  np.testing.assert_array_equal(ids, [[EOS, 5, 6, 7], [EOS, EOS, EOS, 8], [EOS] * 4])
+  np.testing.assert_array_equal(mask, [[0, 1, 1, 1], [0, 0, 0, 1], [0, 0, 0, 0]])
+  assert ids.dtype == mask.dtype == np.int32
 
 
 @pytest.mark.parametrize("args", [
@@ -263,7 +259,8 @@ def test_rows_are_batch_invariant(sharp_pair, args):
   alone, though the rows finish their blocks after different numbers of calls."""
   model, _ = sharp_pair
   lengths = [3, 10, 5, 8, 4, 9, 6, 7]
-  rows, prompt, mask = _left_padded_batch(lengths)
+  rows = [np.random.default_rng(i).integers(0, 100, n) for i, n in enumerate(lengths)]
+  prompt, mask = sampler.left_pad(rows, EOS)
   options = dict(gen_length=16, block_length=8, **args)
   batch = model.generate(prompt, attention_mask=mask, **options)
   tokens = np.asarray(batch.tokens)

@@ -1,0 +1,141 @@
+"""The lm-evaluation-harness model `llada_jax` (an `lm_eval.api.model.LM`), as the official LLaDA harness defines
+one: `loglikelihood` is the Monte-Carlo estimator, `generate_until` the sampler, and `loglikelihood_rolling` the
+diffusion bound.
+
+Run it with `llada-jax lm-eval --model_args checkpoint=DIR,mc_num=128,cfg=0.5 --tasks … [any lm-eval flag]`, which
+is lm-eval's own CLI with this module registered (released lm-eval cannot load a model from outside its package
+by name). In Python: `lm_eval.simple_evaluate(model=LLaDAHarnessModel(checkpoint=DIR), tasks=[…])`.
+
+Model arguments (`--model_args k=v,…`): `checkpoint` (a llada-jax checkpoint, training workdir or HF directory),
+`tokenizer`, `dtype`; likelihood: `mc_num` (128; 1 for single-token answers such as MMLU), `mc_batch_size` (masked
+copies per pair per call, 16), `cfg` (guidance scale; the paper's per-task values are in LLADA_SPEC §7),
+`check_greedy` (compute `is_greedy`, off as in the official harness, which returns False); generation:
+`gen_length`, `steps`, `block_length`, `temperature`, `remasking`, `decoding`, `threshold`, `factor`, `cache`;
+`add_bos`, `seed`, `max_length` (rolling windows), `elbo_samples`. lm-eval's `--batch_size` is the number of
+requests per model call (pairs for likelihoods, prompts for generation); "auto" means 4. `--device` is ignored:
+JAX places the work on its default devices.
+
+Choice c of document i draws its masks from fold_in(key(seed), 16·i + c), as `llada-jax eval` does, so both give
+the same per-example log-likelihoods for the same seed, examples and settings.
+"""
+
+import dataclasses
+
+import jax
+import numpy as np
+from lm_eval.api.model import LM
+from lm_eval.api.registry import register_model
+from tqdm import tqdm
+
+from llada_jax import evaluate, sampler
+from llada_jax.errors import UserError
+from llada_jax.pretrained import load_for_inference
+
+DEFAULT_BATCH = 4
+
+
+def _requests_per_call(batch_size) -> int:
+  if batch_size is None or str(batch_size).startswith("auto"):
+    return DEFAULT_BATCH
+  try:
+    value = int(batch_size)
+  except ValueError:
+    raise UserError(f"--batch_size {batch_size!r} is not a whole number or 'auto'") from None
+  if value < 1:
+    raise UserError(f"--batch_size must be at least 1, got {value}")
+  return value
+
+
+@register_model("llada_jax")
+class LLaDAHarnessModel(LM):
+  """LLaDA for lm-eval; every argument is a `--model_args` key (module docstring)."""
+
+  def __init__(self, checkpoint: str, tokenizer: str | None = None, dtype: str | None = None, mc_num: int = 128,
+               mc_batch_size: int = 16, cfg: float = 0.0, check_greedy: bool = False, gen_length: int = 256,
+               steps: int | None = None, block_length: int | None = None, temperature: float = 0.0,
+               remasking: str = "low_confidence", decoding: str = "exact", threshold: float = 0.9,
+               factor: float = 1.0, cache: str = "none", add_bos: bool = False, seed: int = 0,
+               max_length: int | None = None, elbo_samples: int = 8, batch_size=None, max_batch_size=None,
+               device=None):
+    super().__init__()
+    self.model, self.tokenizer = load_for_inference(str(checkpoint), tokenizer, dtype)
+    self.mc_num, self.mc_batch_size, self.cfg = int(mc_num), int(mc_batch_size), float(cfg)
+    self.check_greedy, self.add_bos, self.seed = bool(check_greedy), bool(add_bos), int(seed)
+    self.max_length = int(max_length or self.model.config.max_sequence_length)
+    self.elbo_samples = int(elbo_samples)
+    self.requests_per_call = _requests_per_call(batch_size)
+    self.sampling = sampler.SamplingConfig(
+        gen_length=int(gen_length), steps=int(steps or gen_length), block_length=int(block_length or gen_length),
+        temperature=float(temperature), cfg_scale=self.cfg, remasking=remasking, decoding=decoding,
+        threshold=float(threshold), factor=float(factor), cache=cache)
+
+  def _key(self, request, position: int) -> jax.Array:
+    """The mask key of one request: by document and choice, as `llada-jax eval` draws them."""
+    doc_id = position if request.doc_id is None else request.doc_id
+    return jax.random.fold_in(jax.random.key(self.seed), doc_id * 16 + request.idx)
+
+  def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+    pairs = [evaluate.encode_pair(self.tokenizer, *r.args, self.add_bos) for r in requests]
+    bar = tqdm(total=len(pairs), desc="loglikelihood", unit="pair", disable=disable_tqdm)
+    values = self.model.log_likelihoods(pairs, rngs=[self._key(r, i) for i, r in enumerate(requests)],
+                                        mc_num=self.mc_num, batch_size=self.mc_batch_size, cfg_scale=self.cfg,
+                                        pairs_per_call=self.requests_per_call, progress=bar.update)
+    bar.close()
+    results = [(float(v), self._is_greedy(*pair) if self.check_greedy else False) for v, pair in zip(values, pairs)]
+    for r, result in zip(requests, results):
+      self.cache_hook.add_partial("loglikelihood", r.args, result)
+    return results
+
+  def _is_greedy(self, context: list[int], continuation: list[int]) -> bool:
+    """Whether greedy unmasking from an all-mask continuation — one position per call, most confident first,
+    with the guidance of the likelihood — reproduces it (the official harness's `suffix_greedy_prediction`)."""
+    n = len(continuation)
+    out = self.model.generate(np.asarray(context, np.int32)[None],
+                              sampling=sampler.SamplingConfig(gen_length=n, steps=n, block_length=n,
+                                                              cfg_scale=self.cfg))
+    return bool(np.array_equal(np.asarray(out.tokens)[0, len(context):], continuation))
+
+  def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+    """−(the diffusion bound on each text's NLL): a lower bound on its log-likelihood, not an estimate (the
+    official harness leaves this unimplemented). Texts longer than `max_length` are scored in consecutive
+    windows, each token once."""
+    from llada_jax import likelihood
+    documents = [self.tokenizer.encode(r.args[0], add_bos=self.add_bos) for r in requests]
+    bar = tqdm(total=len(documents), desc="loglikelihood_rolling", unit="window", disable=disable_tqdm)
+    bounds = likelihood.nll_bounds(self.model.params, documents, config=self.model.config,
+                                   samples=self.elbo_samples, batch_size=self.requests_per_call,
+                                   rng=jax.random.key(self.seed), max_length=self.max_length, progress=bar.update)
+    bar.close()
+    return [-float(b) for b in bounds]
+
+  def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+    """The sampler with this model's settings; each reply is cut at `max_gen_toks` tokens and at the first of the
+    request's `until` strings. A request's `temperature` (with do_sample) overrides the model's."""
+    replies = [""] * len(requests)
+    bar = tqdm(total=len(requests), desc="generate_until", unit="request", disable=disable_tqdm)
+    by_options: dict[str, list[int]] = {}
+    for i, r in enumerate(requests):
+      by_options.setdefault(repr(sorted(r.args[1].items())), []).append(i)
+    for indices in by_options.values():
+      options = requests[indices[0]].args[1]
+      until = options.get("until") or []
+      until = [until] if isinstance(until, str) else list(until)
+      max_tokens = int(options.get("max_gen_toks", self.sampling.gen_length))
+      sampling = self.sampling
+      if "temperature" in options:
+        temperature = float(options["temperature"]) if options.get("do_sample", True) else 0.0
+        sampling = dataclasses.replace(sampling, temperature=temperature)
+      for first in range(0, len(indices), self.requests_per_call):
+        chunk = indices[first:first + self.requests_per_call]
+        prompts = [self.tokenizer.encode(requests[i].args[0], add_bos=self.add_bos) for i in chunk]
+        ids, mask = sampler.left_pad(prompts, self.tokenizer.eos_id)
+        key = jax.random.fold_in(jax.random.key(self.seed), chunk[0])
+        tokens = np.asarray(self.model.generate(ids, attention_mask=mask, sampling=sampling, rng=key).tokens)
+        for i, row in zip(chunk, tokens[:, ids.shape[1]:]):
+          text = self.tokenizer.decode(row[:max_tokens], skip_special_tokens=True)
+          cuts = [text.index(stop) for stop in until if stop and stop in text]
+          replies[i] = text[:min(cuts)] if cuts else text
+          self.cache_hook.add_partial("generate_until", requests[i].args, replies[i])
+        bar.update(len(chunk))
+    bar.close()
+    return replies
