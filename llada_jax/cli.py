@@ -277,7 +277,12 @@ def _cmd_eval(args: argparse.Namespace) -> None:
                               limit=args.limit, num_fewshot=args.num_fewshot, cfg_scale=args.cfg_scale,
                               mc_num=args.mc_num, gen_length=args.gen_length, steps=args.steps,
                               block_length=args.block_length)
-  out = args.output or os.path.join(args.checkpoint if os.path.isdir(args.checkpoint) else ".", "eval_results.json")
+  # A new file in the current directory by default: never inside the checkpoint (an HF model directory), and
+  # never over the results of an earlier run.
+  name = os.path.basename(os.path.normpath(args.checkpoint)) or "checkpoint"
+  out = args.output or f"eval_{name}_{time.strftime('%Y%m%d-%H%M%S')}.json"
+  if os.path.exists(out) and not args.overwrite:
+    raise UserError(f"{out} exists; choose another --output or pass --overwrite to replace it")
   checkpoint.ensure_writable(os.path.dirname(os.path.abspath(out)))  # before hours of scoring, not after
   model, tokenizer = load_for_inference(args.checkpoint, args.tokenizer, args.dtype)
   results = evaluate.run(model, tokenizer, tasks, sampling=_sampling_config(args, steps=1, gen_length=1),
@@ -433,7 +438,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--tokenizer", default=None, help="tokenizer file (default: the one saved with the checkpoint)")
   p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None, help="cast weights/compute")
   p.add_argument("--seed", type=int, default=0, help="random seed for the Monte-Carlo draws")
-  p.add_argument("--output", default=None, help="JSON results path (default CHECKPOINT/eval_results.json)")
+  p.add_argument("--output", default=None, help="JSON results path (default: a new eval_CHECKPOINTNAME_TIME.json "
+                 "in the current directory; never inside the checkpoint)")
+  p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
   _add_decoding_args(p)  # generation tasks
   p.set_defaults(func=_cmd_eval)
 

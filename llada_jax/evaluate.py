@@ -16,7 +16,7 @@ from typing import Callable
 import jax
 import numpy as np
 
-from llada_jax import eval_data, likelihood
+from llada_jax import eval_data, likelihood, paths
 from llada_jax.errors import UserError
 from llada_jax.sampler import SamplingConfig, left_pad
 
@@ -207,5 +207,5 @@ def format_table(results: list[TaskResult]) -> str:
 
 def write_json(path: str, results: list[TaskResult], checkpoint: str) -> None:
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, "w") as f:
-    json.dump({"checkpoint": checkpoint, "results": [dataclasses.asdict(r) for r in results]}, f, indent=2)
+  paths.write_atomically(path, json.dumps({"checkpoint": checkpoint,
+                                           "results": [dataclasses.asdict(r) for r in results]}, indent=2))

@@ -157,6 +157,8 @@ def test_eval_and_export_of_the_trained_run(trained, tmp_path):
   assert out.returncode == 0, out.stderr[-2000:]
   report = json.loads(results.read_text())
   assert report["results"][0]["task"] == "elbo" and report["results"][0]["value"] > 0
+  again = run_cli("eval", "--checkpoint", workdir, "--tasks", "elbo", "--data", str(text), "--output", str(results))
+  assert again.returncode == 2 and "--overwrite" in again.stderr and json.loads(results.read_text()) == report
   out = run_cli("convert", "jax-to-hf", workdir, str(tmp_path / "hf"))
   assert out.returncode == 0, out.stderr[-2000:]
   assert json.loads((tmp_path / "hf" / "config.json").read_text())["d_model"] == 32
@@ -267,6 +269,7 @@ def test_read_only_places_fail_before_any_work_in_one_line(trained, small_disk, 
   for args in [("--workdir", str(small_disk / "new")), ("--workdir", workdir, "--resume")]:
     line = one_error_line(run_cli("train", "--config", "configs/tiny.py", "--no-progress", *SMALL, *args), "train")
     assert "read-only file system" in line and "choose a writable directory" in line
-  out = run_cli("eval", "--checkpoint", workdir, "--tasks", "elbo", "--limit", "1")  # default output: in the run
+  out = run_cli("eval", "--checkpoint", workdir, "--tasks", "elbo", "--limit", "1", "--output",
+                os.path.join(workdir, "results.json"))
   assert "read-only file system" in one_error_line(out, "eval") and "llada> " not in out.stdout
   assert "task" not in out.stdout  # refused before scoring, not after printing the table
