@@ -40,10 +40,16 @@ def encode_pair(tokenizer, context: str, continuation: str, add_bos: bool) -> tu
   return tokenizer.encode(context, add_bos=add_bos), tokenizer.encode(continuation)
 
 
+def choice_key(rng: jax.Array, example: int, choice: int) -> jax.Array:
+  """The mask key of one choice of one example. `eval` and the lm-eval model both draw with it, so they give the
+  same log-likelihoods for the same seed whatever the batching."""
+  return jax.random.fold_in(rng, example * 16 + choice)
+
+
 def score_multiple_choice(model, tokenizer, task, *, add_bos: bool, batch_size: int, rng, progress,
                           pairs_per_call: int = 4) -> TaskResult:
   """Accuracy of picking the most likely choice. The choices of `pairs_per_call` examples at a time go to the
-  batched estimator; choice c of example i draws its masks from fold_in(rng, 16·i + c) whatever the batching."""
+  batched estimator; each choice draws its masks from `choice_key`, whatever the batching."""
   correct, details = 0, []
   examples = list(task.examples)
   for first in range(0, len(examples), pairs_per_call):
@@ -52,7 +58,7 @@ def score_multiple_choice(model, tokenizer, task, *, add_bos: bool, batch_size: 
     for index, example in chunk:
       for choice_index, choice in enumerate(example.choices):
         pairs.append(encode_pair(tokenizer, choice.context, choice.continuation, add_bos))
-        keys.append(jax.random.fold_in(rng, index * 16 + choice_index))
+        keys.append(choice_key(rng, index, choice_index))
     values = iter(model.log_likelihoods(pairs, rngs=keys, mc_num=task.mc_num, batch_size=min(batch_size, task.mc_num),
                                         cfg_scale=task.cfg_scale, pairs_per_call=pairs_per_call).tolist())
     for index, example in chunk:
@@ -65,14 +71,15 @@ def score_multiple_choice(model, tokenizer, task, *, add_bos: bool, batch_size: 
                     dict(num_fewshot=task.num_fewshot, cfg_scale=task.cfg_scale, mc_num=task.mc_num), 0.0, details)
 
 
-def generate_batch(model, tokenizer, prompts: list[list[int]], sampling: SamplingConfig, rng=None
-                   ) -> tuple[list[str], np.ndarray]:
+def generate_batch(model, tokenizer, prompts: list[list[int]], sampling: SamplingConfig, rng=None,
+                   max_tokens: int | None = None) -> tuple[list[str], np.ndarray]:
   """(replies, model calls per row) for prompts of different lengths: left-padded with EOS, padding masked as
-  keys."""
+  keys; each reply decodes at most `max_tokens` generated tokens."""
   ids, mask = left_pad(prompts, tokenizer.eos_id)
   width = ids.shape[1]
   out = model.generate(ids, attention_mask=mask, sampling=sampling, rng=rng)
-  return [tokenizer.decode(row[width:], skip_special_tokens=True) for row in np.asarray(out.tokens)], out.row_nfe
+  return [tokenizer.decode(row[width:][:max_tokens], skip_special_tokens=True)
+          for row in np.asarray(out.tokens)], out.row_nfe
 
 
 def _is_correct(kind: str, answer: str, text: str) -> tuple[bool, str | None]:

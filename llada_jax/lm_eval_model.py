@@ -15,7 +15,7 @@ copies per pair per call, 16), `cfg` (guidance scale; the paper's per-task value
 requests per model call (pairs for likelihoods, prompts for generation); "auto" means 4. `--device` is ignored:
 JAX places the work on its default devices.
 
-Choice c of document i draws its masks from fold_in(key(seed), 16·i + c), as `llada-jax eval` does, so both give
+Each choice draws its masks from `evaluate.choice_key(key(seed), document, choice)`, as `llada-jax eval` does, so both give
 the same per-example log-likelihoods for the same seed, examples and settings.
 """
 
@@ -72,7 +72,7 @@ class LLaDAHarnessModel(LM):
   def _key(self, request, position: int) -> jax.Array:
     """The mask key of one request: by document and choice, as `llada-jax eval` draws them."""
     doc_id = position if request.doc_id is None else request.doc_id
-    return jax.random.fold_in(jax.random.key(self.seed), doc_id * 16 + request.idx)
+    return evaluate.choice_key(jax.random.key(self.seed), doc_id, request.idx)
 
   def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
     pairs = [evaluate.encode_pair(self.tokenizer, *r.args, self.add_bos) for r in requests]
@@ -128,11 +128,10 @@ class LLaDAHarnessModel(LM):
       for first in range(0, len(indices), self.requests_per_call):
         chunk = indices[first:first + self.requests_per_call]
         prompts = [self.tokenizer.encode(requests[i].args[0], add_bos=self.add_bos) for i in chunk]
-        ids, mask = sampler.left_pad(prompts, self.tokenizer.eos_id)
-        key = jax.random.fold_in(jax.random.key(self.seed), chunk[0])
-        tokens = np.asarray(self.model.generate(ids, attention_mask=mask, sampling=sampling, rng=key).tokens)
-        for i, row in zip(chunk, tokens[:, ids.shape[1]:]):
-          text = self.tokenizer.decode(row[:max_tokens], skip_special_tokens=True)
+        texts, _ = evaluate.generate_batch(self.model, self.tokenizer, prompts, sampling,
+                                           rng=jax.random.fold_in(jax.random.key(self.seed), chunk[0]),
+                                           max_tokens=max_tokens)
+        for i, text in zip(chunk, texts):
           cuts = [text.index(stop) for stop in until if stop and stop in text]
           replies[i] = text[:min(cuts)] if cuts else text
           self.cache_hook.add_partial("generate_until", requests[i].args, replies[i])
