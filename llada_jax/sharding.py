@@ -79,6 +79,23 @@ def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
   return jax.lax.with_sharding_constraint(x, fit_spec(x.shape, logical_axes, mesh))
 
 
+def parse_mesh(text: str) -> dict:
+  """`fsdp=256,tensor=2` → {"data", "fsdp", "tensor"} sizes for `make_mesh`; "+" may stand for "," (inside
+  lm-eval's comma-separated --model_args). Unnamed axes are 1, except fsdp, which takes the devices the others
+  leave (-1) unless a named axis already does."""
+  mesh = {"data": 1, "fsdp": 1, "tensor": 1}
+  named = {}
+  for part in filter(None, (text or "").replace("+", ",").split(",")):
+    name, _, value = part.partition("=")
+    if name not in mesh or not value.lstrip("-").isdigit():
+      raise UserError(f"--mesh {text}: expected comma-separated data=N, fsdp=N, tensor=N (-1: every device left)")
+    named[name] = int(value)
+  mesh.update(named)
+  if "fsdp" not in named and -1 not in named.values():
+    mesh["fsdp"] = -1
+  return mesh
+
+
 def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, devices: Sequence[Any] | None = None) -> Mesh:
   """A (data, fsdp, tensor) mesh over all devices; one axis may be -1 to take the remaining devices."""
   devices = list(jax.devices() if devices is None else devices)

@@ -1,9 +1,12 @@
 """`llada-jax bench`: the side-by-side worker processes run and agree; the numbers themselves are never asserted."""
 
+import pytest
+
 from conftest import REPO
 from llada_jax import bench
 
 
+@pytest.mark.slow  # over 40 s on 2 cores (suite time)
 def test_sample_benchmark_runs_every_side_in_its_own_process_and_they_agree(monkeypatch):
   monkeypatch.chdir(REPO)
   modes = [dict(decoding="threshold", threshold=1.5, cache="none"), dict(decoding="threshold", threshold=0.5,

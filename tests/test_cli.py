@@ -2,6 +2,7 @@
 
 import json
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -156,9 +157,29 @@ def test_eval_and_export_of_the_trained_run(trained, tmp_path):
                 "--elbo-seq-len", "32", "--elbo-samples", "2", "--output", str(results))
   assert out.returncode == 0, out.stderr[-2000:]
   report = json.loads(results.read_text())
-  assert report["results"][0]["task"] == "elbo" and report["results"][0]["value"] > 0
+  assert report["results"][0]["task"] == "elbo" and report["results"][0]["metrics"]["nll_bound_nats"] > 0
+  records = [json.loads(line) for line in open(report["records"])]
+  assert records[0]["run"]["seed"] == 0 and [r["record"]["index"] for r in records[2:]] == [0, 1]
   again = run_cli("eval", "--checkpoint", workdir, "--tasks", "elbo", "--data", str(text), "--output", str(results))
-  assert again.returncode == 2 and "--overwrite" in again.stderr and json.loads(results.read_text()) == report
+  assert again.returncode == 2 and "--resume" in again.stderr and json.loads(results.read_text()) == report
+  more = run_cli("eval", "--checkpoint", workdir, "--tasks", "elbo", "--data", str(text), "--limit", "3",
+                 "--elbo-seq-len", "32", "--elbo-samples", "2", "--output", str(results), "--resume")
+  assert more.returncode == 0, more.stderr[-2000:]
+  resumed = json.loads(results.read_text())["results"][0]
+  assert resumed["count"] == 3 and resumed["details"] == [] and "± stderr" in more.stdout
+  # windows 0..2 are one chunk: the unfinished chunk is scored whole, as an uninterrupted run of 3 would
+  lines = open(report["records"]).readlines()
+  assert [json.loads(line)["record"]["index"] for line in lines[2:]] == [0, 1, 0, 1, 2]
+  other = run_cli("eval", "--checkpoint", workdir, "--tasks", "elbo", "--data", str(text), "--seed", "1",
+                  "--output", str(results), "--resume")
+  assert other.returncode == 2 and "seed=0" in other.stderr and len(other.stderr.strip().splitlines()) == 1
+  here = tmp_path / "cwd"
+  here.mkdir()
+  default = run_cli("eval", "--checkpoint", workdir, "--tasks", "elbo", "--data", str(text), "--limit", "1",
+                    "--elbo-seq-len", "32", "--elbo-samples", "1", cwd=here)
+  assert default.returncode == 0, default.stderr[-2000:]
+  assert sorted(p.suffix for p in here.glob("eval_tiny_*")) == [".json", ".jsonl"]  # beside the user, not the run
+  assert not list(pathlib.Path(workdir).rglob("eval_*"))
   out = run_cli("convert", "jax-to-hf", workdir, str(tmp_path / "hf"))
   assert out.returncode == 0, out.stderr[-2000:]
   assert json.loads((tmp_path / "hf" / "config.json").read_text())["d_model"] == 32
@@ -204,6 +225,7 @@ def one_error_line(out, command: str) -> str:
   return lines[0]
 
 
+@pytest.mark.slow  # over 40 s on 2 cores (suite time)
 def test_damaged_and_incomplete_checkpoints_fall_back_or_fail_in_one_line(trained, tmp_path):
   from test_checkpoint import damage
   workdir = str(tmp_path / "run")

@@ -46,6 +46,19 @@ def test_stratified_counts_cover_one_to_t():
       assert sorted(counts) == list(range(1, t + 1)), (t, counts)  # b = T: every count exactly once
 
 
+def test_mask_counts_equal_the_official_rounded_linspace_exactly():
+  """torch.round(torch.linspace(k, k + (b−1)·T/b, b)) of the official code, for every start k: the .5 ties
+  included (b = 16, T = 8 puts one on every other row)."""
+  torch = pytest.importorskip("torch")
+  counts = jax.jit(likelihood.spread_counts, static_argnums=1)
+  for b in (1, 3, 4, 16, 32):
+    for t in (1, 2, 5, 8, 16, 24, 40, 63, 100):
+      for k in range(1, t + 1):
+        official = torch.round(torch.linspace(float(k), k + (b - 1) * (t / b), steps=b)).long()
+        official = ((official - 1) % t + 1).tolist()
+        assert np.asarray(counts(jnp.asarray(k), b, jnp.asarray(t))).tolist() == official, (b, t, k)
+
+
 def test_masks_touch_only_the_answer_with_the_drawn_counts():
   masks = np.asarray(likelihood.draw_masks(jax.random.key(0), 16, 64, jnp.asarray(9), jnp.asarray(20)))
   assert not masks[:, :9].any() and not masks[:, 29:].any()

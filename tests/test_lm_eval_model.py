@@ -51,22 +51,25 @@ def _simple_evaluate(model, task_dir, names, **kw):
 
 
 def test_likelihoods_equal_llada_jax_eval_for_the_same_seed(harness):
+  """Same seed → same masks → the same log-likelihoods, acc and acc_norm; the guidance is the paper's for each task
+  in both (no cfg model arg: hellaswag and arc_challenge both use 0.5)."""
   path, task_dir, tasks = harness
   model = LLaDAHarnessModel(checkpoint=path, seed=3, batch_size=4, **MODEL_ARGS)
+  assert model.likelihood_settings("llada_hellaswag") == (4, 0.5) and model.cfg is None
   out = _simple_evaluate(model, task_dir, ["llada_hellaswag", "llada_arc_challenge"])
   for name in ("hellaswag", "arc_challenge"):
-    task = tasks[name]
-    ours = evaluate.score_multiple_choice(model.model, model.tokenizer,
-                                          dataclasses.replace(task, mc_num=4, cfg_scale=0.0),
-                                          add_bos=False, batch_size=2, rng=jax.random.key(3), progress=lambda n: n)
+    task = dataclasses.replace(tasks[name], mc_num=4)
+    ours = evaluate.score_task(model.model, model.tokenizer, task, evaluate.EvalOptions(batch_size=2, seed=3),
+                               rng=jax.random.key(3), progress=lambda n: n)
     samples = sorted(out["samples"][f"llada_{name}"], key=lambda s: s["doc_id"])
     assert len(samples) == len(ours.details) == 3
     for sample, detail in zip(samples, ours.details):
       theirs = [float(r[0][0]) for r in sample["resps"]]
       np.testing.assert_allclose(theirs, detail["log_likelihoods"], rtol=1e-5)
-      assert sample["acc"] == float(detail["prediction"] == detail["gold"])
-    assert out["results"][f"llada_{name}"]["acc,none"] == pytest.approx(ours.value)
-    assert "acc_norm,none" in out["results"][f"llada_{name}"]
+      assert sample["acc"] == detail["scores"]["acc"] and sample["acc_norm"] == detail["scores"]["acc_norm"]
+    for metric in ("acc", "acc_norm"):
+      assert out["results"][f"llada_{name}"][f"{metric},none"] == pytest.approx(ours.metrics[metric])
+      assert out["results"][f"llada_{name}"][f"{metric}_stderr,none"] == pytest.approx(ours.stderr[metric])
 
 
 @pytest.mark.slow
@@ -97,8 +100,26 @@ def test_requests_stop_at_until_and_max_gen_toks(harness):
                                               ("t", 1, 1))])
   assert cut == full[:full.index(stop)]
   prompt = model.tokenizer.encode(context)
-  tokens = np.asarray(model.model.generate(np.asarray(prompt)[None], sampling=model.sampling).tokens)[0, len(prompt):]
+  sampling = model.sampling_for("t")
+  assert (sampling.gen_length, sampling.steps, sampling.block_length) == (8, 8, 4)
+  tokens = np.asarray(model.model.generate(np.asarray(prompt)[None], sampling=sampling).tokens)[0, len(prompt):]
   assert short == model.tokenizer.decode(tokens[:2], skip_special_tokens=True)
+
+
+def test_settings_default_to_the_paper_per_task_and_model_args_override_them(harness):
+  path, _, _ = harness
+  model = LLaDAHarnessModel(checkpoint=path, mesh="data=-1")
+  assert model.model.mesh.shape["data"] == len(jax.local_devices())
+  assert model.likelihood_settings("llada_hellaswag") == (128, 0.5)
+  assert model.likelihood_settings("mmlu_anatomy") == (1, 0.0)
+  assert model.likelihood_settings("truthfulqa_mc2") == (128, 2.0)
+  assert model.likelihood_settings("my_task") == (128, 0.0)
+  gsm8k = model.sampling_for("gsm8k")
+  assert (gsm8k.gen_length, gsm8k.steps, gsm8k.block_length, gsm8k.cfg_scale) == (256, 256, 256, 0.0)
+  given = LLaDAHarnessModel(checkpoint=path, cfg=0, mc_num=8, gen_length=64, block_length=32)
+  assert given.likelihood_settings("llada_hellaswag") == (8, 0.0)
+  sampling = given.sampling_for("gsm8k")
+  assert (sampling.gen_length, sampling.steps, sampling.block_length) == (64, 64, 32)
 
 
 @pytest.mark.slow

@@ -45,7 +45,8 @@ def _one_step(mesh_shape, cfg):
   return float(metrics["loss"]), jax.device_get(state["params"])
 
 
-@pytest.mark.parametrize("mesh_shape", [(1, 8, 1), (2, 2, 2), (1, 4, 2), (8, 1, 1)])
+@pytest.mark.parametrize("mesh_shape", [(1, 8, 1), (2, 2, 2), (1, 4, 2),
+                                        pytest.param((8, 1, 1), marks=pytest.mark.slow)])
 def test_sharded_step_equals_single_device(mesh_shape):
   """Tolerance: fp32 reductions split across devices reorder sums (~1e-6 relative)."""
   cfg = tiny_cfg()
@@ -56,7 +57,8 @@ def test_sharded_step_equals_single_device(mesh_shape):
     np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("objective", [[], ["train.objective=autoregressive", "model.causal=true"]])
+@pytest.mark.parametrize("objective", [[], pytest.param(["train.objective=autoregressive", "model.causal=true"],
+                                                            marks=pytest.mark.slow)])
 def test_the_chunked_loss_trains_like_the_whole_sequence_at_once(objective):
   """The output head + CE in 4 chunks of 8 positions, sharded fsdp×tensor: the same loss and updated weights as the
   single-device step computing all logits at once (to the sharded-step tolerance)."""
@@ -67,6 +69,7 @@ def test_the_chunked_loss_trains_like_the_whole_sequence_at_once(objective):
     np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.slow  # over 40 s on 2 cores (suite time)
 def test_gradient_accumulation_averages_the_micro_batch_gradients():
   """accum=2 equals averaging the gradients of the two micro-batches (rows k, k+2, …) with their own keys."""
   cfg = tiny_cfg("train.grad_accum=2")
@@ -136,6 +139,7 @@ def test_a_second_run_loads_its_compiled_programs_from_the_cache(tmp_path):
   assert events.count("/jax/compilation_cache/cache_hits") > first_hits
 
 
+@pytest.mark.slow  # over 40 s on 2 cores (suite time)
 def test_restore_onto_a_different_mesh(tmp_path):
   """Saved on 8 devices (FSDP), resumed by a fresh process with one device."""
   train.run(tiny_cfg("train.steps=3"), str(tmp_path), progress=False)
@@ -163,6 +167,7 @@ def poison_steps(monkeypatch, cfg, steps):
   monkeypatch.setattr(train, "_objective_loss", poisoned)
 
 
+@pytest.mark.slow  # over 40 s on 2 cores (suite time)
 def test_a_skipped_step_withholds_its_checkpoint_and_changes_nothing_else(tmp_path, monkeypatch):
   clean = train.run(tiny_cfg(), str(tmp_path / "clean"), progress=False)
   cfg = tiny_cfg()
@@ -203,6 +208,7 @@ def test_a_non_finite_update_is_caught_even_when_loss_and_gradient_are_finite(tm
   assert not checkpoint.committed_steps(str(tmp_path))
 
 
+@pytest.mark.slow  # over 40 s on 2 cores (suite time)
 def test_nan_policy_stop_then_resume_continues_like_an_uninterrupted_run(tmp_path, monkeypatch):
   full = train.run(tiny_cfg("train.checkpoint_every=2"), str(tmp_path / "full"), progress=False)
   cfg = tiny_cfg("train.checkpoint_every=2", "train.nan_policy=stop")
@@ -222,6 +228,7 @@ def test_recover_lr_needs_a_checkpoint(tmp_path):
   assert not os.path.exists(tmp_path / "new")
 
 
+@pytest.mark.slow  # over 40 s on 2 cores (suite time)
 def test_a_failed_first_run_binds_nothing(tmp_path):
   """Input checks run before the workdir exists; a run that fails before its first checkpoint leaves a workdir
   that a different model may still use."""
@@ -293,6 +300,7 @@ def test_sft_from_a_pretrained_run(tmp_path):
   assert summary.sample.startswith("What is your name?")
 
 
+@pytest.mark.slow  # over 40 s on 2 cores (suite time)
 def test_two_processes_train_like_one(tmp_path):
   """Real multi-host: 2 processes × 4 CPU devices (gloo) against 1 process × 8 devices, same global batches."""
   single = train.run(tiny_cfg("train.steps=3"), str(tmp_path / "single"), progress=False)
@@ -355,6 +363,7 @@ def test_tensorboard_is_flushed_at_every_log_step(tmp_path):
   assert _scalars(str(tmp_path / "tensorboard"), "train/update_norm") == [1, 2, 3]
 
 
+@pytest.mark.slow  # over 40 s on 2 cores (suite time)
 def test_a_killed_peer_ends_the_other_process_at_once_in_one_line(tmp_path):
   """2 processes × 4 CPU devices; kill -9 one mid-run: the other exits 2 with one line, not after the
   distributed runtime's heartbeat timeout with a C++ stack trace."""
