@@ -297,7 +297,6 @@ def params_shardings(config: ModelConfig, mesh) -> Params:
 STATE_ITEM, DATA_ITEM, META_ITEM = "state", "data_iter", "meta"
 JSON_FILE = "metadata"  # the file name of ocp.JsonCheckpointHandler()
 STEP_ITEMS = (STATE_ITEM, PARAMS_ITEM, DATA_ITEM)
-TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")
 CORRUPT_DIR = "corrupt_checkpoints"
 
 
@@ -551,8 +550,9 @@ def resolve_candidates(path: str) -> tuple[list[str], ModelConfig]:
 def find_tokenizer(path: str) -> str | None:
   """The tokenizer saved with a run or checkpoint (searched upwards from a step directory), if any."""
   path = paths.absolute(path)
+  from llada_jax.tokenizer import tokenizer_file  # sentencepiece and tokenizers load only when asked for
   for directory in (path, os.path.dirname(os.path.dirname(path))):
-    for name in TOKENIZER_FILES:
-      if paths.path(directory, name).is_file():
-        return os.path.join(directory, name)
+    found = tokenizer_file(directory)
+    if found is not None:
+      return found
   return None

@@ -75,6 +75,12 @@ def _cmd_train(args: argparse.Namespace) -> None:
   from llada_jax import config as config_lib, train
   _init_distributed(args)
   cfg = config_lib.apply_overrides(config_lib.load_config_file(args.config), args.overrides)
+  if args.print_config:
+    config_lib.model_config_from(cfg)  # a bad model section fails here too, not only when training starts
+    print(cfg)
+    return
+  if not args.workdir:
+    raise UserError("--workdir is required: where checkpoints, tensorboard events and the tokenizer go")
   summary = train.run(cfg, args.workdir, resume=args.resume, recover_lr=args.recover_lr,
                       progress=not args.no_progress)
   print(train.format_summary(summary, cfg))
@@ -378,7 +384,7 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="llada-jax", description="LLaDA masked-diffusion language models in JAX: convert, train, sample, "
-      "evaluate. Every config key can be overridden as --config.section.key=value.")
+      "evaluate. Every config key can be overridden as --config.section.key=value or --config.section.key value.")
   parser.add_argument("--debug", action="store_true", help="on an error, print the full traceback and the "
                       "libraries' logs as well as the one-line message (also: LLADA_JAX_DEBUG=1)")
   commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -404,7 +410,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "checkpoints every train.checkpoint_every steps, tensorboard metrics in WORKDIR/tensorboard "
                           "and a summary at the end. Override any key with --config.section.key=value.")
   _add_config_args(p)
-  p.add_argument("--workdir", required=True, help="where checkpoints, tensorboard events and the tokenizer go")
+  p.add_argument("--workdir", default=None, help="where checkpoints, tensorboard events and the tokenizer go "
+                 "(required unless --print-config)")
+  p.add_argument("--print-config", action="store_true", help="print the config after the --config.* overrides "
+                 "and exit")
   p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --workdir "
                  "(model, optimizer, step, data position): the loss sequence continues exactly")
   p.add_argument("--recover-lr", type=float, default=None, metavar="LR",
@@ -618,11 +627,30 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
+def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+  """(["key=value", …], the other arguments): --config.key=value and --config.key value (as ml_collections'
+  config flags take them) are not argparse flags, so they are pulled out first."""
+  overrides, rest = [], []
+  args = iter(argv)
+  for arg in args:
+    if not arg.startswith("--config."):
+      rest.append(arg)
+    elif "=" in arg:
+      overrides.append(arg[len("--config."):])
+    else:
+      value = next(args, None)
+      if value is None:
+        raise UserError(f"{arg} needs a value: {arg}=VALUE or {arg} VALUE")
+      overrides.append(f"{arg[len('--config.'):]}={value}")
+  return overrides, rest
+
+
 def main(argv: list[str] | None = None) -> int:
-  argv = list(sys.argv[1:] if argv is None else argv)
-  # --config.key=value overrides are not argparse flags: pull them out first.
-  overrides = [a[len("--config."):] for a in argv if a.startswith("--config.")]
-  argv = [a for a in argv if not a.startswith("--config.")]
+  try:
+    overrides, argv = _split_overrides(list(sys.argv[1:] if argv is None else argv))
+  except UserError as e:
+    print(f"llada-jax: error: {e}", file=sys.stderr)
+    return 2
   parser = build_parser()
   args, unknown = parser.parse_known_args(argv)
   if args.command == "lm-eval":  # everything else is lm-eval's own flags

@@ -319,6 +319,8 @@ def _parse_value(key: str, text: str, current: Any) -> Any:
     raise UserError(f"--config.{key}={text!r} is not a valid {type(current).__name__}") from None
   if isinstance(current, float) and isinstance(value, int):
     value = float(value)
+  if isinstance(current, int) and isinstance(value, float) and value.is_integer():  # 1e3 for a step count
+    value = int(value)
   if current is not None and not isinstance(value, type(current)):
     raise UserError(f"--config.{key} must be a {type(current).__name__}, got {text!r}")
   return value

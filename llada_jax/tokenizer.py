@@ -177,16 +177,25 @@ class _HFTokenizer(Tokenizer):
     return self._tok.decode(ids, skip_special_tokens=skip_special_tokens)
 
 
+def tokenizer_file(directory: str) -> str | None:
+  """The tokenizer file a directory holds, by TOKENIZER_FILES' order (HF's tokenizer.json, with its added tokens,
+  before a sentencepiece model), or None."""
+  for name in TOKENIZER_FILES:
+    if paths.path(directory, name).is_file():
+      return os.path.join(directory, name)
+  return None
+
+
 def load_tokenizer(path: str) -> Tokenizer:
   """A sentencepiece .model file, an HF tokenizer.json, or a directory holding tokenizer.json (preferred) or
   tokenizer.model."""
   path = paths.absolute(path)
   if paths.path(path).is_dir():
-    found = [os.path.join(path, name) for name in TOKENIZER_FILES if paths.path(path, name).is_file()]
-    if not found:
+    found = tokenizer_file(path)
+    if found is None:
       raise UserError(f"{path} holds neither {' nor '.join(TOKENIZER_FILES)}; point data.tokenizer at the tokenizer "
                       "file itself, or leave it empty to train the built-in tokenizer")
-    path = found[0]
+    path = found
   try:
     serialized = paths.path(path).read_bytes()
   except OSError as e:

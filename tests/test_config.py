@@ -2,6 +2,8 @@
 
 import glob
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -69,5 +71,22 @@ def test_overrides_are_typed_and_checked():
     config_lib.apply_overrides(cfg, ["model.n_layer=2"])
   with pytest.raises(UserError, match="must be a int"):
     config_lib.apply_overrides(cfg, ["model.n_layers=2.5"])
+  config_lib.apply_overrides(cfg, ["train.steps=1e3"])  # a whole number in float notation fits an int field
+  assert cfg.train.steps == 1000 and isinstance(cfg.train.steps, int)
+
+
+def test_both_override_forms_and_print_config():
+  from llada_jax import cli
+  overrides, rest = cli._split_overrides(["train", "--config", "c.py", "--config.train.steps", "20",
+                                          "--config.data.seq_len=64", "--resume"])
+  assert overrides == ["train.steps=20", "data.seq_len=64"] and rest == ["train", "--config", "c.py", "--resume"]
+  out = subprocess.run([sys.executable, "-m", "llada_jax.cli", "train", "--config", "configs/tiny.py",
+                        "--print-config", "--config.train.steps", "2e3", "--config.model.n_layers=3"],
+                       capture_output=True, text=True, cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert out.returncode == 0, out.stderr
+  assert "steps: 2000" in out.stdout and "n_layers: 3" in out.stdout
+  out = subprocess.run([sys.executable, "-m", "llada_jax.cli", "train", "--config", "configs/tiny.py",
+                        "--config.train.steps"], capture_output=True, text=True, cwd=REPO)
+  assert out.returncode == 2 and "needs a value" in out.stderr and len(out.stderr.strip().splitlines()) == 1
   with pytest.raises(UserError, match="does not exist"):
     config_lib.load_config_file("configs/nope.py")

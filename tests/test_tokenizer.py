@@ -186,6 +186,10 @@ def test_directory_prefers_tokenizer_json(sp_path, hf_path, tmp_path):
   assert load_tokenizer(str(tmp_path)).mask_id == 3
   load_tokenizer(hf_path).save(str(tmp_path))
   assert load_tokenizer(str(tmp_path)).mask_id == tokenizers.Tokenizer.from_file(hf_path).token_to_id("<|mdm_mask|>")
+  # the tokenizer found beside a checkpoint is the one the directory loads as
+  from llada_jax.checkpoint import find_tokenizer
+  assert find_tokenizer(str(tmp_path)) == str(tmp_path / "tokenizer.json")
+  assert find_tokenizer(str(tmp_path / "checkpoints" / "10")) == str(tmp_path / "tokenizer.json")  # a step dir
 
 
 def test_training_is_deterministic_across_processes_and_input_forms(tmp_path):

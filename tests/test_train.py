@@ -45,8 +45,8 @@ def _one_step(mesh_shape, cfg):
   return float(metrics["loss"]), jax.device_get(state["params"])
 
 
-@pytest.mark.parametrize("mesh_shape", [(1, 8, 1), (2, 2, 2), (1, 4, 2),
-                                        pytest.param((8, 1, 1), marks=pytest.mark.slow)])
+@pytest.mark.parametrize("mesh_shape", [(2, 2, 2)] + [pytest.param(m, marks=pytest.mark.slow)  # (2, 2, 2) has all 3 axes
+                                                      for m in ((1, 8, 1), (1, 4, 2), (8, 1, 1))])
 def test_sharded_step_equals_single_device(mesh_shape):
   """Tolerance: fp32 reductions split across devices reorder sums (~1e-6 relative)."""
   cfg = tiny_cfg()
@@ -276,6 +276,7 @@ def test_bad_configs_fail_before_compiling(tmp_path, overrides, match):
   assert not (tmp_path / "run").exists()  # nothing written for a run that never started
 
 
+@pytest.mark.slow  # over 40 s on 2 cores (suite time)
 def test_existing_checkpoints_need_resume_and_the_same_model(tmp_path):
   train.run(tiny_cfg("train.steps=3"), str(tmp_path), progress=False)
   with pytest.raises(UserError, match="pass --resume"):
