@@ -22,6 +22,7 @@ def test_sample_benchmark_runs_every_side_in_its_own_process_and_they_agree(monk
   assert all(r["log_likelihood"] < 0 for r in result["rows"][:-1])
 
 
+@pytest.mark.slow  # over 25 s on 2 cores (suite time)
 def test_kernel_benchmark_sides_compute_the_same_gradients(monkeypatch):
   # GQA (4 query heads on 2 kv heads) exercises the reference's repeat_interleave against our grouped attention.
   monkeypatch.chdir(REPO)

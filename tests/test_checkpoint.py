@@ -112,6 +112,7 @@ def test_rotation_keeps_the_newest_and_the_best(tmp_path):
   assert again.manager.all_steps() == [20, 70, 80]
 
 
+@pytest.mark.slow  # over 30 s on 2 cores (suite time)
 def test_a_workdir_falls_back_past_damaged_steps(tmp_path, caplog):
   from test_train import tiny_cfg
   from llada_jax import train

@@ -273,6 +273,7 @@ def test_cadences_and_recover_lr_are_checked_before_anything_runs(tmp_path):
   assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow  # over 30 s on 2 cores (suite time)
 def test_a_full_disk_stops_the_run_in_one_line_and_keeps_the_committed_step(small_disk):
   workdir = str(small_disk / "run")
   out = run_cli("train", "--config", "configs/tiny.py", "--workdir", workdir, "--no-progress", *SMALL,

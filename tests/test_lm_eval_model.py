@@ -159,6 +159,7 @@ def run_cli(*args):
                         env=env, timeout=600)
 
 
+@pytest.mark.slow  # over 30 s on 2 cores (suite time)
 def test_cli_runs_lm_eval_and_prints_its_table(harness, tmp_path):
   path, task_dir, _ = harness
   args = f"checkpoint={path},mc_num=2,mc_batch_size=2"

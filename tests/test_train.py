@@ -57,8 +57,8 @@ def test_sharded_step_equals_single_device(mesh_shape):
     np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("objective", [[], pytest.param(["train.objective=autoregressive", "model.causal=true"],
-                                                            marks=pytest.mark.slow)])
+@pytest.mark.slow  # over 30 s on 2 cores (suite time)
+@pytest.mark.parametrize("objective", [[], ["train.objective=autoregressive", "model.causal=true"]])
 def test_the_chunked_loss_trains_like_the_whole_sequence_at_once(objective):
   """The output head + CE in 4 chunks of 8 positions, sharded fsdp×tensor: the same loss and updated weights as the
   single-device step computing all logits at once (to the sharded-step tolerance)."""
@@ -122,6 +122,7 @@ def test_training_lowers_the_validation_bound_and_writes_artifacts(tmp_path):
   assert "val loss" in text and "tokens/s" in text
 
 
+@pytest.mark.slow  # over 30 s on 2 cores (suite time)
 def test_a_second_run_loads_its_compiled_programs_from_the_cache(tmp_path):
   """Two fresh runs of one config sharing a compilation cache: the second compiles nothing new."""
   cache, events = tmp_path / "cache", []
@@ -289,6 +290,7 @@ def test_existing_checkpoints_need_resume_and_the_same_model(tmp_path):
   assert summary.steps == 1
 
 
+@pytest.mark.slow  # over 30 s on 2 cores (suite time)
 def test_sft_from_a_pretrained_run(tmp_path):
   train.run(tiny_cfg("train.steps=2"), str(tmp_path / "pre"), progress=False)
   cfg = config_lib.apply_overrides(config_lib.load_config_file(os.path.join(REPO, "configs", "tiny_sft.py")),
