@@ -275,16 +275,6 @@ def _cmd_prepare_data(args: argparse.Namespace) -> None:
   print(f"train on them with --config.data.source=array_record --config.data.paths={args.out}")
 
 
-def _eval_mesh(text: str):
-  """The local devices as a mesh of the --mesh sizes (data=-1: every device data-parallel), or None."""
-  if not text:
-    return None
-  import jax
-  from llada_jax import sharding
-  sizes = sharding.parse_mesh(text)
-  return sharding.make_mesh(sizes["data"], sizes["fsdp"], sizes["tensor"], devices=jax.local_devices())
-
-
 def _cmd_eval(args: argparse.Namespace) -> None:
   from tqdm import tqdm
   from llada_jax import checkpoint, evaluate
@@ -310,7 +300,8 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     raise UserError(f"{existing[0]} exists; continue that run with --resume, replace it with --overwrite, or "
                     "choose another --output")
   checkpoint.ensure_writable(os.path.dirname(os.path.abspath(out)))  # before hours of scoring, not after
-  mesh = _eval_mesh(args.mesh)
+  from llada_jax.sharding import local_mesh
+  mesh = local_mesh(args.mesh)
   run_options = dict(options.run_options(), checkpoint=os.path.abspath(args.checkpoint), dtype=args.dtype,
                      tokenizer=args.tokenizer and os.path.abspath(args.tokenizer))
   records = evaluate.Records(records_path, run_options, resume=args.resume)  # a mismatched resume fails here

@@ -64,10 +64,8 @@ class LLaDAHarnessModel(LM):
                add_bos: bool = False, seed: int = 0, max_length: int | None = None, elbo_samples: int = 8,
                mesh: str = "", batch_size=None, max_batch_size=None, device=None):
     super().__init__()
-    mesh_sizes = sharding.parse_mesh(mesh) if mesh else None
-    self.model, self.tokenizer = load_for_inference(
-        str(checkpoint), tokenizer, dtype,
-        mesh=mesh_sizes and sharding.make_mesh(**mesh_sizes, devices=jax.local_devices()))
+    self.model, self.tokenizer = load_for_inference(str(checkpoint), tokenizer, dtype,
+                                                    mesh=sharding.local_mesh(mesh))
     self.mc_num = None if mc_num is None else int(mc_num)
     self.cfg = None if cfg is None else float(cfg)
     self.mc_batch_size, self.check_greedy = int(mc_batch_size), bool(check_greedy)
@@ -87,7 +85,7 @@ class LLaDAHarnessModel(LM):
     (`eval_data.PAPER_SETTINGS`), else 128 and no guidance."""
     paper = eval_data.paper_settings(task_name or "")
     mc_num = self.mc_num or (paper.mc_num if paper and paper.mc_num else 128)
-    cfg = self.cfg if self.cfg is not None else (paper.cfg_scale if paper else 0.0)
+    cfg = self._cfg(paper)
     self._announce(task_name, f"mc_num={mc_num} cfg={cfg}")
     return mc_num, cfg
 
@@ -99,13 +97,16 @@ class LLaDAHarnessModel(LM):
     paper_lengths = paper and paper.gen_length == gen_length
     steps = self.lengths["steps"] or (paper.steps if paper_lengths else gen_length)
     block_length = self.lengths["block_length"] or (paper.block_length if paper_lengths else gen_length)
-    cfg = self.cfg if self.cfg is not None else (paper.cfg_scale if paper else 0.0)
+    cfg = self._cfg(paper)
     sampling = dataclasses.replace(self.sampling, gen_length=gen_length, steps=steps, block_length=block_length,
                                    cfg_scale=cfg)
     if task_name is not None:
       self._announce(task_name, f"gen_length={gen_length} steps={steps} block_length={block_length} cfg={cfg} "
                      f"decoding={sampling.decoding}")
     return sampling
+
+  def _cfg(self, paper: "eval_data.PaperSettings | None") -> float:
+    return self.cfg if self.cfg is not None else (paper.cfg_scale if paper else 0.0)
 
   def _announce(self, task_name: str | None, settings: str) -> None:
     if (task_name, settings) not in self._announced:

@@ -112,3 +112,12 @@ def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, devices: Sequence[
                     f"{len(devices)} devices; set the mesh sizes so their product is the device count")
   # jax.make_mesh orders devices for the physical interconnect (TPU ICI rings), unlike a plain reshape.
   return jax.make_mesh(tuple(shape), MESH_AXES, devices=devices, axis_types=(jax.sharding.AxisType.Auto,) * 3)
+
+
+def local_mesh(text: str) -> Mesh | None:
+  """This process's devices as a mesh of the `parse_mesh` sizes (`data=-1`: every device data-parallel), or None
+  for an empty text: inference on one device."""
+  if not text:
+    return None
+  sizes = parse_mesh(text)
+  return make_mesh(sizes["data"], sizes["fsdp"], sizes["tensor"], devices=jax.local_devices())
