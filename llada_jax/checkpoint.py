@@ -19,9 +19,10 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 import uuid
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -194,10 +195,13 @@ def atomic_output_dir(out_dir: str, overwrite: bool = False) -> Iterator[str]:
 
 # ---- Params checkpoints ----
 
-def save_params(out_dir: str, layered: Params, config: ModelConfig, overwrite: bool = False) -> None:
-  """Writes a params checkpoint atomically. Takes ownership of `layered` (its host arrays are swapped for jax
-  arrays as they are written)."""
+def save_params(out_dir: str, layered: Params, config: ModelConfig, overwrite: bool = False,
+                extra_files: Sequence[str] = ()) -> None:
+  """Writes a params checkpoint atomically, with copies of `extra_files` (a tokenizer, say) beside it. Takes
+  ownership of `layered` (its host arrays are swapped for jax arrays as they are written)."""
   with atomic_output_dir(out_dir, overwrite) as tmp:
+    for extra in extra_files:
+      shutil.copyfile(extra, os.path.join(tmp, os.path.basename(extra)))
     # Host memory: as jax arrays (zero-copy on the CPU) Orbax honours save_concurrent_gb, and without OCDBT
     # (which buffers a whole transaction) each tensor is written as it goes. So a conversion holds the model plus
     # a couple of GB in flight: an 8B bf16 conversion fits a 24 GiB machine (`llada-jax bench convert`).

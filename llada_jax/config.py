@@ -204,11 +204,6 @@ def to_hf_config(config: ModelConfig) -> dict[str, Any]:
   }
 
 
-def hf_generation_config(config: ModelConfig) -> dict[str, Any]:
-  return {"_from_model_config": True, "bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id,
-          "pad_token_id": config.pad_token_id}
-
-
 # ---- Experiment configs (the files in configs/) ----
 
 def base_config() -> ml_collections.ConfigDict:

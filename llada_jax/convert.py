@@ -9,15 +9,18 @@ and reshape.
 import json
 import os
 import re
+import shutil
 import struct
 from typing import Any, Callable, Iterator
 
 import ml_dtypes
 import numpy as np
+from tqdm import tqdm
 
-from llada_jax import checkpoint
-from llada_jax.config import DTYPES, ModelConfig, from_hf_config, hf_generation_config, to_hf_config
+from llada_jax import checkpoint, paths
+from llada_jax.config import DTYPES, ModelConfig, from_hf_config, to_hf_config
 from llada_jax.errors import UserError
+from llada_jax.sampler import SamplingConfig
 
 PREFIX = "model.transformer."
 _ST_DTYPES = {"F32": np.dtype(np.float32), "BF16": np.dtype(ml_dtypes.bfloat16), "F16": np.dtype(np.float16),
@@ -223,8 +226,9 @@ def _cast(w: np.ndarray, dtype: np.dtype, name: str) -> np.ndarray:
   return out
 
 
-def load_hf(hf_dir: str, dtype: str | None = None) -> tuple[ModelConfig, dict[str, Any]]:
-  """(config, on-disk-layout params as host numpy arrays) from an HF directory, one tensor at a time."""
+def load_hf(hf_dir: str, dtype: str | None = None, progress: bool = False) -> tuple[ModelConfig, dict[str, Any]]:
+  """(config, on-disk-layout params as host numpy arrays) from an HF directory, one tensor at a time (a progress bar
+  on stderr with `progress`)."""
   hf_config = read_hf_config(hf_dir)
   config = from_hf_config(hf_config)
   reader = HFReader(hf_dir)
@@ -244,7 +248,7 @@ def load_hf(hf_dir: str, dtype: str | None = None) -> tuple[ModelConfig, dict[st
   source_dtype = reader.dtype(table[0][1])
   target = _target_dtype(dtype, source_dtype)
   layered: dict[str, Any] = {}
-  for path, name, to_ours, _, _ in table:
+  for path, name, to_ours, _, _ in tqdm(table, desc="reading tensors", unit="tensor", disable=not progress):
     node = layered
     for key in path[:-1]:
       node = node.setdefault(key, {})
@@ -306,8 +310,12 @@ def _write_safetensors(path: str, tensors: Iterator[tuple[str, np.ndarray]], spe
 
 
 def save_hf(layered: dict[str, Any], config: ModelConfig, out_dir: str, max_shard_size: str = "5GB",
-            overwrite: bool = False) -> list[str]:
-  """Writes config.json, generation_config.json, sharded safetensors and the index; returns the shard names."""
+            overwrite: bool = False, *, tokenizer=None, sampling: SamplingConfig | None = None,
+            progress: bool = False) -> list[str]:
+  """Writes an HF directory that `transformers` and the official code load: config.json, generation_config.json
+  (with `sampling` as our defaults), sharded safetensors and their index, our remote code (`REMOTE_CODE`, which
+  config.json's auto_map names) and, given one, the tokenizer (tokenizer.json + tokenizer_config.json). Returns the
+  shard names."""
   max_bytes = parse_size(max_shard_size)
   table = tensor_table(config)
   specs = {}
@@ -320,15 +328,68 @@ def save_hf(layered: dict[str, Any], config: ModelConfig, out_dir: str, max_shar
   shards = _plan_shards(sizes, max_bytes)
   files = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
   with checkpoint.atomic_output_dir(out_dir, overwrite) as tmp:
+    bar = tqdm(total=len(table), desc="writing tensors", unit="tensor", disable=not progress)
     tensors = hf_tensors(layered, config)
     for file, names in zip(files, shards):
       _write_safetensors(os.path.join(tmp, file), (next(tensors) for _ in names), {n: specs[n] for n in names})
+      bar.update(len(names))
+    bar.close()
     weight_map = {n: f for f, names in zip(files, shards) for n in names}
     _write_json(os.path.join(tmp, "model.safetensors.index.json"),
                 {"metadata": {"total_size": sum(s for _, s in sizes)}, "weight_map": weight_map})
     _write_json(os.path.join(tmp, "config.json"), to_hf_config(config))
-    _write_json(os.path.join(tmp, "generation_config.json"), hf_generation_config(config))
+    _write_json(os.path.join(tmp, GENERATION_CONFIG), generation_config(config, sampling or SamplingConfig()))
+    for name in REMOTE_CODE:
+      shutil.copyfile(os.path.join(_REMOTE_CODE_DIR, name), os.path.join(tmp, name))
+    if tokenizer is not None:
+      tokenizer.save(tmp)
   return files
+
+
+# ---- Files beside the weights ----
+
+GENERATION_CONFIG = "generation_config.json"
+REMOTE_CODE = ("configuration_llada.py", "modeling_llada.py")  # the modules config.json's auto_map names
+_REMOTE_CODE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hf_remote")
+_SAMPLING_KEY = "llada_sampling"  # our defaults inside generation_config.json, apart from transformers' own keys
+_SAMPLING_FIELDS = ("steps", "gen_length", "block_length", "temperature", "cfg_scale", "remasking")
+
+
+def generation_config(config: ModelConfig, sampling: SamplingConfig) -> dict[str, Any]:
+  """generation_config.json: the special ids transformers reads, and the sampling defaults we read back."""
+  return {"_from_model_config": True, "bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id,
+          "pad_token_id": config.pad_token_id, "mask_token_id": config.mask_token_id,
+          _SAMPLING_KEY: {name: getattr(sampling, name) for name in _SAMPLING_FIELDS}}
+
+
+def read_sampling_defaults(directory: str) -> SamplingConfig | None:
+  """The sampling defaults stored in a directory's generation_config.json; None where it has none."""
+  path = paths.path(directory, GENERATION_CONFIG)
+  if not path.is_file():
+    return None
+  try:
+    stored = json.loads(path.read_text()).get(_SAMPLING_KEY)
+  except (ValueError, AttributeError) as e:
+    raise UserError(f"{path} is not a JSON object ({e}); fix or delete it") from None
+  if stored is None:
+    return None
+  unknown = sorted(set(stored) - set(_SAMPLING_FIELDS))
+  if unknown:
+    raise UserError(f"{path}: {_SAMPLING_KEY} has unknown key(s) {', '.join(unknown)}; it may hold "
+                    f"{', '.join(_SAMPLING_FIELDS)}")
+  try:
+    return SamplingConfig(**stored)
+  except UserError as e:
+    raise UserError(f"{path}: {_SAMPLING_KEY} is not a valid sampling setting ({e})") from None
+
+
+def kept_files(hf_dir: str) -> list[str]:
+  """What hf-to-jax carries from an HF directory besides the weights: the tokenizer files, generation_config.json
+  and any remote code (*.py), byte for byte."""
+  from llada_jax.tokenizer import tokenizer_files
+  extra = [os.path.join(hf_dir, name) for name in sorted(os.listdir(hf_dir))
+           if name == GENERATION_CONFIG or name.endswith(".py")]
+  return tokenizer_files(hf_dir) + [p for p in extra if os.path.isfile(p)]
 
 
 def _write_json(path: str, value: Any) -> None:
@@ -339,18 +400,34 @@ def _write_json(path: str, value: Any) -> None:
 
 # ---- The two CLI conversions ----
 
-def hf_to_jax(hf_dir: str, out_dir: str, dtype: str | None = None, overwrite: bool = False) -> ModelConfig:
+def hf_to_jax(hf_dir: str, out_dir: str, dtype: str | None = None, overwrite: bool = False,
+              progress: bool = False) -> ModelConfig:
+  """An HF directory → a params checkpoint, keeping its tokenizer, generation config and remote code
+  (`kept_files`)."""
   checkpoint.check_output_dir(out_dir, overwrite)  # before reading gigabytes
-  config, layered = load_hf(hf_dir, dtype)
-  checkpoint.save_params(out_dir, layered, config, overwrite=overwrite)
+  hf_dir = paths.resolve_model(hf_dir)
+  config, layered = load_hf(hf_dir, dtype, progress)
+  checkpoint.save_params(out_dir, layered, config, overwrite=overwrite, extra_files=kept_files(hf_dir))
   return config
 
 
 def jax_to_hf(ckpt_dir: str, out_dir: str, max_shard_size: str = "5GB", dtype: str | None = None,
-              overwrite: bool = False) -> list[str]:
+              overwrite: bool = False, tokenizer_path: str | None = None, progress: bool = False):
+  """A checkpoint (params, workdir or step) → an HF directory (`save_hf`), with the tokenizer saved with the
+  checkpoint (or `tokenizer_path`) and the sampling defaults of its generation_config.json. Returns (shard names,
+  the tokenizer's path or None)."""
+  from llada_jax.tokenizer import load_tokenizer
   parse_size(max_shard_size)  # fail on a bad size before reading gigabytes
   _target_dtype(dtype, np.dtype(np.float32))
+  tokenizer_path = tokenizer_path or checkpoint.find_tokenizer(ckpt_dir)
+  tokenizer = load_tokenizer(tokenizer_path) if tokenizer_path else None
+  sampling = read_sampling_defaults(ckpt_dir)
   config, layered, _ = checkpoint.load_layered(ckpt_dir, dtype=dtype, as_numpy=True)
+  if tokenizer is not None and tokenizer.mask_id != config.mask_token_id:
+    raise UserError(f"the tokenizer {tokenizer_path} has mask id {tokenizer.mask_id}, the model "
+                    f"{config.mask_token_id}: it does not belong to this model; pass the right --tokenizer")
   if dtype:
     config = config.replace(param_dtype=dtype)
-  return save_hf(layered, config, out_dir, max_shard_size, overwrite)
+  files = save_hf(layered, config, out_dir, max_shard_size, overwrite, tokenizer=tokenizer, sampling=sampling,
+                  progress=progress)
+  return files, tokenizer_path

@@ -344,7 +344,7 @@ def make_tokenizer(data_cfg):
 
 
 def builtin_tokenizer(corpus: Corpus, vocab_size: int, directory: str):
-  """A sentencepiece BPE trained on the corpus's training split on first use, then loaded from the cache.
+  """The built-in byte-level BPE trained on the corpus's training split on first use, then loaded from the cache.
 
   The cache key hashes the training documents and the vocabulary size, so a changed corpus, split or size trains a
   new one and never picks up a stale file. Training is deterministic, so processes racing to fill the cache write
@@ -359,9 +359,9 @@ def builtin_tokenizer(corpus: Corpus, vocab_size: int, directory: str):
   for text in texts:
     encoded = text.encode("utf-8")
     digest.update(len(encoded).to_bytes(8, "little") + encoded)
-  path = os.path.join(directory, "tokenizers", f"{corpus.source}-{vocab_size}-{digest.hexdigest()[:16]}",
-                      "tokenizer.model")
-  if os.path.isfile(path):
+  # "bpe-bytes": the key of the byte-level tokenizer, so caches of the earlier sentencepiece one are never read.
+  path = os.path.join(directory, "tokenizers", f"{corpus.source}-bpe-bytes-{vocab_size}-{digest.hexdigest()[:16]}")
+  if os.path.isfile(os.path.join(path, "tokenizer.json")):
     return load_tokenizer(path)
   return train_tokenizer(texts, vocab_size, path)
 
@@ -407,11 +407,12 @@ def pack_documents(corpus: Corpus, tokenizer) -> Iterator[tuple[str, str, np.nda
 def _packed(corpus: Corpus, tokenizer) -> tuple[dict[str, np.ndarray], dict[str, int]]:
   """Every window of each split in memory, and the counts; computed once per process."""
   blocks = {name: [np.zeros((0, corpus.seq_len), np.int32)] for name in SPLITS}
-  stats = {f"{name}_{what}": 0 for name in SPLITS for what in ("documents", "tokens")}
-  for split, _, windows, n_tokens in pack_documents(corpus, tokenizer):
+  stats = {f"{name}_{what}": 0 for name in SPLITS for what in ("documents", "tokens", "bytes")}
+  for split, text, windows, n_tokens in pack_documents(corpus, tokenizer):
     blocks[split].append(windows)
     stats[f"{split}_documents"] += 1
     stats[f"{split}_tokens"] += n_tokens
+    stats[f"{split}_bytes"] += len(text.encode("utf-8"))
   windows = {name: np.concatenate(blocks[name]) for name in SPLITS}
   stats.update({f"{name}_windows": len(windows[name]) for name in SPLITS})
   return windows, stats
@@ -550,13 +551,14 @@ def prepare_data(data_cfg, out_dir: str, *, records_per_shard: int = 16384,
 def _write_prepared(corpus: Corpus, tokenizer, data_cfg, out_dir: str, records_per_shard: int,
                     progress: Callable[[int], None] | None) -> dict:
   shards = {name: _ShardWriter(out_dir, name, records_per_shard) for name in SPLITS}
-  counts = {name: {"documents": 0, "tokens": 0} for name in SPLITS}
+  counts = {name: {"documents": 0, "tokens": 0, "bytes": 0} for name in SPLITS}
   first_text = {}
   try:
     for split, text, windows, n_tokens in pack_documents(corpus, tokenizer):
       first_text.setdefault(split, text)
       counts[split]["documents"] += 1
       counts[split]["tokens"] += n_tokens
+      counts[split]["bytes"] += len(text.encode("utf-8"))
       for window in windows:
         shards[split].write(window)
       if progress is not None:
@@ -717,7 +719,9 @@ def data_stats(data_cfg, tokenizer) -> dict[str, int]:
   corpus = corpus_of(data_cfg)
   if corpus.source == "array_record":
     splits = read_manifest(corpus.paths[0])["splits"]
-    return {f"{name}_{what}": splits[name][what] for name in SPLITS for what in ("documents", "tokens", "windows")}
+    # "bytes" is absent from manifests written before it was counted
+    return {f"{name}_{what}": splits[name][what] for name in SPLITS
+            for what in ("documents", "tokens", "bytes", "windows") if what in splits[name]}
   if corpus.source in SFT_SOURCES:
     return dict(_sft_rows(corpus, tokenizer)[1])
   return dict(_packed(corpus, tokenizer)[1])

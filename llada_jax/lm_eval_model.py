@@ -61,7 +61,7 @@ class LLaDAHarnessModel(LM):
                check_greedy: bool = False, gen_length: int | None = None, steps: int | None = None,
                block_length: int | None = None, temperature: float = 0.0, remasking: str = "low_confidence",
                decoding: str = "exact", threshold: float = 0.9, factor: float = 1.0, cache: str = "none",
-               add_bos: bool = False, seed: int = 0, max_length: int | None = None, elbo_samples: int = 8,
+               add_bos: bool | None = None, seed: int = 0, max_length: int | None = None, elbo_samples: int = 8,
                mesh: str = "", batch_size=None, max_batch_size=None, device=None):
     super().__init__()
     self.model, self.tokenizer = load_for_inference(str(checkpoint), tokenizer, dtype,
@@ -69,7 +69,8 @@ class LLaDAHarnessModel(LM):
     self.mc_num = None if mc_num is None else int(mc_num)
     self.cfg = None if cfg is None else float(cfg)
     self.mc_batch_size, self.check_greedy = int(mc_batch_size), bool(check_greedy)
-    self.add_bos, self.seed = bool(add_bos), int(seed)
+    self.add_bos = self.tokenizer.add_bos_token if add_bos is None else bool(add_bos)
+    self.seed = int(seed)
     self.max_length = int(max_length or self.model.config.max_sequence_length)
     self.elbo_samples = int(elbo_samples)
     self.requests_per_call = _requests_per_call(batch_size)

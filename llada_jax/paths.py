@@ -8,9 +8,12 @@ expanded); URLs are left as they are (`os.path.abspath` would turn gs://b/x into
 
 import glob as glob_lib
 import os
+import re
 import uuid
 
 from etils import epath
+
+from llada_jax.errors import UserError
 
 
 def is_url(path: str | os.PathLike) -> bool:
@@ -53,3 +56,27 @@ def glob(pattern: str) -> list[str]:
   first_magic = next(i for i, part in enumerate(parts) if glob_lib.has_magic(part))
   base = epath.Path("/".join(parts[:first_magic]))
   return sorted(str(p) for p in base.glob("/".join(parts[first_magic:])) if p.is_file())
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def resolve_model(location: str, allow_download: bool | None = None) -> str:
+  """A model directory: `location` itself, or for a Hugging Face id ("GSAI-ML/LLaDA-8B-Base") that is not a local
+  path, its snapshot in the local HF cache (HF_HOME / HF_HUB_CACHE). Nothing is downloaded unless allowed
+  (`allow_download`, default: the LLADA_JAX_ALLOW_DOWNLOAD=1 environment variable)."""
+  if is_url(location) or os.path.exists(os.path.expanduser(location)) or not _HUB_ID.fullmatch(location):
+    return location
+  import huggingface_hub
+  from huggingface_hub.errors import LocalEntryNotFoundError
+  if allow_download is None:
+    allow_download = os.environ.get("LLADA_JAX_ALLOW_DOWNLOAD") == "1"
+  try:
+    return huggingface_hub.snapshot_download(location, local_files_only=not allow_download)
+  except LocalEntryNotFoundError:
+    raise UserError(f"{location} is neither a local directory nor in the local Hugging Face cache "
+                    f"({huggingface_hub.constants.HF_HUB_CACHE}); download it (huggingface-cli download {location}, "
+                    "or set LLADA_JAX_ALLOW_DOWNLOAD=1) or pass the directory holding it") from None
+  except Exception as e:  # the hub's network and authorisation errors
+    raise UserError(f"fetching {location} from the Hugging Face hub failed ({type(e).__name__}: {e}); pass a local "
+                    "directory instead") from None

@@ -1,6 +1,7 @@
 """`load_pretrained`: the object a Hugging Face user expects, over our functional model."""
 
 import contextlib
+import dataclasses
 import functools
 import os
 from typing import Iterator
@@ -21,10 +22,23 @@ def _logits(params, tokens, attention_mask, config):
 
 
 class LLaDAModel:
-  """A loaded model: `.config`, `.params` (stacked pytree of jax arrays), `.logits(...)`, `.save_pretrained(...)`."""
+  """A loaded model: `.config`, `.params` (stacked pytree of jax arrays), `.logits(...)`, `.generate(...)`,
+  `.save_pretrained(...)`; `.stored_sampling`, the sampling defaults stored with the weights (generation_config.json)
+  or None, and `.sampling`, those or SamplingConfig()'s."""
 
-  def __init__(self, config: ModelConfig, params, mesh=None):
+  def __init__(self, config: ModelConfig, params, mesh=None,
+               stored_sampling: "sampler.SamplingConfig | None" = None):
     self.config, self.params, self.mesh = config, params, mesh
+    self.stored_sampling = stored_sampling
+    self.sampling = sampler.SamplingConfig() if stored_sampling is None else stored_sampling
+
+  def sampling_with(self, sampling: "sampler.SamplingConfig | None" = None, **options) -> "sampler.SamplingConfig":
+    """`sampling` if given, else the model's defaults with `options` (SamplingConfig fields) replaced."""
+    if sampling is not None:
+      if options:
+        raise TypeError("pass either sampling= or SamplingConfig fields as keywords, not both")
+      return sampling
+    return dataclasses.replace(self.sampling, **options)
 
   def _mesh_context(self):
     return jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext()
@@ -55,11 +69,13 @@ class LLaDAModel:
 
   def generate(self, prompt, attention_mask=None, sampling: "sampler.SamplingConfig | None" = None, *, rng=None,
                return_history: bool = False, **options) -> "sampler.GenerateOutput":
-    """The reverse sampler (`llada_jax.sampler.generate`): a `SamplingConfig`, or its fields as keywords."""
+    """The reverse sampler (`llada_jax.sampler.generate`): a `SamplingConfig`, or fields replacing the model's
+    defaults as keywords."""
     prompt, attention_mask = self.check_tokens(prompt, attention_mask)
     with self._mesh_context():
-      return sampler.generate(self.params, prompt, attention_mask, config=self.config, sampling=sampling, rng=rng,
-                              return_history=return_history, **options)
+      return sampler.generate(self.params, prompt, attention_mask, config=self.config,
+                              sampling=self.sampling_with(sampling, **options), rng=rng,
+                              return_history=return_history)
 
   def generate_blocks(self, prompt, attention_mask=None, sampling: "sampler.SamplingConfig | None" = None, *,
                       rng=None) -> "Iterator[sampler.BlockUpdate]":
@@ -67,7 +83,7 @@ class LLaDAModel:
     prompt, attention_mask = self.check_tokens(prompt, attention_mask)
     with self._mesh_context():
       yield from sampler.generate_blocks(self.params, prompt, attention_mask, config=self.config,
-                                         sampling=sampler.SamplingConfig() if sampling is None else sampling, rng=rng)
+                                         sampling=self.sampling_with(sampling), rng=rng)
 
   def log_likelihood(self, prompt, answer, *, mc_num: int = 128, batch_size: int = 16, cfg_scale: float = 0.0,
                      mask_id: int | None = None, rng=None) -> float:
@@ -89,15 +105,19 @@ class LLaDAModel:
                                         pairs_per_call=pairs_per_call, progress=progress)
 
   def save_pretrained(self, out_dir: str, format: str = "hf", max_shard_size: str = "5GB",
-                      overwrite: bool = False) -> None:
-    """`format="hf"`: config.json + sharded safetensors; `format="jax"`: our Orbax params checkpoint."""
+                      overwrite: bool = False, tokenizer=None) -> None:
+    """`format="hf"`: what `transformers` loads (`convert.save_hf`: config, sharded safetensors, remote code, the
+    sampling defaults and `tokenizer`); `format="jax"`: our Orbax params checkpoint (with `tokenizer`)."""
     if format not in ("hf", "jax"):
       raise UserError(f"format must be 'hf' or 'jax', got {format!r}")
     host = jax.tree.map(np.asarray, checkpoint.to_layered(self.params, self.config.n_layers))
     if format == "hf":
-      convert.save_hf(host, self.config, out_dir, max_shard_size, overwrite)
+      convert.save_hf(host, self.config, out_dir, max_shard_size, overwrite, tokenizer=tokenizer,
+                      sampling=self.sampling)
     else:
       checkpoint.save_params(out_dir, host, self.config, overwrite)
+      if tokenizer is not None:
+        tokenizer.save(out_dir)
 
 
 def load_pretrained(path: str, dtype: str | None = None, mesh=None, attention_impl: str = "auto") -> LLaDAModel:
@@ -105,8 +125,10 @@ def load_pretrained(path: str, dtype: str | None = None, mesh=None, attention_im
   latest checkpoint) or one step directory of it.
 
   `dtype` casts the parameters (float32 / bfloat16 / float16); `mesh` shards them by the logical-axis rules;
-  `attention_impl` picks the attention kernel (auto, xla, cudnn, splash: `llada_jax.ops`).
+  `attention_impl` picks the attention kernel (auto, xla, cudnn, splash: `llada_jax.ops`). A Hugging Face model id
+  is looked up in the local HF cache (`paths.resolve_model`).
   """
+  path = paths.resolve_model(path)
   if not paths.path(path).is_dir():
     raise UserError(f"{path} does not exist or is not a directory")
   if not paths.path(path, "config.json").is_file():  # HF directories are read locally (memory-mapped safetensors)
@@ -119,18 +141,24 @@ def load_pretrained(path: str, dtype: str | None = None, mesh=None, attention_im
   config = config.replace(attention_impl=attention_impl)  # how to run is the caller's choice, not the file's
   if dtype:  # computing in the dtype the user asked for, as torch's model.to(dtype) does
     config = config.replace(dtype=dtype)
-  return LLaDAModel(config, params, mesh)
+  return LLaDAModel(config, params, mesh, convert.read_sampling_defaults(path))
 
 
-def load_for_inference(path: str, tokenizer_path: str | None = None, dtype: str | None = None, mesh=None):
-  """(model, tokenizer) for the CLI: the tokenizer is --tokenizer, or the one saved with the run / HF directory;
-  `mesh` shards the parameters and the work (`load_pretrained`)."""
+def load_tokenizer_for(path: str, tokenizer_path: str | None = None):
+  """The tokenizer of a checkpoint: `tokenizer_path`, or the one saved with the run / HF directory."""
   from llada_jax.tokenizer import load_tokenizer
-  model = load_pretrained(path, dtype=dtype, mesh=mesh)
-  found = tokenizer_path or checkpoint.find_tokenizer(path)
+  found = tokenizer_path or checkpoint.find_tokenizer(paths.resolve_model(path))
   if found is None:
     raise UserError(f"no tokenizer found with {path}; pass --tokenizer (a tokenizer.json or sentencepiece .model)")
-  tokenizer = load_tokenizer(found)
+  return load_tokenizer(found)
+
+
+def load_for_inference(path: str, tokenizer_path: str | None = None, dtype: str | None = None, mesh=None,
+                       tokenizer=None):
+  """(model, tokenizer) for the CLI: the tokenizer is `tokenizer` (already loaded), --tokenizer, or the one saved
+  with the run / HF directory; `mesh` shards the parameters and the work (`load_pretrained`)."""
+  tokenizer = tokenizer or load_tokenizer_for(path, tokenizer_path)
+  model = load_pretrained(path, dtype=dtype, mesh=mesh)
   if tokenizer.mask_id != model.config.mask_token_id:
     raise UserError(f"the tokenizer's mask id {tokenizer.mask_id} differs from the model's "
                     f"{model.config.mask_token_id}: this tokenizer does not belong to this model")

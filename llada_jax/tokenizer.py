@@ -1,15 +1,19 @@
-"""Tokenizers: one interface over a sentencepiece model and a Hugging Face tokenizer.json, plus LLaDA's chat layout.
+"""Tokenizers: one interface over a Hugging Face tokenizer.json and a sentencepiece model, plus LLaDA's chat layout.
 
-The released LLaDA checkpoints ship a byte-level BPE `tokenizer.json`; our built-in tokenizer is a small sentencepiece
-BPE trained on the corpus (`train_tokenizer`). Both expose the six special tokens of LLADA_SPEC §3 by name, so the
-rest of llada-jax never cares which backend it holds. The built-in one reserves them at ids 1..6, the ids that
-configs/tiny.py and configs/small.py bake in.
+The released LLaDA checkpoints ship a byte-level BPE `tokenizer.json`; our built-in tokenizer is a small byte-level
+BPE of the same kind trained on the corpus (`train_tokenizer`), so `transformers.AutoTokenizer` loads what we save.
+Both expose the six special tokens of LLADA_SPEC §3 by name, so the rest of llada-jax never cares which backend it
+holds. The built-in one reserves them at ids 1..6, the ids that configs/tiny.py and configs/small.py bake in.
+
+A tokenizer's own settings come from the `tokenizer_config.json` beside it, as in transformers: `chat_template`
+(rendered with jinja2 in a sandbox; a `chat_template.jinja` file takes precedence) and `add_bos_token`. Without a
+template the built-in LLaDA layout applies, which is also the template we save.
 """
 
-import io
+import functools
+import json
 import os
-import random
-from typing import Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import sentencepiece as spm
@@ -21,14 +25,18 @@ from llada_jax.errors import UserError
 SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>", "<|mdm_mask|>", "<|start_header_id|>", "<|end_header_id|>",
                   "<|eot_id|>")
 ROLES = ("system", "user", "assistant")
-MODEL_TYPES = ("bpe", "unigram")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")  # in a directory, the first one present wins
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")  # the vocabulary; in a directory the first one present wins
+SETTINGS_FILE = "tokenizer_config.json"
+CHAT_TEMPLATE_FILE = "chat_template.jinja"  # transformers ≥ 4.50 saves the template here instead of in the settings
+COMPANION_FILES = (SETTINGS_FILE, "special_tokens_map.json", CHAT_TEMPLATE_FILE)  # travel with the vocabulary file
 
-# Sentencepiece keeps every training sentence in memory and skips longer ones; long lines are cut into chunks of at
-# most _CHUNK_CHARS characters (≤ 4 bytes each in UTF-8), and a corpus with more than max_sentences of them is
-# reservoir-sampled down by us with a fixed seed: sentencepiece's own sampling is not reproducible across processes.
-_CHUNK_CHARS = 2048
-_MAX_SENTENCES = 1_000_000
+# LLADA_SPEC §3 as a chat template (Llama-3 layout, BOS first). Whitespace is explicit because transformers renders
+# with trim_blocks/lstrip_blocks: only the two newlines after each header are text.
+LLADA_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "<|start_header_id|>{{ message['role'] }}<|end_header_id|>\n\n{{ message['content'] }}<|eot_id|>"
+    "{% endfor %}{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}")
+_UNK = "<unk>"  # id 0 of the built-in vocabulary: byte-level BPE never produces it, it keeps the specials at 1..6
 _META_SPACE = "\u2581"  # what sentencepiece writes for a space; decodes back to a space
 
 
@@ -37,15 +45,19 @@ class Tokenizer:
   `train_tokenizer`.
 
   Attributes: `vocab_size` (ids are 0..vocab_size-1), `bos_id`, `eos_id`, `pad_id` (= eos_id: LLaDA pads with EOS),
-  `mask_id`, `start_header_id`, `end_header_id`, `eot_id`.
+  `mask_id`, `start_header_id`, `end_header_id`, `eot_id`; `add_bos_token` (whether plain prompts start with BOS, per
+  the settings) and `chat_template` (the settings' jinja template, or None for the built-in layout).
   """
 
   vocab_size: int
   _filename: str  # what `save` writes
 
-  def __init__(self, serialized: bytes, source: str):
+  def __init__(self, serialized: bytes, source: str, settings: Mapping[str, Any] | None = None):
     self._serialized = serialized
     self.source = source
+    self.settings = dict(settings or {})
+    self.add_bos_token = bool(self.settings.get("add_bos_token", False))
+    self.chat_template = _default_template(self.settings.get("chat_template"), source)
     found = {token: self._token_id(token) for token in SPECIAL_TOKENS}
     missing = [token for token, i in found.items() if i is None]
     if missing:
@@ -81,8 +93,11 @@ class Tokenizer:
     so "\\n\\n{content}" is one segment. Previous assistant turns end with <|eot_id|>, as the official template writes
     them (the answer's EOS is stripped for multi-turn chat).
     """
+    messages = _checked_messages(messages)
+    if self.chat_template is not None:
+      return self.encode(_render(self.chat_template, messages, add_generation_prompt))
     ids = [self.bos_id]
-    for message in _checked_messages(messages):
+    for message in messages:
       ids += self._header(message["role"]) + self.encode("\n\n" + message["content"]) + [self.eot_id]
     if add_generation_prompt:
       ids += self._header("assistant") + self.encode("\n\n")
@@ -103,12 +118,27 @@ class Tokenizer:
     return self.encode_chat(messages[:-1]), self.encode(messages[-1]["content"]) + [self.eos_id]
 
   def save(self, directory: str) -> str:
-    """Writes the tokenizer, byte for byte as loaded, into `directory` as tokenizer.model or tokenizer.json; returns
-    the path. Atomic, so a reader never sees half a file."""
-    path = os.path.join(paths.absolute(directory), self._filename)
+    """Writes the tokenizer into `directory`: tokenizer.json or tokenizer.model byte for byte as loaded, and
+    tokenizer_config.json (the loaded settings, completed with the special tokens, `add_bos_token` and the chat
+    template, which transformers' AutoTokenizer reads). Returns the vocabulary file's path. Each file is written
+    atomically, so a reader never sees half of one."""
+    directory = paths.absolute(directory)
+    path = os.path.join(directory, self._filename)
     # Atomic: several processes building the same cached tokenizer see either no file or a whole one.
     paths.write_atomically(path, self._serialized)
+    paths.write_atomically(os.path.join(directory, SETTINGS_FILE),
+                           json.dumps(self.hf_settings(), indent=2, ensure_ascii=False) + "\n")
     return path
+
+  def hf_settings(self) -> dict[str, Any]:
+    """tokenizer_config.json as transformers reads it: the loaded settings, with what they lack filled in."""
+    settings = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
+                "mask_token": "<|mdm_mask|>", "add_bos_token": self.add_bos_token, "add_eos_token": False,
+                "clean_up_tokenization_spaces": False, "model_max_length": 4096,
+                **({"tokenizer_class": "PreTrainedTokenizerFast"} if self._filename == "tokenizer.json" else {}),
+                **self.settings}
+    settings["chat_template"] = self.chat_template or LLADA_CHAT_TEMPLATE
+    return settings
 
   def _header(self, role: str) -> list[int]:
     return [self.start_header_id] + self.encode(role) + [self.end_header_id]
@@ -126,7 +156,7 @@ class Tokenizer:
 class _SentencePieceTokenizer(Tokenizer):
   _filename = "tokenizer.model"
 
-  def __init__(self, serialized: bytes, source: str):
+  def __init__(self, serialized: bytes, source: str, settings: Mapping[str, Any] | None = None):
     try:
       self._sp = spm.SentencePieceProcessor(model_proto=serialized)
     except RuntimeError as e:
@@ -136,7 +166,7 @@ class _SentencePieceTokenizer(Tokenizer):
     # A literal "▁" in the text would come back as a space; with byte fallback we spell it as its UTF-8 bytes.
     meta_bytes = [self._sp.piece_to_id(f"<0x{b:02X}>") for b in _META_SPACE.encode()]
     self._meta_bytes = meta_bytes if all(self._sp.is_byte(i) for i in meta_bytes) else None
-    super().__init__(serialized, source)
+    super().__init__(serialized, source, settings)
 
   def _token_id(self, token):
     i = self._sp.piece_to_id(token)
@@ -157,7 +187,7 @@ class _SentencePieceTokenizer(Tokenizer):
 class _HFTokenizer(Tokenizer):
   _filename = "tokenizer.json"
 
-  def __init__(self, serialized: bytes, source: str):
+  def __init__(self, serialized: bytes, source: str, settings: Mapping[str, Any] | None = None):
     try:
       self._tok = tokenizers.Tokenizer.from_str(serialized.decode("utf-8"))
     except Exception as e:  # tokenizers raises a bare Exception for malformed files
@@ -165,7 +195,7 @@ class _HFTokenizer(Tokenizer):
                       "HF checkpoint, a sentencepiece .model file, or a directory holding one") from None
     # Ids may be sparse (LLaDA's specials sit at 126080..126348), so the id range, not the token count.
     self.vocab_size = max(self._tok.get_vocab(with_added_tokens=True).values(), default=-1) + 1
-    super().__init__(serialized, source)
+    super().__init__(serialized, source, settings)
 
   def _token_id(self, token):
     return self._tok.token_to_id(token)
@@ -186,10 +216,35 @@ def tokenizer_file(directory: str) -> str | None:
   return None
 
 
+def tokenizer_files(directory: str) -> list[str]:
+  """Every tokenizer file a directory holds (vocabularies and their companions), for copying a tokenizer whole."""
+  return [os.path.join(directory, name) for name in (*TOKENIZER_FILES, *COMPANION_FILES)
+          if paths.path(directory, name).is_file()]
+
+
+def read_settings(directory: str) -> dict[str, Any]:
+  """tokenizer_config.json of a directory ({} when absent), with chat_template.jinja's text as its template."""
+  settings = {}
+  settings_path = paths.path(directory, SETTINGS_FILE)
+  if settings_path.is_file():
+    try:
+      settings = json.loads(settings_path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+      raise UserError(f"{settings_path} is not valid JSON ({e}); fix it or delete it to use the tokenizer's "
+                      "defaults") from None
+    if not isinstance(settings, dict):
+      raise UserError(f"{settings_path} holds {type(settings).__name__}, not a JSON object; fix it or delete it")
+  template_path = paths.path(directory, CHAT_TEMPLATE_FILE)
+  if template_path.is_file():
+    settings["chat_template"] = template_path.read_text()
+  return settings
+
+
 def load_tokenizer(path: str) -> Tokenizer:
   """A sentencepiece .model file, an HF tokenizer.json, or a directory holding tokenizer.json (preferred) or
-  tokenizer.model."""
-  path = paths.absolute(path)
+  tokenizer.model, or a model id in the local HF cache; with the settings of the tokenizer_config.json beside the
+  file, if any."""
+  path = paths.absolute(paths.resolve_model(path))
   if paths.path(path).is_dir():
     found = tokenizer_file(path)
     if found is None:
@@ -202,54 +257,40 @@ def load_tokenizer(path: str) -> Tokenizer:
     raise UserError(f"cannot read tokenizer {path} ({e.strerror}); pass an existing sentencepiece .model file, HF "
                     "tokenizer.json, or a directory holding one") from None
   backend = _HFTokenizer if path.endswith(".json") else _SentencePieceTokenizer
-  return backend(serialized, path)
+  return backend(serialized, path, read_settings(os.path.dirname(path)))
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int, out_path: str, model_type: str = "bpe", *,
-                    max_sentences: int = _MAX_SENTENCES) -> Tokenizer:
-  """Trains the built-in sentencepiece tokenizer, writes it atomically to `out_path` and returns it.
+def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str) -> Tokenizer:
+  """Trains the built-in tokenizer, writes it into the directory `out_dir` (tokenizer.json and tokenizer_config.json,
+  each atomically) and returns it.
 
-  `texts` yields documents, or is a list/tuple of text file paths (read as UTF-8, bad bytes replaced). Corpora of
-  more than `max_sentences` lines are sampled down to that many, deterministically.
+  `texts` yields documents, or is a list/tuple of text file paths (read as UTF-8, bad bytes replaced).
 
-  The model keeps text verbatim — no normalisation, no dummy prefix, spaces and newlines kept, byte fallback for any
-  character it has no piece for — so decode(encode(s)) == s for every string. The six special tokens are
-  user-defined symbols at ids 1..6 (unk = 0). Deterministic: the same texts give the same file bytes on any machine
-  (one trainer thread; BPE training is a serial loop of merges anyway, seconds for 8k pieces on 5 MB).
+  Byte-level, like LLaDA's own tokenizer: every string is spelt with the 256 byte symbols plus learnt merges, so
+  decode(encode(s)) == s for every string and nothing is ever unknown. GPT-2's pre-tokenisation splits words from
+  spaces, digits and punctuation. `<unk>` and the six special tokens are ids 0..6. Deterministic: the same texts give
+  the same file bytes in any process (seconds for 8k pieces on 5 MB).
   """
-  if model_type not in MODEL_TYPES:
-    raise UserError(f"tokenizer model_type={model_type!r} is not one of {', '.join(MODEL_TYPES)}")
   if isinstance(texts, str):
     raise TypeError("train_tokenizer takes an iterable of documents or a list of file paths, not one string")
-  proto = io.BytesIO()
-  spm.set_min_log_level(2)  # the trainer logs hundreds of INFO lines to stderr otherwise
-  try:
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(_sample(_sentences(texts), max_sentences)), model_writer=proto,
-        vocab_size=vocab_size, model_type=model_type, byte_fallback=True,
-        unk_id=0, bos_id=-1, eos_id=-1, pad_id=-1, user_defined_symbols=list(SPECIAL_TOKENS),
-        normalization_rule_name="identity", add_dummy_prefix=False, remove_extra_whitespaces=False,
-        allow_whitespace_only_pieces=True, max_sentence_length=4 * _CHUNK_CHARS,
-        input_sentence_size=0, shuffle_input_sentence=False, num_threads=1)
-  except RuntimeError as e:
-    raise UserError(f"training the tokenizer failed: {e}; if the vocabulary is too large for the corpus, lower "
-                    "data.tokenizer_vocab_size or give more text") from None
-  tokenizer = _SentencePieceTokenizer(proto.getvalue(), out_path)
+  byte_level = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+  # BPE, not unigram: tokenizers' unigram trainer gives different files in different processes.
+  tok = tokenizers.Tokenizer(tokenizers.models.BPE())
+  trainer = tokenizers.trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[_UNK, *SPECIAL_TOKENS],
+                                           show_progress=False, initial_alphabet=byte_level.alphabet())
+  tok.pre_tokenizer = byte_level
+  tok.decoder = tokenizers.decoders.ByteLevel()
+  tok.train_from_iterator(_read_documents(texts) if _are_paths(texts) else texts, trainer=trainer)
+  if tok.get_vocab_size() != vocab_size:
+    raise UserError(f"training the tokenizer gave {tok.get_vocab_size()} ids, not the {vocab_size} asked for: the "
+                    "corpus is too small for that vocabulary; lower data.tokenizer_vocab_size or give more text")
+  out_dir = paths.absolute(out_dir)
+  tokenizer = _HFTokenizer(tok.to_str().encode("utf-8"), os.path.join(out_dir, _HFTokenizer._filename))
   ids = (tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id, tokenizer.mask_id, tokenizer.start_header_id,
          tokenizer.end_header_id, tokenizer.eot_id)
   assert ids == (1, 2, 2, 3, 4, 5, 6), f"built-in special ids came out as {ids}; configs/*.py expect 1,2,2,3,4,5,6"
-  paths.write_atomically(out_path, proto.getvalue())
+  tokenizer.save(out_dir)
   return tokenizer
-
-
-def _sentences(texts: Iterable[str]) -> Iterator[str]:
-  """The training sentences: non-empty lines (newlines themselves are left to byte fallback), long ones chunked."""
-  if _are_paths(texts):
-    texts = _read_lines(texts)
-  for text in texts:
-    for line in text.split("\n"):
-      for start in range(0, len(line), _CHUNK_CHARS):
-        yield line[start:start + _CHUNK_CHARS]
 
 
 def _are_paths(texts) -> bool:
@@ -259,27 +300,53 @@ def _are_paths(texts) -> bool:
           and any(os.path.isfile(t) for t in texts))
 
 
-def _read_lines(paths: Sequence[str]) -> Iterator[str]:
+def _read_documents(paths: Sequence[str]) -> Iterator[str]:
   for path in paths:
     try:
       with open(path, encoding="utf-8", errors="replace", newline="\n") as f:
-        yield from f
+        yield f.read()
     except OSError as e:
       raise UserError(f"cannot read tokenizer training file {path} ({e.strerror}); fix or drop the path") from None
 
 
-def _sample(sentences: Iterator[str], limit: int) -> list[str]:
-  """At most `limit` sentences, a uniform sample when there are more (reservoir sampling with a fixed seed)."""
-  rng = random.Random(0)
-  kept = []
-  for n, sentence in enumerate(sentences):
-    if n < limit:
-      kept.append(sentence)
-    else:
-      j = rng.randrange(n + 1)
-      if j < limit:
-        kept[j] = sentence
-  return kept
+def _default_template(template, source: str) -> str | None:
+  """The template text of a settings' chat_template: a string, or transformers' list of named templates."""
+  if template is None or isinstance(template, str):
+    return template
+  if isinstance(template, list):
+    named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+    if isinstance(named.get("default"), str):
+      return named["default"]
+  raise UserError(f"the chat_template in {source}'s settings is neither a string nor a list holding a 'default' "
+                  "template; fix tokenizer_config.json or remove its chat_template to use LLaDA's layout")
+
+
+def _render(template: str, messages: list, add_generation_prompt: bool) -> str:
+  from jinja2 import TemplateError
+  try:
+    return _compiled_template(template).render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                               bos_token="<|startoftext|>", eos_token="<|endoftext|>")
+  except TemplateError as e:
+    raise UserError(f"the tokenizer's chat_template failed on this conversation ({e}); fix tokenizer_config.json's "
+                    "chat_template or remove it to use LLaDA's layout") from None
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled_template(template: str):
+  """The template compiled as transformers does (sandboxed: a template cannot reach Python objects or files)."""
+  from jinja2 import TemplateError
+  from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+  def raise_exception(message):
+    raise UserError(f"the chat template refused the conversation: {message}")
+
+  env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+  env.filters["tojson"] = lambda value, indent=None: json.dumps(value, ensure_ascii=False, indent=indent)
+  env.globals["raise_exception"] = raise_exception
+  try:
+    return env.from_string(template)
+  except TemplateError as e:
+    raise UserError(f"the tokenizer's chat_template does not compile ({e}); fix tokenizer_config.json") from None
 
 
 def _checked_messages(messages: Sequence[Mapping[str, str]]) -> list[Mapping[str, str]]:

@@ -237,6 +237,7 @@ class Summary:
   checkpoint_dir: str = ""
   best_step: int | None = None  # the kept checkpoint with the best validation bound
   tensorboard_dir: str = ""
+  loss_plot: str = ""  # loss.png in the workdir
   data_stats: dict = dataclasses.field(default_factory=dict)
   sample: str = ""
 
@@ -336,6 +337,12 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, resume: bool = False, r
   summary.best_step = store.best_step()
   summary.data_stats = data_lib.data_stats(cfg.data, tokenizer)
   summary.tensorboard_dir = tensorboard_dir
+  if jax.process_index() == 0 and (summary.losses or summary.val_losses):
+    from llada_jax import plots
+    per_byte = bits_per_byte(1.0, summary.data_stats) if summary.data_stats.get("val_bytes") else None
+    summary.loss_plot = plots.loss_curves(summary.losses, summary.val_losses, os.path.join(workdir, "loss.png"),
+                                          title=f"{cfg.train.objective}: {model_config.num_params():,} parameters, "
+                                          f"{cfg.data.source} data", bits_per_nat_token=per_byte)
   return summary
 
 
@@ -540,6 +547,12 @@ def _sample(cfg, model_config: ModelConfig, params, tokenizer, data_lib) -> str:
   return prompt + "⟶" + tokenizer.decode(np.asarray(out.tokens)[0, len(ids):])
 
 
+def bits_per_byte(nats_per_token: float, data_stats: dict) -> float:
+  """A validation bound in nats per token as bits per UTF-8 byte of the validation text (tokens include each
+  document's EOS, as the bound does)."""
+  return nats_per_token * data_stats["val_tokens"] / (data_stats["val_bytes"] * math.log(2))
+
+
 def format_summary(summary: Summary, cfg: ml_collections.ConfigDict) -> str:
   """The one screen printed at the end of `llada-jax train`."""
   model_config = model_config_from(cfg)
@@ -558,6 +571,10 @@ def format_summary(summary: Summary, cfg: ml_collections.ConfigDict) -> str:
     (s0, v0), (s1, v1) = summary.val_losses[0], summary.val_losses[-1]
     lines.append(f"val loss     {v0:.4f} at step {s0} → {v1:.4f} at step {s1} (an upper bound on NLL, nats/token; "
                  f"perplexity ≤ {math.exp(min(v1, 50.0)):,.1f})")
+    if summary.data_stats.get("val_bytes"):
+      b0, b1 = (bits_per_byte(v, summary.data_stats) for v in (v0, v1))
+      lines.append(f"val bits/B   {b0:.3f} → {b1:.3f} (the same bound per byte of text: comparable across "
+                   "tokenizers)")
   if summary.data_stats:
     lines.append("data         " + ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in summary.data_stats.items()))
   lines += [
@@ -566,8 +583,11 @@ def format_summary(summary: Summary, cfg: ml_collections.ConfigDict) -> str:
       f"checkpoint   {summary.checkpoint_dir}" + (
           f" (best validation bound: step {summary.best_step}, kept)"
           if summary.best_step is not None and not summary.checkpoint_dir.endswith(f"/{summary.best_step}") else ""),
-      f"tensorboard  tensorboard --logdir {summary.tensorboard_dir}",
+      f"tensorboard  tensorboard --logdir {summary.tensorboard_dir}  (the viewer: pip install tensorboard, or the "
+      "llada-jax[tensorboard] extra)",
   ]
+  if summary.loss_plot:
+    lines.append(f"loss curves  {summary.loss_plot}")
   if summary.sample:
     lines.append(f"sample       (temperature 1, random unmasking) {summary.sample!r}")
   return "\n".join(lines)

@@ -24,7 +24,7 @@ def _sharpen(model):
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
   root = tmp_path_factory.mktemp("chat")
-  tokenizer_path = str(root / "tok.model")
+  tokenizer_path = str(root / "tok")
   tokenizer = train_tokenizer(list(data.builtin_documents())[:2], 400, tokenizer_path)
   path, _ = write_hf_dir(root / "hf", HF, seed=3, edit=_sharpen)
   return load_pretrained(path), tokenizer, path, tokenizer_path

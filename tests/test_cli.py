@@ -188,7 +188,7 @@ def test_eval_and_export_of_the_trained_run(trained, tmp_path):
 def test_tokenizer_and_prepare_data_commands(tmp_path):
   corpus = tmp_path / "corpus.txt"
   corpus.write_text("".join(f"Line {i} of a small corpus, with words and more words.\n" for i in range(3000)))
-  out = run_cli("tokenizer", "train", "--input", str(corpus), "--vocab-size", "300", "--out", str(tmp_path / "t.model"))
+  out = run_cli("tokenizer", "train", "--input", str(corpus), "--vocab-size", "300", "--out", str(tmp_path / "tok"))
   assert out.returncode == 0, out.stderr[-2000:]
   assert "mask 3" in out.stdout
   docs = tmp_path / "docs"
@@ -196,22 +196,22 @@ def test_tokenizer_and_prepare_data_commands(tmp_path):
   for i in range(20):
     (docs / f"{i}.txt").write_text(corpus.read_text()[i * 500:(i + 1) * 2000])
   out = run_cli("prepare-data", "--config", "configs/tiny.py", "--config.data.source=text",
-                f"--config.data.paths={docs}/*.txt", f"--config.data.tokenizer={tmp_path / 't.model'}",
+                f"--config.data.paths={docs}/*.txt", f"--config.data.tokenizer={tmp_path / 'tok'}",
                 "--config.data.seq_len=64", "--config.data.val_fraction=0.1", "--out", str(tmp_path / "prepared"))
   assert out.returncode == 0, out.stderr[-2000:]
   assert "array_record" in out.stdout and any(f.endswith(".array_record") for f in os.listdir(tmp_path / "prepared"))
   assert oct(os.stat(tmp_path / "prepared").st_mode & 0o077) == oct(0o055)  # readable by others, as mkdir makes it
 
   # Nothing is overwritten without --overwrite: not a tokenizer file, not a directory holding someone's files.
-  model_bytes = (tmp_path / "t.model").read_bytes()
-  out = run_cli("tokenizer", "train", "--input", str(corpus), "--vocab-size", "280", "--out", str(tmp_path / "t.model"))
+  model_bytes = (tmp_path / "tok" / "tokenizer.json").read_bytes()
+  out = run_cli("tokenizer", "train", "--input", str(corpus), "--vocab-size", "280", "--out", str(tmp_path / "tok"))
   assert "pass --overwrite" in one_error_line(out, "tokenizer")
-  assert (tmp_path / "t.model").read_bytes() == model_bytes
+  assert (tmp_path / "tok" / "tokenizer.json").read_bytes() == model_bytes
   mine = tmp_path / "mine"
   mine.mkdir()
   (mine / "notes.txt").write_text("keep me")
   out = run_cli("prepare-data", "--config", "configs/tiny.py", "--config.data.source=text",
-                f"--config.data.paths={docs}/*.txt", f"--config.data.tokenizer={tmp_path / 't.model'}",
+                f"--config.data.paths={docs}/*.txt", f"--config.data.tokenizer={tmp_path / 'tok'}",
                 "--config.data.seq_len=64", "--out", str(mine))
   assert "pass --overwrite" in one_error_line(out, "prepare-data")
   assert os.listdir(mine) == ["notes.txt"]

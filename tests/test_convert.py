@@ -28,7 +28,7 @@ def test_round_trip_is_bit_exact(tmp_path, dtype, layout):
   hf_config = tiny_hf_config(n_kv_heads=2)
   src, ref = write_hf_dir(tmp_path / "src", hf_config, seed=5, dtype=dtype, layout=layout)
   convert.hf_to_jax(src, str(tmp_path / "jax"))
-  files = convert.jax_to_hf(str(tmp_path / "jax"), str(tmp_path / "out"), max_shard_size="40KB")
+  files, _ = convert.jax_to_hf(str(tmp_path / "jax"), str(tmp_path / "out"), max_shard_size="40KB")
   assert len(files) > 1 and files[0] == f"model-00001-of-{len(files):05d}.safetensors"
   out = _hf_state(tmp_path / "out")
   expected = ref.state_dict()

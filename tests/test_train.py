@@ -116,10 +116,15 @@ def test_training_lowers_the_validation_bound_and_writes_artifacts(tmp_path):
   assert os.listdir(tmp_path / "compilation_cache")  # on by default, in the workdir
   assert os.listdir(tmp_path / "tensorboard")
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["24", "27", "30"]  # keep_checkpoints=3
-  assert os.path.isfile(tmp_path / "tokenizer.model")
+  assert os.path.isfile(tmp_path / "tokenizer.json") and os.path.isfile(tmp_path / "tokenizer_config.json")
   assert summary.sample and summary.data_stats["train_windows"] > 1000
   text = train.format_summary(summary, tiny_cfg())
   assert "val loss" in text and "tokens/s" in text
+  assert summary.loss_plot == str(tmp_path / "loss.png") and f"loss curves  {tmp_path / 'loss.png'}" in text
+  stats = summary.data_stats
+  bits = train.bits_per_byte(last, stats)
+  assert bits == pytest.approx(last * stats["val_tokens"] / stats["val_bytes"] / math.log(2))
+  assert f"→ {bits:.3f}" in text.split("val bits/B")[1].splitlines()[0]
 
 
 @pytest.mark.slow  # over 30 s on 2 cores (suite time)
