@@ -364,10 +364,13 @@ class TrainCheckpoints:
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
-  def save_tokenizer(self, tokenizer) -> None:
-    """Keeps the tokenizer with the run, so `generate`/`eval` on this workdir need nothing else."""
+  def save_with_run(self, tokenizer, generation_config: dict) -> None:
+    """Keeps the tokenizer and the sampling defaults (generation_config.json) with the run, so `generate`/`eval`
+    on this workdir need nothing else."""
     if jax.process_index() == 0:
       tokenizer.save(self.workdir)
+      with paths.path(self.workdir, GENERATION_CONFIG).open("w") as f:
+        json.dump(generation_config, f, indent=2)
 
   def save(self, step: int, state: dict, data_iterator, val_loss: float | None) -> None:
     """Starts writing `step` (in the background when async). The previous write is waited for and its errors
@@ -551,11 +554,20 @@ def resolve_candidates(path: str) -> tuple[list[str], ModelConfig]:
   return [path], read_metadata(path)[0]  # raises the "not a llada-jax checkpoint" error
 
 
+GENERATION_CONFIG = "generation_config.json"  # transformers' name; it also carries our sampling defaults
+
+
+def companion_dirs(path: str) -> tuple[str, str]:
+  """Where the files kept beside a checkpoint's weights (tokenizer, generation_config.json) are looked for: the
+  directory itself, then the workdir above a step directory (W/checkpoints/N)."""
+  path = paths.absolute(path)
+  return path, os.path.dirname(os.path.dirname(path))
+
+
 def find_tokenizer(path: str) -> str | None:
   """The tokenizer saved with a run or checkpoint (searched upwards from a step directory), if any."""
-  path = paths.absolute(path)
   from llada_jax.tokenizer import tokenizer_file  # sentencepiece and tokenizers load only when asked for
-  for directory in (path, os.path.dirname(os.path.dirname(path))):
+  for directory in companion_dirs(path):
     found = tokenizer_file(directory)
     if found is not None:
       return found

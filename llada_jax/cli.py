@@ -42,7 +42,9 @@ def _cmd_init(args: argparse.Namespace) -> None:
   params = jax.jit(model_lib.init_params, static_argnums=0)(model_config, jax.random.key(args.seed))
   layered = jax.tree.map(np.asarray, checkpoint.to_layered(params, model_config.n_layers))
   if args.format == "hf":
-    convert.save_hf(layered, model_config, args.out, overwrite=args.overwrite)
+    from llada_jax.sampler import SamplingConfig
+    convert.save_hf(layered, model_config, args.out, overwrite=args.overwrite,
+                    sampling=SamplingConfig.from_experiment(cfg))
   else:
     checkpoint.save_params(args.out, layered, model_config, overwrite=args.overwrite)
   print(f"wrote a randomly initialised model ({model_config.num_params():,} parameters, {args.format} format) "

@@ -207,7 +207,8 @@ def to_hf_config(config: ModelConfig) -> dict[str, Any]:
 # ---- Experiment configs (the files in configs/) ----
 
 def base_config() -> ml_collections.ConfigDict:
-  """Defaults every file in configs/ starts from; sections: model (ModelConfig fields), mesh, data, train."""
+  """Defaults every file in configs/ starts from; sections: model (ModelConfig fields), mesh, data, train,
+  sampling."""
   cfg = ml_collections.ConfigDict()
   cfg.model = ml_collections.ConfigDict(ModelConfig().to_dict())
   cfg.seed = 0
@@ -263,6 +264,10 @@ def base_config() -> ml_collections.ConfigDict:
       sample_prompt="",  # "" = the first line of a validation document
       peak_tflops=0.0,  # per device, for MFU; 0 = look up by device kind
   ))
+  # The sampling defaults saved with the run (generation_config.json): what generate, chat and the summary's sample
+  # use when no flag says otherwise. These are the official generate()'s; small models want their own (tiny.py).
+  cfg.sampling = ml_collections.ConfigDict(dict(
+      steps=128, gen_length=128, block_length=128, temperature=0.0, cfg_scale=0.0, remasking="low_confidence"))
   return cfg
 
 

@@ -338,7 +338,8 @@ def save_hf(layered: dict[str, Any], config: ModelConfig, out_dir: str, max_shar
     _write_json(os.path.join(tmp, "model.safetensors.index.json"),
                 {"metadata": {"total_size": sum(s for _, s in sizes)}, "weight_map": weight_map})
     _write_json(os.path.join(tmp, "config.json"), to_hf_config(config))
-    _write_json(os.path.join(tmp, GENERATION_CONFIG), generation_config(config, sampling or SamplingConfig()))
+    _write_json(os.path.join(tmp, checkpoint.GENERATION_CONFIG),
+                generation_config(config, sampling or SamplingConfig()))
     for name in REMOTE_CODE:
       shutil.copyfile(os.path.join(_REMOTE_CODE_DIR, name), os.path.join(tmp, name))
     if tokenizer is not None:
@@ -348,7 +349,6 @@ def save_hf(layered: dict[str, Any], config: ModelConfig, out_dir: str, max_shar
 
 # ---- Files beside the weights ----
 
-GENERATION_CONFIG = "generation_config.json"
 REMOTE_CODE = ("configuration_llada.py", "modeling_llada.py")  # the modules config.json's auto_map names
 _REMOTE_CODE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hf_remote")
 _SAMPLING_KEY = "llada_sampling"  # our defaults inside generation_config.json, apart from transformers' own keys
@@ -363,9 +363,11 @@ def generation_config(config: ModelConfig, sampling: SamplingConfig) -> dict[str
 
 
 def read_sampling_defaults(directory: str) -> SamplingConfig | None:
-  """The sampling defaults stored in a directory's generation_config.json; None where it has none."""
-  path = paths.path(directory, GENERATION_CONFIG)
-  if not path.is_file():
+  """The sampling defaults in the generation_config.json kept with a checkpoint (`checkpoint.companion_dirs`);
+  None where there is none or it holds none."""
+  candidates = (paths.path(d, checkpoint.GENERATION_CONFIG) for d in checkpoint.companion_dirs(directory))
+  path = next((p for p in candidates if p.is_file()), None)
+  if path is None:
     return None
   try:
     stored = json.loads(path.read_text()).get(_SAMPLING_KEY)
@@ -388,7 +390,7 @@ def kept_files(hf_dir: str) -> list[str]:
   and any remote code (*.py), byte for byte."""
   from llada_jax.tokenizer import tokenizer_files
   extra = [os.path.join(hf_dir, name) for name in sorted(os.listdir(hf_dir))
-           if name == GENERATION_CONFIG or name.endswith(".py")]
+           if name == checkpoint.GENERATION_CONFIG or name.endswith(".py")]
   return tokenizer_files(hf_dir) + [p for p in extra if os.path.isfile(p)]
 
 

@@ -77,7 +77,7 @@ def denoising_gif(history: np.ndarray, pieces: Sequence[str], mask_id: int, path
         continue
       colour = tuple(int(255 * c) for c in colours[when[i] - 1])
       draw.rectangle((x, y, x + cell_w - 3, y + cell_h - 3), fill=colour)
-      text = pieces[i].replace("\n", "⏎").strip() or "␣"
+      text = pieces[i].replace("\n", "\\n").strip() or "_"  # ASCII: the default bitmap font lacks ⏎ and ␣
       light = sum(colour) > 420
       draw.text((x + 3, y + 3), text[:8], fill="black" if light else "white", font=font)
     frames.append(image)

@@ -116,6 +116,26 @@ class SamplingConfig:
   def mask_token(self, config: ModelConfig) -> int:
     return config.mask_token_id if self.mask_id is None else int(self.mask_id)
 
+  @classmethod
+  def from_experiment(cls, cfg) -> "SamplingConfig":
+    """The `sampling` section of an experiment config (configs/), checked; the defaults where it has none."""
+    if "sampling" not in cfg:
+      return cls()
+    try:
+      return cls(**cfg.sampling.to_dict())
+    except (UserError, TypeError) as e:
+      raise UserError(f"config section sampling: {e}") from None
+
+  def describe(self) -> str:
+    """One line for a person: the settings that change what is sampled."""
+    parts = ["greedy" if self.temperature == 0 else f"temperature {self.temperature:g}",
+             "random unmasking" if self.remasking == "random" else "most confident first",
+             f"{self.gen_length} tokens" + (f" in blocks of {self.block_length}" if self.num_blocks > 1 else "")]
+    parts.append(f"{self.steps} steps" if self.decoding == "exact" else f"{self.decoding} decoding")
+    if self.cfg_scale:
+      parts.append(f"cfg {self.cfg_scale:g}")
+    return ", ".join(parts)
+
 
 class GenerateOutput(NamedTuple):
   tokens: jax.Array  # [batch, prompt_length + gen_length], the prompt included

@@ -22,10 +22,11 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from llada_jax import checkpoint, loss as loss_lib, optim, paths, sharding
+from llada_jax import checkpoint, convert, loss as loss_lib, optim, paths, sharding
 from llada_jax import model as model_lib
 from llada_jax.config import ModelConfig, model_config_from
 from llada_jax.errors import UserError
+from llada_jax.sampler import SamplingConfig
 
 OBJECTIVES = ("diffusion", "sft", "autoregressive")
 State = dict[str, Any]
@@ -240,6 +241,7 @@ class Summary:
   loss_plot: str = ""  # loss.png in the workdir
   data_stats: dict = dataclasses.field(default_factory=dict)
   sample: str = ""
+  sample_settings: str = ""  # SamplingConfig.describe() of the sample
 
 
 def _global_batch(local: dict, sharding_) -> dict:
@@ -293,6 +295,8 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, resume: bool = False, r
   model_config = model_config_from(cfg)
   mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
   check_experiment(cfg, model_config, mesh, jax.process_count())
+  sampling = SamplingConfig.from_experiment(cfg)
+  sampling.check(model_config, prompt_length=0)
   if checkpoint.committed_steps(workdir) and not resume:
     raise UserError(f"{workdir} already holds checkpoints; pass --resume to continue them or choose a new --workdir")
   if cfg.train.init_from:
@@ -308,7 +312,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, resume: bool = False, r
   checkpoint.ensure_writable(workdir)
   store = checkpoint.TrainCheckpoints(workdir, cfg, model_config, keep=cfg.train.keep_checkpoints,
                                       async_save=cfg.train.async_checkpoint)
-  store.save_tokenizer(tokenizer)
+  store.save_with_run(tokenizer, convert.generation_config(model_config, sampling))
 
   optimizer = optim.make_optimizer(cfg.train)
   batch_shard = batch_sharding(mesh)
@@ -327,8 +331,11 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, resume: bool = False, r
     tensorboard_dir = os.path.join(workdir, "tensorboard")
     writer = ScalarWriter(tensorboard_dir) if jax.process_index() == 0 else None
     try:
-      summary = _loop(cfg, model_config, state, step_fn, eval_fn, train_iter, batch_shard, store, tokenizer,
-                      writer, progress and jax.process_index() == 0, data_lib, callback)
+      summary, state = _loop(cfg, model_config, state, step_fn, eval_fn, train_iter, batch_shard, store,
+                             tokenizer, writer, progress and jax.process_index() == 0, data_lib, callback)
+      if cfg.train.sample_after and cfg.train.objective != "autoregressive":
+        summary.sample_settings = sampling.describe()
+        summary.sample = _sample(cfg, model_config, state["params"], tokenizer, data_lib, sampling)
     finally:
       if writer:  # events logged since the last flush survive any exit but a kill
         with contextlib.suppress(OSError):
@@ -436,7 +443,7 @@ class DivergenceGuard:
 
 
 def _loop(cfg, model_config, state, step_fn, eval_fn, train_iter, batch_shard, store, tokenizer, writer, show,
-          data_lib, callback) -> Summary:
+          data_lib, callback) -> tuple[Summary, State]:
   from tqdm import tqdm
   train = cfg.train
   tokens_per_step = cfg.data.global_batch * cfg.data.seq_len
@@ -529,22 +536,19 @@ def _loop(cfg, model_config, state, step_fn, eval_fn, train_iter, batch_shard, s
   summary.seconds = time.time() - run_start
   summary.tokens = summary.steps * tokens_per_step
   summary.loss = loss_value
-  if train.sample_after and train.objective != "autoregressive":
-    summary.sample = _sample(cfg, model_config, state["params"], tokenizer, data_lib)
-  return summary
+  return summary, state
 
 
-def _sample(cfg, model_config: ModelConfig, params, tokenizer, data_lib) -> str:
-  """A short continuation of a validation prompt by the reverse sampler, to see what the model learned."""
+def _sample(cfg, model_config: ModelConfig, params, tokenizer, data_lib, sampling: SamplingConfig) -> str:
+  """A continuation of a validation prompt with the run's sampling defaults (what `generate` on the workdir does),
+  to see what the model learned."""
   from llada_jax import sampler
   prompt = cfg.train.sample_prompt or data_lib.sample_prompt(cfg.data)
   ids = (tokenizer.encode_chat([{"role": "user", "content": prompt}]) if cfg.train.objective == "sft"
-         else tokenizer.encode(prompt))
-  # Temperature 1 with random unmasking shows what a small model learned; greedy confidence order degenerates to
-  # its most frequent tokens (newlines) until the model is much stronger.
-  out = sampler.generate(params, np.asarray([ids], np.int32), config=model_config, steps=48, gen_length=48,
-                         block_length=48, temperature=1.0, remasking="random", rng=jax.random.key(cfg.seed))
-  return prompt + "⟶" + tokenizer.decode(np.asarray(out.tokens)[0, len(ids):])
+         else tokenizer.encode(prompt, add_bos=tokenizer.add_bos_token))
+  out = sampler.generate(params, np.asarray([ids], np.int32), config=model_config, sampling=sampling,
+                         rng=jax.random.key(cfg.seed))
+  return prompt + "⟶" + tokenizer.decode(np.asarray(out.tokens)[0, len(ids):], skip_special_tokens=True)
 
 
 def bits_per_byte(nats_per_token: float, data_stats: dict) -> float:
@@ -589,5 +593,5 @@ def format_summary(summary: Summary, cfg: ml_collections.ConfigDict) -> str:
   if summary.loss_plot:
     lines.append(f"loss curves  {summary.loss_plot}")
   if summary.sample:
-    lines.append(f"sample       (temperature 1, random unmasking) {summary.sample!r}")
+    lines.append(f"sample       ({summary.sample_settings}) {summary.sample!r}")
   return "\n".join(lines)

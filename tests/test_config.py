@@ -55,7 +55,7 @@ def test_shipped_sizes_are_the_issue_sizes():
     return config_lib.model_config_from(config_lib.load_config_file(os.path.join(REPO, "configs", name + ".py")))
   assert model("llada_8b").num_params() == 8_015_581_184
   tiny, small = model("tiny"), model("small")
-  assert (tiny.d_model, tiny.n_heads, tiny.n_layers, tiny.mlp_hidden_size, tiny.vocab_size) == (128, 4, 4, 384, 8192)
+  assert (tiny.d_model, tiny.n_heads, tiny.n_layers, tiny.mlp_hidden_size, tiny.vocab_size) == (96, 4, 4, 256, 4096)
   assert (small.d_model, small.n_heads, small.n_layers, small.mlp_hidden_size, small.vocab_size) == (
       512, 8, 8, 1536, 8192)
   assert 0.9e9 < model("llada_1b").num_params(include_embeddings=False) < 1.1e9

@@ -13,7 +13,9 @@ import optax
 import pytest
 
 from conftest import REPO
-from llada_jax import checkpoint, config as config_lib, optim, sharding, train
+from llada_jax import checkpoint, config as config_lib, convert, optim, sharding, train
+from llada_jax.pretrained import load_pretrained
+from llada_jax.sampler import SamplingConfig
 from llada_jax.errors import UserError
 
 SMALL_MODEL = ["model.d_model=32", "model.n_heads=4", "model.n_kv_heads=2", "model.n_layers=2",
@@ -34,7 +36,7 @@ def _one_step(mesh_shape, cfg):
   mesh = sharding.make_mesh(*mesh_shape, devices=devices)
   optimizer = optim.make_optimizer(cfg.train)
   _, shardings = train.state_shardings(model_config, optimizer, mesh)
-  tokens = np.random.default_rng(0).integers(8, 8000, (8, 32)).astype(np.int32)
+  tokens = np.random.default_rng(0).integers(8, 4000, (8, 32)).astype(np.int32)
   with jax.set_mesh(mesh):
     state = jax.jit(lambda: train.init_state(model_config, optimizer, 0), out_shardings=shardings)()
     step = jax.jit(train.make_train_step(model_config, cfg.train, optimizer),
@@ -76,7 +78,7 @@ def test_gradient_accumulation_averages_the_micro_batch_gradients():
   model_config = config_lib.model_config_from(cfg)
   optimizer = optim.make_optimizer(cfg.train)
   state = train.init_state(model_config, optimizer, 0)
-  tokens = jnp.asarray(np.random.default_rng(0).integers(8, 8000, (8, 32)), jnp.int32)
+  tokens = jnp.asarray(np.random.default_rng(0).integers(8, 4000, (8, 32)), jnp.int32)
   new_state, metrics = jax.jit(train.make_train_step(model_config, cfg.train, optimizer))(state, {"tokens": tokens})
 
   loss_fn = functools.partial(train._objective_loss, model_config=model_config, train=cfg.train,
@@ -118,7 +120,13 @@ def test_training_lowers_the_validation_bound_and_writes_artifacts(tmp_path):
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["24", "27", "30"]  # keep_checkpoints=3
   assert os.path.isfile(tmp_path / "tokenizer.json") and os.path.isfile(tmp_path / "tokenizer_config.json")
   assert summary.sample and summary.data_stats["train_windows"] > 1000
+  # The run keeps its sampling defaults; generate on the workdir (or one of its steps) reads them back.
+  sampling = SamplingConfig.from_experiment(tiny_cfg())
+  assert sampling != SamplingConfig() and summary.sample_settings == sampling.describe()
+  assert load_pretrained(str(tmp_path)).stored_sampling == sampling
+  assert convert.read_sampling_defaults(str(tmp_path / "checkpoints" / "30")) == sampling
   text = train.format_summary(summary, tiny_cfg())
+  assert f"sample       ({sampling.describe()}) " in text
   assert "val loss" in text and "tokens/s" in text
   assert summary.loss_plot == str(tmp_path / "loss.png") and f"loss curves  {tmp_path / 'loss.png'}" in text
   stats = summary.data_stats
@@ -275,6 +283,8 @@ def test_weight_decay_spares_norms_and_embeddings():
     (["train.keep_checkpoints=0"], "train.keep_checkpoints=0 must be at least 1"),
     (["train.eval_every=-1"], "train.eval_every=-1 must be 0"),
     (["train.loss_chunk_length=12"], "must be 0 \\(no chunking\\) or divide data.seq_len=32"),
+    (["sampling.block_length=7"], "config section sampling: gen_length=.* is not a multiple of block_length=7"),
+    (["sampling.gen_length=8192", "sampling.block_length=8192"], "exceeds the model's max_sequence_length"),
 ])
 def test_bad_configs_fail_before_compiling(tmp_path, overrides, match):
   with pytest.raises(UserError, match=match):
