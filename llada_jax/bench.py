@@ -10,7 +10,7 @@ from typing import Callable
 
 import numpy as np
 
-from llada_jax.convert import NP_DTYPES
+from llada_jax.config import DTYPES
 from llada_jax.errors import UserError
 
 
@@ -34,7 +34,7 @@ def _synthetic_hf(path: str, config) -> int:
     node = tree
     for key in our_path[:-1]:
       node = node.setdefault(key, {})
-    weights = rng.standard_normal(shape(config), np.float32).astype(NP_DTYPES[config.param_dtype])
+    weights = rng.standard_normal(shape(config), np.float32).astype(DTYPES[config.param_dtype])
     node[our_path[-1]] = to_ours(config, weights)
   convert.save_hf(tree, config, path, max_shard_size="2GB")
   return sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path) if f.endswith(".safetensors"))
@@ -63,7 +63,7 @@ def bench_convert(layers: list[int], dtype: str = "bfloat16") -> list[dict]:
   if len(rows) >= 2:
     a, b = rows[0], rows[-1]
     full = ModelConfig(param_dtype=dtype)
-    full_gb = full.num_params() * NP_DTYPES[dtype].itemsize / 1e9
+    full_gb = full.num_params() * DTYPES[dtype].itemsize / 1e9
     for key in ("hf_to_jax_rss_gb", "jax_to_hf_rss_gb"):
       # The larger of: the per-layer growth extended to 32 layers, and the full model plus the overhead measured
       # at the largest size (the growth alone can under-count when a fixed transient dominates small runs).

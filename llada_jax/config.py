@@ -10,13 +10,17 @@ import os
 from typing import Any, Mapping
 
 import ml_collections
+import ml_dtypes
+import numpy as np
 
 from llada_jax.errors import UserError
 
 ATTENTION_IMPLS = ("auto", "xla", "cudnn", "splash")  # auto: splash on TPU, cudnn on GPU (bf16/fp16), else xla
 REMAT_POLICIES = ("none", "full", "save_dots", "save_qkv_proj", "save_qkv_out_proj", "offload_qkv_proj", "offload_dots",
                   "offload_layer_input")
-DTYPES = ("float32", "bfloat16", "float16")
+# The parameter / compute dtypes by name, as NumPy dtypes (jnp.dtype accepts them; bfloat16 is ml_dtypes').
+DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16),
+          "float16": np.dtype(np.float16)}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -26,8 +26,6 @@ PREFIX = "model.transformer."
 _ST_DTYPES = {"F32": np.dtype(np.float32), "BF16": np.dtype(ml_dtypes.bfloat16), "F16": np.dtype(np.float16),
               "F64": np.dtype(np.float64)}
 _ST_NAMES = {v: k for k, v in _ST_DTYPES.items()}
-NP_DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16),
-              "float16": np.dtype(np.float16)}
 
 
 def _linear_in(c: ModelConfig, w: np.ndarray) -> np.ndarray:  # torch [out, in] → ours [in, out]
@@ -210,9 +208,9 @@ def read_hf_config(hf_dir: str) -> dict[str, Any]:
 def _target_dtype(name: str | None, fallback: np.dtype) -> np.dtype:
   if name is None:
     return fallback
-  if name not in NP_DTYPES:
+  if name not in DTYPES:
     raise UserError(f"--dtype {name!r} is not supported; use one of {', '.join(DTYPES)}")
-  return NP_DTYPES[name]
+  return DTYPES[name]
 
 
 def _cast(w: np.ndarray, dtype: np.dtype, name: str) -> np.ndarray:
@@ -258,7 +256,7 @@ def load_hf(hf_dir: str, dtype: str | None = None, progress: bool = False) -> tu
 
 
 def _dtype_name(dtype: np.dtype) -> str:
-  return {v: k for k, v in NP_DTYPES.items()}[np.dtype(dtype)]
+  return {v: k for k, v in DTYPES.items()}[np.dtype(dtype)]
 
 
 def hf_tensors(layered: dict[str, Any], config: ModelConfig) -> Iterator[tuple[str, np.ndarray]]:

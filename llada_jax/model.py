@@ -16,11 +16,10 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from llada_jax import ops, sharding
-from llada_jax.config import ModelConfig
+from llada_jax.config import DTYPES, ModelConfig
 
 Params = dict[str, Any]
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 _QKV = ("query_proj", "key_proj", "value_proj")
 _OFFLOAD = dict(offload_src="device", offload_dst="pinned_host")
@@ -42,7 +41,7 @@ _REMAT_POLICIES = {
 
 
 def jnp_dtype(name: str) -> jnp.dtype:
-  return jnp.dtype(_DTYPES[name])
+  return jnp.dtype(DTYPES[name])
 
 
 def _param(rngs: nnx.Rngs, shape: tuple[int, ...], std: Any, axes: tuple[str, ...], dtype) -> nnx.Param:
