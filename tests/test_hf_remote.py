@@ -69,7 +69,9 @@ def test_automodel_loads_the_export_and_its_logits_equal_ours(exported):
 def test_autotokenizer_encodes_and_renders_the_chat_template_as_we_do(exported):
   _, _, out, _ = exported
   ours = load_tokenizer(out)
-  hf = transformers.AutoTokenizer.from_pretrained(out)
+  # config.json's auto_map makes AutoTokenizer read our configuration too: without trust_remote_code it would ask on
+  # a terminal (as for the official checkpoints, whose model card passes it).
+  hf = transformers.AutoTokenizer.from_pretrained(out, trust_remote_code=True)
   assert hf(TEXT)["input_ids"] == ours.encode(TEXT)  # add_bos_token is false for the built-in tokenizer
   assert hf.decode(ours.encode(TEXT)) == TEXT
   assert (hf.bos_token_id, hf.eos_token_id, hf.pad_token_id, hf.mask_token_id) == (1, 2, 2, 3)
