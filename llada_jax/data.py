@@ -7,9 +7,9 @@ are tokenized, joined with one EOS after each, and cut into `seq_len` windows. S
 Both run through one Grain pipeline: a global shuffle from the seed, endless epochs (each reshuffled), per-process
 batches, a strided slice of them, prefetch. Every process shuffles the same global order and takes its contiguous
 share of each global batch, so an optimizer step sees the same `global_batch` consecutive elements, in the same
-rows, whatever the number of processes, and the processes never overlap. The iterators are Grain `DatasetIterator`s: their JSON
-`get_state()`/`set_state()` go into the training checkpoint, and a resumed run reads exactly the batches it would
-have read.
+rows, whatever the number of processes, and the processes never overlap. The iterators are Grain
+`DatasetIterator`s: their JSON `get_state()`/`set_state()` go into the training checkpoint, and a resumed run reads
+exactly the batches it would have read.
 
 Documents go to the validation split by a stable hash of their text, so the split never moves when files are added
 or reordered. In-memory sources are tokenized once per process and cached; the ArrayRecord path reads windows on

@@ -474,7 +474,8 @@ def _read_couplets(path: str) -> list[dict]:
     with open(path, encoding="utf-8") as f:
       couplets = json.load(f)
   except (OSError, ValueError) as e:
-    raise UserError(f"cannot read reversal poems from {path} ({e}); pass --data pointing at reversal_poems.json") from None
+    raise UserError(f"cannot read reversal poems from {path} ({e}); pass --data pointing at "
+                    "reversal_poems.json") from None
   if not isinstance(couplets, list) or not all(isinstance(c, dict) and {"first", "second"} <= c.keys()
                                                for c in couplets):
     raise UserError(f"{path} must be a JSON list of objects with 'first' and 'second' lines")

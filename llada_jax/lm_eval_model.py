@@ -20,8 +20,8 @@ found by task name: `hellaswag`, `llada_arc_challenge`, `mmlu_anatomy`, `truthfu
 get mc_num 128, no guidance and 256 generated tokens); a model arg applies to every task. The settings each task
 runs with are printed to stderr once.
 
-Each choice draws its masks from `evaluate.choice_key(key(seed), document, choice)`, as `llada-jax eval` does, so both give
-the same per-example log-likelihoods for the same seed, examples and settings.
+Each choice draws its masks from `evaluate.choice_key(key(seed), document, choice)`, as `llada-jax eval` does, so
+both give the same per-example log-likelihoods for the same seed, examples and settings.
 """
 
 import dataclasses

@@ -85,8 +85,9 @@ class SamplingConfig:
       if getattr(self, name) not in allowed:
         raise UserError(f"{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}")
     if self.decoding == "exact" and self.steps % self.num_blocks:
+      suggestion = self.num_blocks * max(1, self.steps // self.num_blocks)
       raise UserError(f"steps={self.steps} is not a multiple of the number of blocks ({self.num_blocks} = "
-                      f"gen_length / block_length); use e.g. steps={self.num_blocks * max(1, self.steps // self.num_blocks)}")
+                      f"gen_length / block_length); use e.g. steps={suggestion}")
     if self.temperature < 0 or self.cfg_scale < 0:
       raise UserError("temperature and cfg_scale must be non-negative")
     if self.decoding != "exact" and self.remasking != "low_confidence":

@@ -167,9 +167,9 @@ def test_task_loading_errors_and_overrides():
   with pytest.raises(UserError, match="needs --data"):
     evaluate.load_tasks(["reversal_poems"], data=None, limit=1, num_fewshot=None, cfg_scale=None, mc_num=None,
                         gen_length=None, steps=None, block_length=None)
-  tasks = evaluate.load_tasks(["reversal_poems"], data=os.path.join(REPO, "..", "shared", "data", "reversal_poems.json"), limit=3,
-                              num_fewshot=None, cfg_scale=None, mc_num=None, gen_length=None, steps=None,
-                              block_length=None)
+  poems = os.path.join(REPO, "..", "shared", "data", "reversal_poems.json")
+  tasks = evaluate.load_tasks(["reversal_poems"], data=poems, limit=3, num_fewshot=None, cfg_scale=None,
+                              mc_num=None, gen_length=None, steps=None, block_length=None)
   assert [len(t.examples) for t in tasks] == [3, 3] and tasks[0].gen_length == 28
   assert dataclasses.replace(tasks[0], mc_num=4).mc_num == 4
 
@@ -262,7 +262,8 @@ def test_a_resumed_run_scores_only_what_is_missing_and_equals_an_uninterrupted_o
 def test_paper_settings_are_found_by_task_name():
   assert eval_data.paper_settings("llada_hellaswag").cfg_scale == 0.5
   assert eval_data.paper_settings("mmlu_anatomy").mc_num == 1
-  assert eval_data.paper_settings("arc_easy").cfg_scale == 0.0 and eval_data.paper_settings("gpqa_main_n_shot").cfg_scale == 0.5
+  assert eval_data.paper_settings("arc_easy").cfg_scale == 0.0
+  assert eval_data.paper_settings("gpqa_main_n_shot").cfg_scale == 0.5
   assert eval_data.paper_settings("truthfulqa_mc2").cfg_scale == 2.0 and eval_data.paper_settings("unknown") is None
   task = eval_data.load_task("gsm8k", limit=1)
   assert (task.num_fewshot, task.gen_length, task.steps, task.block_length) == (4, 256, 256, 256)

@@ -47,7 +47,8 @@ def _one_step(mesh_shape, cfg):
   return float(metrics["loss"]), jax.device_get(state["params"])
 
 
-@pytest.mark.parametrize("mesh_shape", [(2, 2, 2)] + [pytest.param(m, marks=pytest.mark.slow)  # (2, 2, 2) has all 3 axes
+# (2, 2, 2) has all 3 axes; the others are slow
+@pytest.mark.parametrize("mesh_shape", [(2, 2, 2)] + [pytest.param(m, marks=pytest.mark.slow)
                                                       for m in ((1, 8, 1), (1, 4, 2), (8, 1, 1))])
 def test_sharded_step_equals_single_device(mesh_shape):
   """Tolerance: fp32 reductions split across devices reorder sums (~1e-6 relative)."""
