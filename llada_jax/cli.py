@@ -18,10 +18,7 @@ def _cmd_convert(args: argparse.Namespace) -> None:
   if args.direction == "hf-to-jax":
     if args.tokenizer:
       raise UserError("--tokenizer is for jax-to-hf; hf-to-jax keeps the HF directory's own tokenizer files")
-    from llada_jax.paths import resolve_model
-    args.src = resolve_model(args.src)
-    config = convert.hf_to_jax(args.src, args.dst, dtype=args.dtype, overwrite=args.overwrite, progress=True)
-    kept = [os.path.basename(p) for p in convert.kept_files(args.src)]
+    config, kept = convert.hf_to_jax(args.src, args.dst, dtype=args.dtype, overwrite=args.overwrite, progress=True)
     what = f"llada-jax checkpoint ({config.param_dtype}), keeping {', '.join(kept) or 'no other files'}"
   else:
     files, tokenizer = convert.jax_to_hf(args.src, args.dst, max_shard_size=args.max_shard_size, dtype=args.dtype,

@@ -401,14 +401,15 @@ def _write_json(path: str, value: Any) -> None:
 # ---- The two CLI conversions ----
 
 def hf_to_jax(hf_dir: str, out_dir: str, dtype: str | None = None, overwrite: bool = False,
-              progress: bool = False) -> ModelConfig:
-  """An HF directory → a params checkpoint, keeping its tokenizer, generation config and remote code
-  (`kept_files`)."""
+              progress: bool = False) -> tuple[ModelConfig, list[str]]:
+  """An HF directory (or a model id in the local HF cache) → a params checkpoint, keeping its tokenizer,
+  generation config and remote code (`kept_files`). Returns (config, the kept files' names)."""
   checkpoint.check_output_dir(out_dir, overwrite)  # before reading gigabytes
   hf_dir = paths.resolve_model(hf_dir)
   config, layered = load_hf(hf_dir, dtype, progress)
-  checkpoint.save_params(out_dir, layered, config, overwrite=overwrite, extra_files=kept_files(hf_dir))
-  return config
+  kept = kept_files(hf_dir)
+  checkpoint.save_params(out_dir, layered, config, overwrite=overwrite, extra_files=kept)
+  return config, [os.path.basename(p) for p in kept]
 
 
 def jax_to_hf(ckpt_dir: str, out_dir: str, max_shard_size: str = "5GB", dtype: str | None = None,

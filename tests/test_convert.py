@@ -61,7 +61,7 @@ def test_exported_directory_loads_into_the_reference_and_keeps_every_config_key(
 
 def test_dtype_cast_on_conversion(tmp_path):
   src, ref = write_hf_dir(tmp_path / "src", tiny_hf_config(), seed=7)
-  config = convert.hf_to_jax(src, str(tmp_path / "jax"), dtype="bfloat16")
+  config, _ = convert.hf_to_jax(src, str(tmp_path / "jax"), dtype="bfloat16")
   assert config.param_dtype == "bfloat16"
   layered = checkpoint.restore_layered(str(tmp_path / "jax"), config, as_numpy=True)
   want = ref.state_dict()["model.transformer.wte.weight"].to(torch.bfloat16).float().numpy()
