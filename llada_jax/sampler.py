@@ -14,7 +14,8 @@ block_length < gen_length), never re-masking. Every option lives in one `Samplin
   block (`dual`, reusing the prefix's and the suffix's). Approximate by design: the reused keys/values go stale
   within a block; the first call of each block is exact.
 
-One jitted program per block (the block index is traced: one compilation per shape and options), so a caller can
+One jitted program per block (the block index is traced: one compilation per shape and options; with the prefix
+cache it is static, one compilation per block, since the window after the block shrinks), so a caller can
 show each block as soon as it is final (`generate_blocks`); the steps inside a block are a `lax.scan` (exact) or a
 `lax.while_loop` (every other mode) with no host round trip. In a batch each row advances on its own: a row whose
 block holds no mask commits nothing more, the loop ends when every row is done, and each row reports its own model
@@ -254,7 +255,6 @@ def _predict(logits: jax.Array, keys, sampling: SamplingConfig, eos_id: int, eot
 _STATIC = ("config", "sampling", "prompt_length", "window", "return_history")
 
 
-@functools.partial(jax.jit, static_argnames=_STATIC)
 def _sample_block(params, x, attention_mask, prompt_index, rng, block, *, config: ModelConfig,
                   sampling: SamplingConfig, prompt_length: int, window: bool, return_history: bool):
   """Fills block `block` of the canvas x [batch, total]: (x, model calls per row, history or None)."""
@@ -263,6 +263,12 @@ def _sample_block(params, x, attention_mask, prompt_index, rng, block, *, config
                         prompt_length=prompt_length, window=window, return_history=return_history)
   return _dynamic_block(params, x, attention_mask, prompt_index, rng, block, config=config, sampling=sampling,
                         prompt_length=prompt_length) + (None,)
+
+
+_sample_block_traced = jax.jit(_sample_block, static_argnames=_STATIC)
+# With the prefix cache a block's later calls run the block and everything after it, a window that shrinks block by
+# block: the block index is static there (one compilation per block), so no call computes padding.
+_sample_block_static = jax.jit(_sample_block, static_argnames=_STATIC + ("block",))
 
 
 def _exact_block(params, x, attention_mask, prompt_index, rng, block, *, config, sampling, prompt_length, window,
@@ -308,14 +314,6 @@ def _dynamic_block(params, x, attention_mask, prompt_index, rng, block, *, confi
   guide = functools.partial(with_guidance, cfg_scale=sampling.cfg_scale, mask_id=mask_id)
   block_logits = lambda hidden, offset: model_lib.head(
       params, jax.lax.dynamic_slice_in_dim(hidden, offset, size, axis=1), config=config)
-  # prefix cache: calls after the first run the block and everything after it as one static-width window of
-  # gen_length positions; past the canvas end it holds padding that no query attends to.
-  pad = sampling.gen_length - size if sampling.cache == "prefix" else 0
-  if pad:
-    key_mask = jnp.ones((batch, total), jnp.int32) if attention_mask is None else attention_mask
-    key_mask = jnp.concatenate([key_mask, jnp.zeros((batch, pad), key_mask.dtype)], axis=1)
-    prompt_index_padded = jnp.concatenate([prompt_index, jnp.zeros((batch, pad), bool)], axis=1)
-
   def first_call(x):
     if sampling.cache == "none":
       return guided_logits(params, x, attention_mask, prompt_index, config=config, cfg_scale=sampling.cfg_scale,
@@ -323,8 +321,6 @@ def _dynamic_block(params, x, attention_mask, prompt_index, rng, block, *, confi
 
     def run(tokens, mask):
       hidden, cache = model_lib.features_and_cache(params, tokens, mask, config=config)
-      if pad:
-        cache = jax.tree.map(lambda a: jnp.pad(a, ((0, 0), (0, 0), (0, pad), (0, 0), (0, 0))), cache)
       return block_logits(hidden, start), cache
     return guide(run, x, attention_mask, prompt_index)
 
@@ -333,19 +329,14 @@ def _dynamic_block(params, x, attention_mask, prompt_index, rng, block, *, confi
     positions they cover are recomputed by every later call of the block, and nothing else changes."""
     if sampling.cache == "none":
       return first_call(x)[0]
-    if sampling.cache == "dual":
-      part, mask = jax.lax.dynamic_slice_in_dim(x, start, size, axis=1), attention_mask
-      part_prompt = jax.lax.dynamic_slice_in_dim(prompt_index, start, size, axis=1)
-    else:
-      padded = jnp.concatenate([x, jnp.full((batch, pad), mask_id, x.dtype)], axis=1)
-      width = sampling.gen_length
-      part, mask = jax.lax.dynamic_slice_in_dim(padded, start, width, axis=1), key_mask
-      part_prompt = jax.lax.dynamic_slice_in_dim(prompt_index_padded, start, width, axis=1)
+    width = size if sampling.cache == "dual" else total - start  # prefix: start is static (_sample_block_static)
+    part = jax.lax.dynamic_slice_in_dim(x, start, width, axis=1)
+    part_prompt = jax.lax.dynamic_slice_in_dim(prompt_index, start, width, axis=1)
 
     def run(tokens, mask):  # with CFG, tokens and cache both hold the conditional rows, then the unconditional
       hidden = model_lib.features(params, tokens, mask, config=config, cache=cache, start=start)
       return block_logits(hidden, 0), None
-    return guide(run, part, mask, part_prompt)[0]
+    return guide(run, part, attention_mask, part_prompt)[0]
 
   def commit(x, logits, i):
     x0, confidence = _predict(logits, step_keys(rng, i), sampling, config.eos_token_id, config.eot_token_id)
@@ -414,10 +405,12 @@ def generate_blocks(params, prompt, attention_mask=None, *, config: ModelConfig,
   prompt_index = x != mask_id
   rng = jax.random.key(0) if rng is None else rng
   row_nfe = jnp.zeros((batch,), jnp.int32)
+  static_block = sampling.cache == "prefix"
+  sample_block = _sample_block_static if static_block else _sample_block_traced
   for block in range(sampling.num_blocks):
-    x, calls, history = _sample_block(params, x, attention_mask, prompt_index, rng, jnp.int32(block), config=config,
-                                      sampling=sampling, prompt_length=prompt_length, window=window,
-                                      return_history=return_history)
+    x, calls, history = sample_block(params, x, attention_mask, prompt_index, rng,
+                                     block if static_block else jnp.int32(block), config=config, sampling=sampling,
+                                     prompt_length=prompt_length, window=window, return_history=return_history)
     row_nfe = row_nfe + calls
     yield BlockUpdate(block, x, row_nfe, history)
 
