@@ -376,6 +376,19 @@ def _bench_modes(args: argparse.Namespace) -> list[dict]:
   return modes
 
 
+def _cmd_experiment(args: argparse.Namespace) -> None:
+  from llada_jax import config as config_lib, reversal
+  path = args.config or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
+                                     f"{args.name}.py")
+  cfg = config_lib.apply_overrides(config_lib.load_config_file(path), args.overrides)
+  if args.pairs is not None:
+    cfg.reversal.pairs = args.pairs
+  if args.steps is not None:
+    cfg.train.steps = args.steps
+  report = reversal.run(cfg, args.workdir, resume=args.resume, progress=not args.no_progress)
+  print(reversal.format_summary(report))
+
+
 def _cmd_plan(args: argparse.Namespace) -> None:
   if args.topology.startswith("cpu:"):
     count = args.topology.split(":", 1)[1]
@@ -591,6 +604,26 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("path", help="checkpoint or HF directory")
   p.set_defaults(func=_cmd_info)
 
+  p = commands.add_parser("experiment", help="reproduce a result of the paper on this machine: reversal",
+                          description="reversal: the reversal curse. Makes seeded pairs of made-up names, writes "
+                          "the test pairs only forwards and a separate set of format pairs both ways, trains LLaDA "
+                          "and its autoregressive twin (same size, data, tokens and optimiser; causal mask and "
+                          "next-token loss) on them, and asks every test pair forwards and backwards, greedily. "
+                          "Prints the table of exact-match accuracies with bootstrap 95%% intervals; writes "
+                          "WORKDIR/reversal.json, the bar chart WORKDIR/reversal.png and both runs' tensorboard "
+                          "curves. The data templates are in llada_jax/reversal.py and the README.")
+  p.add_argument("name", choices=["reversal"], help="which experiment")
+  p.add_argument("--config", default=None, help="its ml_collections config (default: configs/reversal.py of "
+                 "this checkout); --config.key=value overrides apply, e.g. --config.reversal.copies=10")
+  p.add_argument("--workdir", default="runs/reversal", help="where the data, both runs and the report go "
+                 "(default runs/reversal)")
+  p.add_argument("--pairs", type=int, default=None, help="test pairs (sets reversal.pairs; default 100)")
+  p.add_argument("--steps", type=int, default=None, help="optimizer steps of each model (sets train.steps)")
+  p.add_argument("--resume", action="store_true", help="continue the runs in --workdir (a finished run is not "
+                 "trained again) and score them again")
+  p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+  p.set_defaults(func=_cmd_experiment)
+
   p = commands.add_parser("plan", help="per-device memory and step cost of a training run, compiled ahead of time "
                           "for TPU chips that need not be here",
                           description="Compiles the real train step (the function `train` jits, same shardings and "
@@ -765,7 +798,8 @@ def _fail(command: str, error: BaseException, message: str, debug: bool, hard_ex
 # or from per-thread arenas that cannot hold them, so every page was faulted in again on every step: up to a
 # third of the step went to the kernel, more while another process fragmented memory. One arena that keeps what
 # it frees, never mmaps, and backs its heap with transparent huge pages makes that steady-state memory reusable.
-_LOOP_COMMANDS = {"train", "generate", "chat", "eval", "lm-eval", "bench train", "bench sample", "bench kernels"}
+_LOOP_COMMANDS = {"train", "generate", "chat", "eval", "lm-eval", "bench train", "bench sample", "bench kernels",
+                  "experiment reversal"}
 _ALLOCATOR_TUNABLES = ("glibc.malloc.hugetlb=1:glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
                        "glibc.malloc.trim_threshold=68719476736")
 
