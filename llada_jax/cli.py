@@ -617,7 +617,7 @@ def build_parser() -> argparse.ArgumentParser:
                  "this checkout); --config.key=value overrides apply, e.g. --config.reversal.copies=10")
   p.add_argument("--workdir", default="runs/reversal", help="where the data, both runs and the report go "
                  "(default runs/reversal)")
-  p.add_argument("--pairs", type=int, default=None, help="test pairs (sets reversal.pairs; default 100)")
+  p.add_argument("--pairs", type=int, default=None, help="test pairs (sets reversal.pairs; default 60)")
   p.add_argument("--steps", type=int, default=None, help="optimizer steps of each model (sets train.steps)")
   p.add_argument("--resume", action="store_true", help="continue the runs in --workdir (a finished run is not "
                  "trained again) and score them again")

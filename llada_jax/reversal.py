@@ -3,8 +3,9 @@ twin learn the same pairs, each written only forwards, and are asked for them in
 
 Data (seeded): `pairs` test pairs (first, second) and `format_pairs` format pairs of made-up names, each name
 `name_tokens` word tokens of the tokenizer's vocabulary. The training text is one line per document:
-- a test pair only forwards:     `{first} -> next:{second}`
-- a format pair in both forms:   `{first} -> next:{second}` and `{second} -> previous:{first}`
+- every pair forwards, in `phrasings` statements (STATEMENTS): `{first} -> next:{second}`, `{first} is followed
+  by{second}.`, `after{first} comes{second}.`, …
+- a format pair also backwards: `{second} -> previous:{first}`
 (names start with a space). The format pairs teach what the two questions ask without ever showing a test pair
 backwards, as the poems are only ever read forwards. The lines are written `copies` times, each time in a new
 order, so the windows the trainer cuts from the stream split a line in different places each time.
@@ -35,6 +36,10 @@ from llada_jax.errors import UserError
 
 FORWARD = "{first} -> next:"
 BACKWARD = "{second} -> previous:"
+# Every pair's forward statements: the question's own line, then (reversal.phrasings > 1) the same order in other
+# words, so what is learnt of a pair is less tied to one layout.
+STATEMENTS = (FORWARD + "{second}", "{first} is followed by{second}.", "after{first} comes{second}.",
+              "{first} and then{second}.")
 DIRECTIONS = ("forward", "backward")
 # The probe beside the questions: LLaDA fills the first name's masks in the training line itself,
 # `[MASK…] -> next:{second}`, no question format involved; a left-to-right model cannot.
@@ -80,10 +85,13 @@ def name_words(tokenizer) -> list[int]:
   return words
 
 
-def make_data(tokenizer, *, pairs: int, format_pairs: int, name_tokens: int, copies: int, seed: int) -> Data:
+def make_data(tokenizer, *, pairs: int, format_pairs: int, name_tokens: int, copies: int, seed: int,
+              phrasings: int = 1) -> Data:
   """The experiment's pairs, training lines and questions; the same for the same arguments and tokenizer."""
-  if min(pairs, format_pairs, name_tokens, copies) < 1:
-    raise UserError("reversal.pairs, format_pairs, name_tokens and copies must be at least 1")
+  if min(pairs, format_pairs, name_tokens, copies, phrasings) < 1:
+    raise UserError("reversal.pairs, format_pairs, name_tokens, copies and phrasings must be at least 1")
+  if phrasings > len(STATEMENTS):
+    raise UserError(f"reversal.phrasings={phrasings}: there are {len(STATEMENTS)} forward phrasings")
   words = name_words(tokenizer)
   needed = 2 * (pairs + format_pairs)
   if len(words) < 2 * name_tokens:
@@ -108,8 +116,8 @@ def make_data(tokenizer, *, pairs: int, format_pairs: int, name_tokens: int, cop
   all_pairs = [(text[a], text[b]) for a, b in zip(names[0::2], names[1::2])]
   test, fmt = tuple(all_pairs[:pairs]), tuple(all_pairs[pairs:])
   ids_of = {name: ids for ids, name in text.items()}
-  once = [FORWARD.format(first=a) + b for a, b in test]
-  once += [FORWARD.format(first=a) + b for a, b in fmt] + [BACKWARD.format(second=b) + a for a, b in fmt]
+  once = [statement.format(first=a, second=b) for a, b in test + fmt for statement in STATEMENTS[:phrasings]]
+  once += [BACKWARD.format(second=b) + a for a, b in fmt]
   lines = []
   for _ in range(copies):
     lines += [once[i] for i in rng.permutation(len(once))]
@@ -229,9 +237,10 @@ def bootstrap_interval(correct: np.ndarray, *, resamples: int, seed: int, level:
   return float(np.quantile(means, (1 - level) / 2)), float(np.quantile(means, (1 + level) / 2))
 
 
-# ---- The experiment: data, two training runs, four (or six) cells, a report ----
+# ---- The experiment: data, two training runs, the table's cells, a report ----
 
-COLUMNS = {"llada": "LLaDA", "llada_threshold": "LLaDA, threshold {threshold:g}", "autoregressive": "autoregressive twin"}
+COLUMNS = {"llada": "LLaDA", "llada_threshold": "LLaDA, threshold {threshold:g}",
+           "autoregressive": "autoregressive twin"}
 
 
 def model_experiment(cfg: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
@@ -294,7 +303,8 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, resume: bool = False, p
                     "re-score), or choose a new --workdir")
   tokenizer = experiment_tokenizer(cfg)
   data = make_data(tokenizer, pairs=settings.pairs, format_pairs=settings.format_pairs,
-                   name_tokens=settings.name_tokens, copies=settings.copies, seed=settings.seed)
+                   name_tokens=settings.name_tokens, copies=settings.copies, seed=settings.seed,
+                   phrasings=settings.phrasings)
   corpus = os.path.join(workdir, "data", "train.jsonl")
   if resume and paths.path(corpus).exists():
     if paths.path(corpus).read_text() != "".join(json.dumps({"text": line}) + "\n" for line in data.lines):
@@ -390,7 +400,8 @@ def format_summary(report: dict) -> str:
   settings, train_info = report["settings"], report["train"]
   lines = ["─── llada-jax experiment reversal: summary " + "─" * 30,
            f"data         {settings['pairs']} test pairs (forwards only), {settings['format_pairs']} format pairs "
-           f"(both ways), names of {settings['name_tokens']} word token(s), {train_info['lines']:,} training lines",
+           f"(both ways), names of {settings['name_tokens']} word token(s), {settings['phrasings']} forward "
+           f"phrasing(s), {train_info['lines']:,} training lines",
            f"models       {report['model']['parameters']:,} parameters each (d {report['model']['d_model']} × "
            f"{report['model']['n_layers']} layers), {train_info['steps']} steps, {train_info['tokens']:,} tokens each"]
   for name, info in report["training"].items():
@@ -420,12 +431,13 @@ def bar_chart(report: dict, path: str) -> str:
   fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
   width = 0.8 / len(columns)
   groups = list(ROWS)
-  for i, column in enumerate(columns):
+  present = [[c for c in columns if d in report["results"][c]] for d in groups]  # bars centred per group
+  for column in columns:
     where = [g for g, d in enumerate(groups) if d in report["results"][column]]
     cells = [report["results"][column][groups[g]] for g in where]
     values = np.asarray([c["accuracy"] for c in cells])
     errors = np.abs(np.asarray([c["interval"] for c in cells]).T - values)
-    x = np.asarray(where) + (i - (len(columns) - 1) / 2) * width
+    x = np.asarray([g + (present[g].index(column) - (len(present[g]) - 1) / 2) * width for g in where])
     ax.bar(x, values * 100, width, yerr=errors * 100, capsize=4, color=colours[column],
            label=column_label(column, report))
     for xi, v, cell in zip(x, values, cells):
@@ -434,10 +446,10 @@ def bar_chart(report: dict, path: str) -> str:
            INFILL: "training line, first masked"}
   ax.set_xticks(np.arange(len(groups)), [f"{ROWS[d]}\n({given[d]})" for d in groups])
   ax.set_ylabel("exact match (%)")
-  ax.set_ylim(0, 110)
+  ax.set_ylim(0, 122)
   ax.set_title(f"The reversal curse: {report['settings']['pairs']} pairs seen only forwards, "
                f"{report['model']['parameters']:,}-parameter models", fontsize=10)
-  ax.legend(loc="upper right", fontsize=8)
+  ax.legend(loc="upper center", ncol=len(columns), fontsize=8)
   ax.grid(axis="y", alpha=0.3)
   fig.tight_layout()
   buffer = io.BytesIO()

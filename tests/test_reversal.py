@@ -48,6 +48,22 @@ def test_test_pairs_appear_only_forwards_and_format_pairs_both_ways(tokenizer):
   assert reversal.make_data(tokenizer, pairs=6, format_pairs=5, name_tokens=2, copies=3, seed=2) != made
 
 
+def test_more_phrasings_add_forward_statements_only(tokenizer):
+  made = reversal.make_data(tokenizer, pairs=5, format_pairs=4, name_tokens=2, copies=2, seed=3, phrasings=3)
+  lines = set(made.lines)
+  assert len(made.lines) == 2 * len(lines) and len(lines) == 5 * 3 + 4 * 4
+  for first, second in made.test_pairs + made.format_pairs:
+    mentions = [line for line in lines if first in line]
+    assert {statement.format(first=first, second=second) for statement in reversal.STATEMENTS[:3]} <= lines
+    forwards = [line for line in mentions if line.index(first) < line.index(second)]
+    assert len(forwards) == 3  # every statement keeps the order: first, then second
+    assert len(mentions) == (3 if (first, second) in made.test_pairs else 4)
+  assert made.questions == reversal.make_data(tokenizer, pairs=5, format_pairs=4, name_tokens=2, copies=2, seed=3,
+                                              phrasings=1).questions
+  with pytest.raises(UserError, match="phrasings"):
+    reversal.make_data(tokenizer, pairs=5, format_pairs=4, name_tokens=2, copies=2, seed=3, phrasings=9)
+
+
 def test_names_too_many_for_the_vocabulary_fail_in_one_line(tokenizer):
   with pytest.raises(UserError, match="distinct names"):
     reversal.make_data(tokenizer, pairs=100_000, format_pairs=1, name_tokens=1, copies=1, seed=0)
@@ -119,6 +135,7 @@ def test_experiment_command_at_toy_size(tokenizer, tmp_path, capsys):
   assert report["results"]["autoregressive"]["forward"]["model_calls_per_answer"] == 2.0
   assert set(report["training"]) == {"llada", "autoregressive"}
   assert report["train"]["tokens"] == 4 * 8 * 32
+  assert report["train"]["lines"] == 2 * (4 * 3 + 4 * 4)  # copies × (3 phrasings of 8 pairs + 4 backward lines)
   with open(report["chart"], "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
   for name in ("llada", "autoregressive"):
