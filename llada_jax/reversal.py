@@ -31,8 +31,9 @@ import numpy as np
 
 from llada_jax import model as model_lib
 from llada_jax import paths
-from llada_jax.config import ModelConfig
+from llada_jax.config import ModelConfig, model_config_from
 from llada_jax.errors import UserError
+from llada_jax.sampler import SamplingConfig, left_pad
 
 FORWARD = "{first} -> next:"
 BACKWARD = "{second} -> previous:"
@@ -177,7 +178,6 @@ _decode_left_to_right = jax.jit(_decode_left_to_right_impl, static_argnames=("co
 
 
 def _batch(questions: Sequence[Question], pad_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  from llada_jax.sampler import left_pad
   prompts, mask = left_pad([q.prompt_ids for q in questions], pad_id)
   return prompts, mask, np.asarray([q.answer_ids for q in questions], np.int32)
 
@@ -289,8 +289,6 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, resume: bool = False, p
   """Makes the data in `workdir`, trains LLaDA and its twin there (`workdir/llada`, `workdir/autoregressive`),
   scores both, and writes `reversal.json` and `reversal.png`; returns the report (what the JSON holds)."""
   from llada_jax import checkpoint, pretrained, train
-  from llada_jax.config import model_config_from
-  from llada_jax.sampler import SamplingConfig
 
   if "reversal" not in cfg:
     raise UserError("the config has no `reversal` section; start from configs/reversal.py")
