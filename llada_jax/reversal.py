@@ -144,10 +144,9 @@ def make_data(tokenizer, *, pairs: int, format_pairs: int, name_tokens: int, cop
   return Data(test, fmt, tuple(lines), tuple(questions), tuple(infills))
 
 
-def write_corpus(data: Data, path: str) -> str:
+def corpus_text(data: Data) -> str:
   """The training lines as JSONL documents (`{"text": line}`), the trainer's `jsonl` source."""
-  paths.write_atomically(path, "".join(json.dumps({"text": line}) + "\n" for line in data.lines))
-  return path
+  return "".join(json.dumps({"text": line}) + "\n" for line in data.lines)
 
 
 def greedy_autoregressive(params, prompts: np.ndarray, attention_mask: np.ndarray, answer_length: int, *,
@@ -305,11 +304,11 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, resume: bool = False, p
                    phrasings=settings.phrasings)
   corpus = os.path.join(workdir, "data", "train.jsonl")
   if resume and paths.path(corpus).exists():
-    if paths.path(corpus).read_text() != "".join(json.dumps({"text": line}) + "\n" for line in data.lines):
+    if paths.path(corpus).read_text() != corpus_text(data):
       raise UserError(f"the data these settings make differ from {corpus} (reversal.* or the tokenizer changed); "
                       "resume with the settings the runs were started with, or choose a new --workdir")
   else:
-    write_corpus(data, corpus)
+    paths.write_atomically(corpus, corpus_text(data))
   cfg = cfg.copy_and_resolve_references()
   cfg.data.paths = corpus
   cfg.data.tokenizer = tokenizer.save(os.path.join(workdir, "tokenizer"))
@@ -341,7 +340,8 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, resume: bool = False, p
                               resamples=settings.bootstrap, seed=settings.seed, infill=column == "llada")
   report = {
       "settings": settings.to_dict(),
-      "templates": {"forward": FORWARD + "{second}", "backward": BACKWARD + "{first}",
+      "templates": {"statements": list(STATEMENTS[:settings.phrasings]), "format_backward": BACKWARD + "{first}",
+                    "forward": FORWARD + "{second}", "backward": BACKWARD + "{first}",
                     INFILL: "[MASK × name_tokens]" + FORWARD.format(first="") + "{second}"},
       "model": {"parameters": model_config_from(cfg).num_params(), "d_model": cfg.model.d_model,
                 "n_layers": cfg.model.n_layers, "vocab": cfg.model.vocab_size},
