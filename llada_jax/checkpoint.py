@@ -288,12 +288,8 @@ def restore_params(path: str, *, dtype: str | None = None, mesh=None) -> tuple[M
 def stack_on_device(layered: Params, config: ModelConfig, mesh=None) -> Params:
   """Per-layer jax arrays → stacked params, placed with the logical shardings when a mesh is given."""
   stack = jax.jit(lambda tree: from_layered(tree, config.n_layers, jnp.stack),
-                  out_shardings=None if mesh is None else params_shardings(config, mesh))
+                  out_shardings=None if mesh is None else model_lib.param_shardings(config, mesh))
   return stack(layered)
-
-
-def params_shardings(config: ModelConfig, mesh) -> Params:
-  return sharding.tree_shardings(mesh, model_lib.param_logical_axes(config), model_lib.abstract_params(config))
 
 
 # ---- Training checkpoints: a workdir with llada_jax.json and checkpoints/<step>/{state,params,data_iter,meta} ----

@@ -239,6 +239,11 @@ def param_logical_axes(config: ModelConfig) -> Params:
   return _structure(config)[2]
 
 
+def param_shardings(config: ModelConfig, mesh) -> Params:
+  """The NamedSharding of every parameter on `mesh`, by its logical axes and `sharding.LOGICAL_RULES`."""
+  return sharding.tree_shardings(mesh, param_logical_axes(config), abstract_params(config))
+
+
 def init_params(config: ModelConfig, rng: jax.Array) -> Params:
   """Fresh parameters (pure function of the key; jit it with out_shardings to create them sharded)."""
   return nnx.to_pure_dict(nnx.state(LLaDA(config, nnx.Rngs(params=rng))))

@@ -114,7 +114,7 @@ def init_state(model_config: ModelConfig, optimizer: optax.GradientTransformatio
 def state_shardings(model_config: ModelConfig, optimizer: optax.GradientTransformation, mesh) -> tuple[State, State]:
   """(abstract state, shardings): optimizer moments shard like their parameters, scalars are replicated."""
   abstract = jax.eval_shape(functools.partial(init_state, model_config, optimizer), 0)
-  param_shardings = checkpoint.params_shardings(model_config, mesh)
+  param_shardings = model_lib.param_shardings(model_config, mesh)
   replicated = NamedSharding(mesh, P())
   opt_shardings = optax.tree_map_params(optimizer, lambda _, s: s, abstract["opt_state"], param_shardings,
                                         transform_non_params=lambda _: replicated,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, tiny_hf_config
-from llada_jax import checkpoint, config as config_lib, sharding
+from llada_jax import config as config_lib, sharding
 from llada_jax import model as model_lib
 from llada_jax.config import from_hf_config
 from llada_jax.errors import UserError
@@ -22,7 +22,7 @@ def test_every_config_lowers_on_an_8_device_mesh(path, mesh_shape):
   config = config_lib.model_config_from(config_lib.load_config_file(path))
   mesh = sharding.make_mesh(*mesh_shape)
   params = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                        model_lib.abstract_params(config), checkpoint.params_shardings(config, mesh))
+                        model_lib.abstract_params(config), model_lib.param_shardings(config, mesh))
   tokens = jax.ShapeDtypeStruct((8, 128), jnp.int32, sharding=sharding.named_sharding(
       mesh, ("activation_batch", "activation_length"), (8, 128)))
   with jax.set_mesh(mesh):
@@ -39,7 +39,7 @@ def test_fsdp_and_tensor_parallel_forward_equals_single_device():
   expected = model_lib.apply(params, tokens, config=config)
   for shape in [(1, 8, 1), (2, 2, 2), (1, 4, 2)]:
     mesh = sharding.make_mesh(*shape)
-    placed = jax.device_put(params, checkpoint.params_shardings(config, mesh))
+    placed = jax.device_put(params, model_lib.param_shardings(config, mesh))
     with jax.set_mesh(mesh):
       got = jax.jit(model_lib.apply, static_argnames="config")(placed, tokens, config=config)
     np.testing.assert_allclose(got, expected, atol=2e-5, rtol=1e-5)
@@ -48,7 +48,7 @@ def test_fsdp_and_tensor_parallel_forward_equals_single_device():
 def test_rules_shard_fsdp_and_tensor_axes_and_replicate_what_does_not_divide():
   config = from_hf_config(tiny_hf_config(n_kv_heads=1))
   mesh = sharding.make_mesh(1, 4, 2)
-  shardings = checkpoint.params_shardings(config, mesh)
+  shardings = model_lib.param_shardings(config, mesh)
   assert shardings["blocks"]["q_proj"].spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor", None)
   assert shardings["blocks"]["k_proj"].spec == jax.sharding.PartitionSpec(None, "fsdp", None, None)  # 1 kv head
   assert shardings["wte"].spec == jax.sharding.PartitionSpec("tensor", "fsdp")
