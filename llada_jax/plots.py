@@ -11,14 +11,30 @@ import numpy as np
 from llada_jax import paths
 
 
+def new_figure():
+  """(figure, axes) of the project's PNG size, drawn without a display (Agg)."""
+  import matplotlib
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt
+  return plt.subplots(figsize=(8, 4.5), dpi=120)
+
+
+def save_png(fig, path: str) -> str:
+  """Lays out `fig`, writes it atomically as a PNG at `path`, frees it; returns the path."""
+  from matplotlib import pyplot as plt
+  fig.tight_layout()
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format="png")
+  plt.close(fig)
+  paths.write_atomically(path, buffer.getvalue())
+  return path
+
+
 def loss_curves(losses: Sequence[tuple[int, float]], val_losses: Sequence[tuple[int, float]], path: str, *,
                 title: str = "", bits_per_nat_token: float | None = None) -> str:
   """Train loss and the validation bound over steps as a PNG at `path`; with `bits_per_nat_token` (bits/byte per
   nat/token of the validation text) a right axis reads the bound in bits per byte. Returns the path."""
-  import matplotlib
-  matplotlib.use("Agg")
-  from matplotlib import pyplot as plt
-  fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
+  fig, ax = new_figure()
   if losses:
     steps, values = zip(*losses)
     ax.plot(steps, values, color="#9ab", linewidth=1, label="train loss (one batch)")
@@ -35,12 +51,7 @@ def loss_curves(losses: Sequence[tuple[int, float]], val_losses: Sequence[tuple[
     right.set_ylabel("bits / byte")
   if title:
     ax.set_title(title)
-  fig.tight_layout()
-  buffer = io.BytesIO()
-  fig.savefig(buffer, format="png")
-  plt.close(fig)
-  paths.write_atomically(path, buffer.getvalue())
-  return path
+  return save_png(fig, path)
 
 
 def commit_steps(history: np.ndarray, mask_id: int) -> np.ndarray:

@@ -419,14 +419,10 @@ def format_summary(report: dict) -> str:
 
 def bar_chart(report: dict, path: str) -> str:
   """Accuracy per direction and model with the bootstrap intervals as error bars, as a PNG; returns the path."""
-  import io
-
-  import matplotlib
-  matplotlib.use("Agg")
-  from matplotlib import pyplot as plt
+  from llada_jax import plots
   columns = list(report["results"])
   colours = {"llada": "#c33", "llada_threshold": "#e98", "autoregressive": "#36a"}
-  fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
+  fig, ax = plots.new_figure()
   width = 0.8 / len(columns)
   groups = list(ROWS)
   present = [[c for c in columns if d in report["results"][c]] for d in groups]  # bars centred per group
@@ -449,9 +445,4 @@ def bar_chart(report: dict, path: str) -> str:
                f"{report['model']['parameters']:,}-parameter models", fontsize=10)
   ax.legend(loc="upper center", ncol=len(columns), fontsize=8)
   ax.grid(axis="y", alpha=0.3)
-  fig.tight_layout()
-  buffer = io.BytesIO()
-  fig.savefig(buffer, format="png")
-  plt.close(fig)
-  paths.write_atomically(path, buffer.getvalue())
-  return path
+  return plots.save_png(fig, path)
