@@ -10,6 +10,7 @@ from typing import Callable
 
 import numpy as np
 
+from llada_jax import flops
 from llada_jax.config import DTYPES
 from llada_jax.errors import UserError
 
@@ -76,19 +77,12 @@ def bench_convert(layers: list[int], dtype: str = "bfloat16") -> list[dict]:
 
 
 def _torch_reference():
-  """tests/torch_reference.py of this checkout: the independent PyTorch LLaDA used as the baseline."""
-  import importlib.util
-  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "torch_reference.py")
-  if not os.path.isfile(path):
-    raise UserError("the PyTorch baseline lives in tests/torch_reference.py: run the benchmark from a checkout")
+  """llada_jax.torch_reference: the independent PyTorch LLaDA used as the baseline (needs the torch extra)."""
   try:
-    import torch  # noqa: F401
-  except ImportError:
-    raise UserError("the PyTorch baseline needs torch: pip install 'llada-jax[torch]'") from None
-  spec = importlib.util.spec_from_file_location("torch_reference", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+    from llada_jax import torch_reference
+  except ImportError as error:
+    raise UserError(f"the PyTorch baseline needs {error.name or 'torch'}: pip install 'llada-jax[torch]'") from None
+  return torch_reference
 
 
 def _load_config(config_path: str, overrides: list[str]):
@@ -214,18 +208,17 @@ def _kernel_shapes(cfg, c) -> dict[str, tuple]:
 
 
 def _kernel_flops(name: str, shape: tuple) -> float:
-  """Forward + backward FLOPs, counted as in `train.train_flops_per_token` (backward = 2 × forward)."""
+  """Forward + backward FLOPs of one of `_kernel_shapes`' products."""
   if name == "attention":
     batch, length, heads, _, head_dim = shape
-    return 3 * 4 * batch * heads * length * length * head_dim
-  tokens, d_in, d_out = shape
-  return 3 * 2 * tokens * d_in * d_out
+    return flops.TRAIN_PASS * flops.attention(batch, length, heads, head_dim)
+  return flops.TRAIN_PASS * flops.projection(*shape)
 
 
 def _kernel_closure(side: str, config_path: str, overrides: list[str], threads: int, kernel: str
                     ) -> tuple[Callable[[], Callable[[], float]], str]:
   """(forward + backward of one kernel, what runs it): ours through the model's own functions, the reference
-  through what tests/torch_reference.py calls (F.linear, SDPA) and autograd. Both sides draw the same inputs; each
+  through what llada_jax.torch_reference calls (F.linear, SDPA) and autograd. Both sides draw the same inputs; each
   call returns a function computing a checksum of the gradients (outside the timing), and the two sides'
   checksums must agree."""
   cfg, model_config = _load_config(config_path, overrides)

@@ -2,7 +2,7 @@
 train step for chips that need not be here (TPU topologies through libtpu; simulated CPU devices otherwise).
 
 Nothing is allocated: the state and batch are ShapeDtypeStructs carrying the shardings `train` uses, and XLA's
-memory analysis of the compiled step gives the bytes per device. FLOPs are analytic (`train.train_flops_per_token`):
+memory analysis of the compiled step gives the bytes per device. FLOPs are analytic (`flops.train_flops_per_token`):
 XLA's cost analysis counts a scanned layer once.
 """
 
@@ -95,7 +95,7 @@ def make_plan(cfg: ml_collections.ConfigDict, topology: str, mesh_text: str, per
               seq_len: int | None) -> tuple[Plan, str | None]:
   """Compiles the train step of `cfg` for the topology and returns its plan (and what the plan cannot tell)."""
   import jax
-  from llada_jax import ops, optim, sharding, train
+  from llada_jax import flops, ops, optim, sharding, train
   from llada_jax.config import model_config_from
   devices, capacity, caveat = devices_for(topology)
   mesh_shape = sharding.parse_mesh(mesh_text)
@@ -131,8 +131,8 @@ def make_plan(cfg: ml_collections.ConfigDict, topology: str, mesh_text: str, per
               per_device_batch=cfg.data.global_batch // batch_devices, seq_len=cfg.data.seq_len,
               remat_policy=model_config.remat_policy, attention_impl=model_config.attention_impl,
               capacity_bytes=capacity, compile_seconds=time.time() - start, tokens_per_step=tokens,
-              flops_per_step=train.train_flops_per_token(model_config, cfg.data.seq_len) * tokens,
-              peak_flops=train.peak_flops(devices[0]), memory=memory, xla_error=xla_error)
+              flops_per_step=flops.train_flops_per_token(model_config, cfg.data.seq_len) * tokens,
+              peak_flops=flops.peak_flops(devices[0]), memory=memory, xla_error=xla_error)
   return plan, caveat
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from llada_jax import checkpoint, convert, loss as loss_lib, optim, paths, sharding
+from llada_jax import checkpoint, convert, flops, loss as loss_lib, optim, paths, sharding
 from llada_jax import model as model_lib
 from llada_jax.config import ModelConfig, model_config_from
 from llada_jax.errors import UserError
@@ -30,33 +30,6 @@ from llada_jax.sampler import SamplingConfig
 
 OBJECTIVES = ("diffusion", "sft", "autoregressive")
 State = dict[str, Any]
-
-# Dense bf16 peak FLOP/s per device by `device_kind` prefix, for MFU; CPUs below.
-PEAK_FLOPS = {"TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12, "TPU v5": 459e12,
-              "TPU v6 lite": 918e12, "TPU v6e": 918e12, "NVIDIA H100": 989e12, "NVIDIA H200": 989e12,
-              "NVIDIA A100": 312e12}
-# fp32 matmul throughput per core: XLA and PyTorch reached 125-180 GFLOP/s per core with 2-thread products of the
-# small config's shapes on a 2-core AVX-512 machine. An estimate: CPUs publish no peak.
-CPU_CORE_FLOPS = 180e9
-
-
-def peak_flops(device) -> float:
-  kind = getattr(device, "device_kind", "cpu")
-  for prefix, flops in PEAK_FLOPS.items():
-    if kind.startswith(prefix):
-      return flops
-  if device.platform == "cpu":  # simulated CPU devices share the process's cores
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return CPU_CORE_FLOPS * cores / jax.local_device_count("cpu")
-  return float("nan")
-
-
-def train_flops_per_token(config: ModelConfig, seq_len: int) -> float:
-  """Forward + backward (3× forward) FLOPs per token, counting full bidirectional attention and the head."""
-  matmul_params = config.num_params(include_embeddings=False) + config.d_model * config.embedding_size
-  attention = 2 * 2 * config.n_layers * seq_len * config.d_model  # QKᵀ and PV over every key: no causal halving
-  return 3 * (2 * matmul_params + attention)
-
 
 # ---- Checks that fail before anything compiles ----
 
@@ -447,8 +420,8 @@ def _loop(cfg, model_config, state, step_fn, eval_fn, train_iter, batch_shard, s
   from tqdm import tqdm
   train = cfg.train
   tokens_per_step = cfg.data.global_batch * cfg.data.seq_len
-  flops_per_step = train_flops_per_token(model_config, cfg.data.seq_len) * tokens_per_step
-  peak = (train.peak_tflops * 1e12 or peak_flops(jax.devices()[0])) * jax.device_count()
+  flops_per_step = flops.train_flops_per_token(model_config, cfg.data.seq_len) * tokens_per_step
+  peak = (train.peak_tflops * 1e12 or flops.peak_flops(jax.devices()[0])) * jax.device_count()
   start_step = int(state["step"])
   summary = Summary(start_step=start_step)
   guard = DivergenceGuard(train)

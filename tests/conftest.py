@@ -61,7 +61,7 @@ def write_hf_dir(path, hf_config: dict, seed: int = 0, dtype: str = "float32", l
 
   import torch
   from safetensors.torch import save_file
-  from torch_reference import TorchLLaDA, mitchell_init_
+  from llada_jax.torch_reference import TorchLLaDA, mitchell_init_
 
   model = mitchell_init_(TorchLLaDA(hf_config), seed).to(getattr(torch, dtype))
   if edit is not None:

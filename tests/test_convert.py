@@ -40,7 +40,7 @@ def test_round_trip_is_bit_exact(tmp_path, dtype, layout):
 
 
 def test_exported_directory_loads_into_the_reference_and_keeps_every_config_key(tmp_path):
-  from torch_reference import TorchLLaDA
+  from llada_jax.torch_reference import TorchLLaDA
   hf_config = tiny_hf_config(weight_tying=True)
   src, ref = write_hf_dir(tmp_path / "src", hf_config, seed=6)
   convert.hf_to_jax(src, str(tmp_path / "jax"))

@@ -9,7 +9,7 @@ import torch
 from conftest import tiny_hf_config, write_hf_dir
 from llada_jax import likelihood, load_pretrained
 from llada_jax.errors import UserError
-from torch_reference import get_log_likelihood
+from llada_jax.torch_reference import get_log_likelihood
 
 HF = tiny_hf_config(n_kv_heads=2)
 

@@ -1,4 +1,4 @@
-"""The JAX model against the independent PyTorch reference (tests/torch_reference.py), plus its invariants."""
+"""The JAX model against the independent PyTorch reference (llada_jax/torch_reference.py), plus its invariants."""
 
 import jax
 import jax.numpy as jnp
@@ -68,7 +68,7 @@ def test_bf16_logits_close_to_reference(tmp_path):
 
 
 def test_causal_baseline_matches_reference(tmp_path):
-  from torch_reference import TorchLLaDA
+  from llada_jax.torch_reference import TorchLLaDA
   hf_config = tiny_hf_config()
   path, ref = write_hf_dir(tmp_path / "hf", hf_config, seed=4)
   causal_ref = TorchLLaDA(hf_config, causal=True)
@@ -85,7 +85,7 @@ def test_causal_baseline_matches_reference(tmp_path):
 def test_fp32_gradients_match_reference_autograd(tmp_path, changes, causal):
   """The hand-written backward passes (attention, projections) against PyTorch autograd, with left padding."""
   from llada_jax import checkpoint, convert
-  from torch_reference import TorchLLaDA
+  from llada_jax.torch_reference import TorchLLaDA
   hf_config = tiny_hf_config(**changes)
   path, ref = write_hf_dir(tmp_path / "hf", hf_config, seed=5)
   if causal:

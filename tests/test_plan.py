@@ -7,7 +7,7 @@ import re
 import pytest
 
 from conftest import REPO
-from llada_jax import config as config_lib, plan, train
+from llada_jax import config as config_lib, flops, plan
 from llada_jax.config import model_config_from
 from test_cli import one_error_line, run_cli
 
@@ -37,7 +37,7 @@ def test_plan_memory_is_the_sharded_state_and_flops_are_analytic():
   state_bytes = 3 * 4 * config.num_params() / 8
   assert abs(result.memory["arguments"] - state_bytes) / state_bytes < 0.05
   assert result.memory["aliased"] >= 0.95 * state_bytes  # the donated state is updated in place
-  assert result.flops_per_step == train.train_flops_per_token(config, 64) * 16 * 64
+  assert result.flops_per_step == flops.train_flops_per_token(config, 64) * 16 * 64
   assert "the bytes are not a TPU's" in caveat
   assert VERDICT.match(plan.verdict(result))
 

@@ -9,7 +9,7 @@ import torch
 from conftest import tiny_hf_config, write_hf_dir
 from llada_jax import load_pretrained, sampler
 from llada_jax.errors import UserError
-from torch_reference import generate as reference_generate, generate_fast
+from llada_jax.torch_reference import generate as reference_generate, generate_fast
 
 HF = tiny_hf_config(n_kv_heads=2)
 EOS, EOT, MASK = HF["eos_token_id"], HF["eot_token_id"], HF["mask_token_id"]

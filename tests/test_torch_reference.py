@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from torch_reference import (TorchLLaDA, diffusion_loss, generate, get_log_likelihood, mitchell_init_,
+from llada_jax.torch_reference import (TorchLLaDA, diffusion_loss, generate, get_log_likelihood, mitchell_init_,
                              stratified_masks, train_step, transfer_schedule)
 
 MASK, EOS, EOT = 126, 124, 125  # inside the tiny vocabulary, like the real ids inside LLaDA's
