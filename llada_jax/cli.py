@@ -78,7 +78,7 @@ def _init_distributed(args: argparse.Namespace) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
-  from llada_jax import config as config_lib, train
+  from llada_jax import config as config_lib, reporting, train
   _init_distributed(args)
   cfg = config_lib.apply_overrides(config_lib.load_config_file(args.config), args.overrides)
   if args.print_config:
@@ -89,7 +89,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
     raise UserError("--workdir is required: where checkpoints, tensorboard events and the tokenizer go")
   summary = train.run(cfg, args.workdir, resume=args.resume, recover_lr=args.recover_lr,
                       progress=not args.no_progress)
-  print(train.format_summary(summary, cfg))
+  print(reporting.format_summary(summary, cfg))
 
 
 _SAMPLING_FLAGS = ("steps", "gen_length", "block_length", "temperature", "cfg_scale", "remasking")

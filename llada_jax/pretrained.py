@@ -3,7 +3,6 @@
 import contextlib
 import dataclasses
 import functools
-import os
 from typing import Iterator
 
 import jax

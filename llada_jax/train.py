@@ -8,7 +8,6 @@ The step is a pure function `(state, batch) → (state, metrics)`; the state is 
 
 import collections
 import contextlib
-import dataclasses
 import functools
 import math
 import os
@@ -22,7 +21,7 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from llada_jax import checkpoint, convert, flops, loss as loss_lib, optim, paths, sharding
+from llada_jax import checkpoint, convert, loss as loss_lib, optim, paths, reporting, sharding
 from llada_jax import model as model_lib
 from llada_jax.config import ModelConfig, model_config_from
 from llada_jax.errors import UserError
@@ -195,28 +194,6 @@ def make_eval_step(model_config: ModelConfig, train: ml_collections.ConfigDict) 
 
 # ---- The loop ----
 
-@dataclasses.dataclass
-class Summary:
-  steps: int = 0
-  start_step: int = 0
-  seconds: float = 0.0
-  tokens: int = 0
-  tokens_per_sec: float = 0.0
-  mfu: float = 0.0
-  loss: float = float("nan")
-  losses: list = dataclasses.field(default_factory=list)  # (step, train loss) at every logged step
-  val_losses: list = dataclasses.field(default_factory=list)  # (step, loss)
-  skipped: int = 0
-  withheld: list = dataclasses.field(default_factory=list)  # checkpoint steps not saved after non-finite steps
-  checkpoint_dir: str = ""
-  best_step: int | None = None  # the kept checkpoint with the best validation bound
-  tensorboard_dir: str = ""
-  loss_plot: str = ""  # loss.png in the workdir
-  data_stats: dict = dataclasses.field(default_factory=dict)
-  sample: str = ""
-  sample_settings: str = ""  # SamplingConfig.describe() of the sample
-
-
 def _global_batch(local: dict, sharding_) -> dict:
   return {k: jax.make_array_from_process_local_data(sharding_, np.asarray(v)) for k, v in local.items()}
 
@@ -228,31 +205,9 @@ def evaluate(eval_step, params, batches: Iterator[dict], sharding_, num_batches:
   return float(np.mean(values)) if values else float("nan")
 
 
-class ScalarWriter:
-  """Tensorboard scalars written in the caller's thread: tensorboardX's SummaryWriter queues events for a writer
-  thread, so what a flush promises is not yet on disk and a kill right after it loses logged steps."""
-
-  def __init__(self, logdir: str):
-    from tensorboardX import summary
-    from tensorboardX.event_file_writer import EventsWriter
-    from tensorboardX.proto import event_pb2
-    paths.path(logdir).mkdir(parents=True, exist_ok=True)
-    self._events = EventsWriter(os.path.join(logdir, "events"))
-    self._event, self._scalar = event_pb2.Event, summary.scalar
-
-  def add_scalar(self, tag: str, value: float, step: int) -> None:
-    self._events.write_event(self._event(summary=self._scalar(tag, value), step=step, wall_time=time.time()))
-
-  def flush(self) -> None:
-    self._events.flush()
-
-  def close(self) -> None:
-    self._events.close()
-
-
 def run(cfg: ml_collections.ConfigDict, workdir: str, *, resume: bool = False, recover_lr: float | None = None,
         progress: bool = True, log: Callable[[str], None] = print,
-        callback: Callable[[int, dict], None] | None = None) -> Summary:
+        callback: Callable[[int, dict], None] | None = None) -> reporting.Summary:
   """Trains per `cfg` in `workdir`; returns the summary. Everything a user can get wrong fails before compiling,
   and before the workdir is touched. `callback(step, metrics)` is called at every logged step (e.g. to watch a run
   from a notebook)."""
@@ -301,25 +256,33 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, resume: bool = False, r
       params = _pretrained_params(cfg.train.init_from, model_config, mesh) if cfg.train.init_from else None
       state = jax.jit(functools.partial(init_state, model_config, optimizer), static_argnums=0,
                       out_shardings=shardings)(cfg.seed, params)
-    tensorboard_dir = os.path.join(workdir, "tensorboard")
-    writer = ScalarWriter(tensorboard_dir) if jax.process_index() == 0 else None
+    reporter = reporting.Reporter(cfg, model_config, int(state["step"]),
+                                  os.path.join(workdir, "tensorboard") if jax.process_index() == 0 else None,
+                                  show=progress and jax.process_index() == 0, callback=callback)
+
+    def eval_loss(params):
+      batches = data_lib.make_eval_iterator(cfg.data, tokenizer, process_index=jax.process_index(),
+                                            process_count=jax.process_count(), objective=cfg.train.objective)
+      return evaluate(eval_fn, params, iter(batches), batch_shard, cfg.train.eval_batches)
+
     try:
-      summary, state = _loop(cfg, model_config, state, step_fn, eval_fn, train_iter, batch_shard, store,
-                             tokenizer, writer, progress and jax.process_index() == 0, data_lib, callback)
+      started = time.time()
+      state = _loop(state, cfg=cfg, step_fn=step_fn, eval_loss=eval_loss, train_iter=train_iter,
+                    batch_shard=batch_shard, store=store, reporter=reporter)
+      summary = reporter.finish(cfg.train.steps, seconds=time.time() - started)
       if cfg.train.sample_after and cfg.train.objective != "autoregressive":
         summary.sample_settings = sampling.describe()
-        summary.sample = _sample(cfg, model_config, state["params"], tokenizer, data_lib, sampling)
+        summary.sample = _sample(cfg, model_config, state["params"], tokenizer,
+                                 cfg.train.sample_prompt or data_lib.sample_prompt(cfg.data), sampling)
     finally:
-      if writer:  # events logged since the last flush survive any exit but a kill
-        with contextlib.suppress(OSError):
-          writer.close()
+      reporter.close()
   summary.checkpoint_dir = os.path.join(workdir, "checkpoints", str(store.latest_step()))  # as the user named it
   summary.best_step = store.best_step()
   summary.data_stats = data_lib.data_stats(cfg.data, tokenizer)
-  summary.tensorboard_dir = tensorboard_dir
+  summary.tensorboard_dir = os.path.join(workdir, "tensorboard")
   if jax.process_index() == 0 and (summary.losses or summary.val_losses):
     from llada_jax import plots
-    per_byte = bits_per_byte(1.0, summary.data_stats) if summary.data_stats.get("val_bytes") else None
+    per_byte = reporting.bits_per_byte(1.0, summary.data_stats) if summary.data_stats.get("val_bytes") else None
     summary.loss_plot = plots.loss_curves(summary.losses, summary.val_losses, os.path.join(workdir, "loss.png"),
                                           title=f"{cfg.train.objective}: {model_config.num_params():,} parameters, "
                                           f"{cfg.data.source} data", bits_per_nat_token=per_byte)
@@ -415,34 +378,26 @@ class DivergenceGuard:
     return None
 
 
-def _loop(cfg, model_config, state, step_fn, eval_fn, train_iter, batch_shard, store, tokenizer, writer, show,
-          data_lib, callback) -> tuple[Summary, State]:
-  from tqdm import tqdm
+def _loop(state: State, *, cfg: ml_collections.ConfigDict, step_fn: Callable, eval_loss: Callable[[Any], float],
+          train_iter, batch_shard: NamedSharding, store: checkpoint.TrainCheckpoints, reporter: reporting.Reporter
+          ) -> State:
+  """Steps from the state's step to `train.steps`: validation every `eval_every`, checkpoints every
+  `checkpoint_every` (withheld after non-finite steps), a stop with advice when the run diverges."""
   train = cfg.train
-  tokens_per_step = cfg.data.global_batch * cfg.data.seq_len
-  flops_per_step = flops.train_flops_per_token(model_config, cfg.data.seq_len) * tokens_per_step
-  peak = (train.peak_tflops * 1e12 or flops.peak_flops(jax.devices()[0])) * jax.device_count()
-  start_step = int(state["step"])
-  summary = Summary(start_step=start_step)
   guard = DivergenceGuard(train)
 
   def validate(step):
-    if summary.val_losses and summary.val_losses[-1][0] == step:
-      return summary.val_losses[-1][1]
-    batches = data_lib.make_eval_iterator(cfg.data, tokenizer, process_index=jax.process_index(),
-                                          process_count=jax.process_count(), objective=train.objective)
-    value = evaluate(eval_fn, state["params"], iter(batches), batch_shard, train.eval_batches)
-    summary.val_losses.append((step, value))
-    if writer:
-      writer.add_scalar("val/loss", value, step)
-      writer.add_scalar("val/ppl_bound", math.exp(min(value, 50.0)), step)
+    value = reporter.last_validation(step)
+    if value is None:
+      value = eval_loss(state["params"])
+      reporter.validation(step, value)
     return value
 
-  def stop_if_diverged(bar):
+  def stop_if_diverged():
     reason = guard.flush()
     if reason is None:
       return
-    bar.close()
+    reporter.close_bar()
     store.wait()
     good = store.latest_step()
     where = (f"the last good checkpoint is step {good}; resume it with a lower peak learning rate: rerun the same "
@@ -451,120 +406,41 @@ def _loop(cfg, model_config, state, step_fn, eval_fn, train_iter, batch_shard, s
     raise UserError(f"training diverged: {reason} (non-finite loss, gradient, update or parameters; none of those "
                     f"updates was applied or saved); {where}")
 
+  start_step = int(state["step"])
   if train.eval_every > 0 and start_step == 0:
     validate(0)
-  bar = tqdm(total=train.steps, initial=start_step, disable=not show, unit="step", dynamic_ncols=True)
-  window_start, window_steps, loss_value = None, 0, float("nan")
-  run_start = time.time()
   for step in range(start_step, train.steps):
-    batch = _global_batch(next(train_iter), batch_shard)
-    state, metrics = step_fn(state, batch)
+    state, metrics = step_fn(state, _global_batch(next(train_iter), batch_shard))
     guard.add(step + 1, metrics["finite"])
     store.check()
-    window_steps += 1
+    reporter.step_done()
     last = step + 1 == train.steps
     if (step + 1) % train.log_every == 0 or last or step == start_step:
-      stop_if_diverged(bar)
-      metrics = jax.device_get(metrics)
-      loss_value = float(metrics["loss"])
-      summary.losses.append((step + 1, loss_value))
-      if callback:
-        callback(step + 1, metrics)
-      now = time.time()
-      if window_start is None:  # the first step includes compilation: start timing after it
-        window_start, window_steps = now, 0
-      elif window_steps:
-        rate = window_steps * tokens_per_step / (now - window_start)
-        summary.tokens_per_sec, summary.mfu = rate, rate / tokens_per_step * flops_per_step / peak
-        window_start, window_steps = now, 0
-      if writer:
-        for key in ("loss", "grad_norm", "update_norm", "param_norm", "lr"):
-          writer.add_scalar(f"train/{key}", float(metrics[key]), step + 1)
-        writer.add_scalar("train/nll_bound", loss_value, step + 1)
-        writer.add_scalar("train/skipped", int(metrics["skipped"]), step + 1)
-        if summary.tokens_per_sec:
-          writer.add_scalar("perf/tokens_per_sec", summary.tokens_per_sec, step + 1)
-          writer.add_scalar("perf/mfu", summary.mfu, step + 1)
-        writer.flush()
-      bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{float(metrics['lr']):.2e}",
-                      tok_s=f"{summary.tokens_per_sec:,.0f}")
-      summary.skipped = int(metrics["skipped"])
-    bar.update(1)
+      stop_if_diverged()
+      reporter.train_metrics(step + 1, jax.device_get(metrics))
     if train.eval_every > 0 and ((step + 1) % train.eval_every == 0 or last):
-      bar.set_postfix(loss=f"{loss_value:.3f}", val=f"{validate(step + 1):.3f}")
+      validate(step + 1)
     if (step + 1) % train.checkpoint_every == 0 or last:
-      stop_if_diverged(bar)
+      stop_if_diverged()
       val = validate(step + 1) if train.eval_every > 0 else None
       if guard.since_checkpoint or (val is not None and not math.isfinite(val)):
-        summary.withheld.append(step + 1)
+        reporter.summary.withheld.append(step + 1)
         why = (f"{guard.since_checkpoint} non-finite step(s) since the previous checkpoint (updates dropped)"
                if guard.since_checkpoint else f"its validation bound is {val}")
         checkpoint.log.warning("step %d not checkpointed: %s; the checkpoints before it are kept", step + 1, why)
         guard.since_checkpoint = 0
       else:
         store.save(step + 1, state, train_iter, val)
-  bar.close()
   store.wait()
-  summary.steps = train.steps - start_step
-  summary.seconds = time.time() - run_start
-  summary.tokens = summary.steps * tokens_per_step
-  summary.loss = loss_value
-  return summary, state
+  return state
 
 
-def _sample(cfg, model_config: ModelConfig, params, tokenizer, data_lib, sampling: SamplingConfig) -> str:
-  """A continuation of a validation prompt with the run's sampling defaults (what `generate` on the workdir does),
-  to see what the model learned."""
+def _sample(cfg, model_config: ModelConfig, params, tokenizer, prompt: str, sampling: SamplingConfig) -> str:
+  """A continuation of `prompt` with the run's sampling defaults (what `generate` on the workdir does), to see what
+  the model learned."""
   from llada_jax import sampler
-  prompt = cfg.train.sample_prompt or data_lib.sample_prompt(cfg.data)
   ids = (tokenizer.encode_chat([{"role": "user", "content": prompt}]) if cfg.train.objective == "sft"
          else tokenizer.encode(prompt, add_bos=tokenizer.add_bos_token))
   out = sampler.generate(params, np.asarray([ids], np.int32), config=model_config, sampling=sampling,
                          rng=jax.random.key(cfg.seed))
   return prompt + "⟶" + tokenizer.decode(np.asarray(out.tokens)[0, len(ids):], skip_special_tokens=True)
-
-
-def bits_per_byte(nats_per_token: float, data_stats: dict) -> float:
-  """A validation bound in nats per token as bits per UTF-8 byte of the validation text (tokens include each
-  document's EOS, as the bound does)."""
-  return nats_per_token * data_stats["val_tokens"] / (data_stats["val_bytes"] * math.log(2))
-
-
-def format_summary(summary: Summary, cfg: ml_collections.ConfigDict) -> str:
-  """The one screen printed at the end of `llada-jax train`."""
-  model_config = model_config_from(cfg)
-  minutes, seconds = divmod(int(summary.seconds), 60)
-  lines = [
-      "─── llada-jax train: summary " + "─" * 40,
-      f"model        {model_config.num_params():,} parameters ({model_config.num_params(False):,} without "
-      f"embeddings): d {model_config.d_model} × {model_config.n_layers} layers, vocab {model_config.vocab_size}",
-      f"objective    {cfg.train.objective}, data {cfg.data.source}, batch {cfg.data.global_batch} × "
-      f"{cfg.data.seq_len} tokens",
-      f"steps        {summary.start_step} → {summary.start_step + summary.steps} in {minutes}m{seconds:02d}s, "
-      f"{summary.tokens:,} tokens, {summary.tokens_per_sec:,.0f} tokens/s, MFU {summary.mfu:.1%}",
-      f"train loss   {summary.loss:.4f} (last logged step)",
-  ]
-  if summary.val_losses:
-    (s0, v0), (s1, v1) = summary.val_losses[0], summary.val_losses[-1]
-    lines.append(f"val loss     {v0:.4f} at step {s0} → {v1:.4f} at step {s1} (an upper bound on NLL, nats/token; "
-                 f"perplexity ≤ {math.exp(min(v1, 50.0)):,.1f})")
-    if summary.data_stats.get("val_bytes"):
-      b0, b1 = (bits_per_byte(v, summary.data_stats) for v in (v0, v1))
-      lines.append(f"val bits/B   {b0:.3f} → {b1:.3f} (the same bound per byte of text: comparable across "
-                   "tokenizers)")
-  if summary.data_stats:
-    lines.append("data         " + ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in summary.data_stats.items()))
-  lines += [
-      f"non-finite   {summary.skipped} step(s) skipped" + (
-          f"; checkpoints withheld at step(s) {', '.join(map(str, summary.withheld))}" if summary.withheld else ""),
-      f"checkpoint   {summary.checkpoint_dir}" + (
-          f" (best validation bound: step {summary.best_step}, kept)"
-          if summary.best_step is not None and not summary.checkpoint_dir.endswith(f"/{summary.best_step}") else ""),
-      f"tensorboard  tensorboard --logdir {summary.tensorboard_dir}  (the viewer: pip install tensorboard, or the "
-      "llada-jax[tensorboard] extra)",
-  ]
-  if summary.loss_plot:
-    lines.append(f"loss curves  {summary.loss_plot}")
-  if summary.sample:
-    lines.append(f"sample       ({summary.sample_settings}) {summary.sample!r}")
-  return "\n".join(lines)

@@ -13,7 +13,7 @@ import optax
 import pytest
 
 from conftest import REPO
-from llada_jax import checkpoint, config as config_lib, convert, optim, sharding, train
+from llada_jax import checkpoint, config as config_lib, convert, optim, reporting, sharding, train
 from llada_jax.pretrained import load_pretrained
 from llada_jax.sampler import SamplingConfig
 from llada_jax.errors import UserError
@@ -126,12 +126,12 @@ def test_training_lowers_the_validation_bound_and_writes_artifacts(tmp_path):
   assert sampling != SamplingConfig() and summary.sample_settings == sampling.describe()
   assert load_pretrained(str(tmp_path)).stored_sampling == sampling
   assert convert.read_sampling_defaults(str(tmp_path / "checkpoints" / "30")) == sampling
-  text = train.format_summary(summary, tiny_cfg())
+  text = reporting.format_summary(summary, tiny_cfg())
   assert f"sample       ({sampling.describe()}) " in text
   assert "val loss" in text and "tokens/s" in text
   assert summary.loss_plot == str(tmp_path / "loss.png") and f"loss curves  {tmp_path / 'loss.png'}" in text
   stats = summary.data_stats
-  bits = train.bits_per_byte(last, stats)
+  bits = reporting.bits_per_byte(last, stats)
   assert bits == pytest.approx(last * stats["val_tokens"] / stats["val_bytes"] / math.log(2))
   assert f"→ {bits:.3f}" in text.split("val bits/B")[1].splitlines()[0]
 
