@@ -96,7 +96,7 @@ def _train_step_closure(side: str, config_path: str, overrides: list[str], threa
                         ) -> tuple[Callable[[], object], str]:
   """(one train step, what runs it) of `side` ("jax": ours, "torch": the PyTorch reference) on the config's
   shapes, same loss and AdamW settings, fixed random tokens."""
-  from llada_jax import config as config_lib
+  from llada_jax import hf_config
   cfg, model_config = _load_config(config_path, overrides)
   tokens = np.random.default_rng(0).integers(8, model_config.vocab_size,
                                              (cfg.data.global_batch, cfg.data.seq_len)).astype(np.int32)
@@ -104,7 +104,7 @@ def _train_step_closure(side: str, config_path: str, overrides: list[str], threa
     import torch
     ref = _torch_reference()
     torch.set_num_threads(threads)
-    torch_model = ref.mitchell_init_(ref.TorchLLaDA(config_lib.to_hf_config(model_config)), 0)
+    torch_model = ref.mitchell_init_(ref.TorchLLaDA(hf_config.to_hf_config(model_config)), 0)
     torch_opt = torch.optim.AdamW(torch_model.parameters(), lr=cfg.train.lr, betas=(cfg.train.b1, cfg.train.b2),
                                   weight_decay=cfg.train.weight_decay)
     generator = torch.Generator().manual_seed(0)
@@ -165,7 +165,7 @@ def _sample_closure(side: str, config_path: str, overrides: list[str], threads: 
   """(one greedy generation returning [tokens, model calls per row], what runs it): ours with `sampling`'s
   decoding options, or the official sampling rules on the PyTorch reference loaded with the same weights."""
   import jax
-  from llada_jax import checkpoint, config as config_lib, convert, sampler
+  from llada_jax import checkpoint, convert, hf_config, sampler
   model_config, params, tokenizer_path = _bench_weights(config_path, overrides, checkpoint_path)
   prompt, mask = _bench_prompts(model_config.vocab_size, prompt_length, batch, tokenizer_path)
   padded = bool((mask == 0).any())
@@ -180,7 +180,7 @@ def _sample_closure(side: str, config_path: str, overrides: list[str], threads: 
   import torch
   ref = _torch_reference()
   torch.set_num_threads(threads)
-  torch_model = ref.TorchLLaDA(config_lib.to_hf_config(model_config))
+  torch_model = ref.TorchLLaDA(hf_config.to_hf_config(model_config))
   layered = jax.tree.map(np.asarray, checkpoint.to_layered(params, model_config.n_layers))
   torch_model.load_state_dict({name: torch.from_numpy(array.copy())
                                for name, array in convert.hf_tensors(layered, model_config)})

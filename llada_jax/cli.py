@@ -50,7 +50,7 @@ def _cmd_init(args: argparse.Namespace) -> None:
 
 def _cmd_info(args: argparse.Namespace) -> None:
   from llada_jax import checkpoint, convert
-  from llada_jax.config import from_hf_config
+  from llada_jax.hf_config import from_hf_config
   if checkpoint.is_checkpoint(args.path):
     config, meta = checkpoint.read_metadata(args.path)
     kind = f"llada-jax {meta.get('kind', 'params')} checkpoint, layout version {meta['layout_version']}"

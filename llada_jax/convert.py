@@ -18,7 +18,8 @@ import numpy as np
 from tqdm import tqdm
 
 from llada_jax import checkpoint, paths
-from llada_jax.config import DTYPES, ModelConfig, from_hf_config, to_hf_config
+from llada_jax.config import DTYPES, ModelConfig
+from llada_jax.hf_config import from_hf_config, to_hf_config
 from llada_jax.errors import UserError
 from llada_jax.sampler import SamplingConfig
 

@@ -12,6 +12,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from llada_jax import checkpoint, config as config_lib
+from llada_jax.hf_config import from_hf_config
 from llada_jax.errors import CorruptCheckpoint, UserError
 
 
@@ -49,7 +50,7 @@ def test_fingerprints_are_mesh_independent_and_see_every_change():
 
 def _tiny_model_config():
   from conftest import tiny_hf_config
-  return config_lib.from_hf_config(tiny_hf_config())
+  return from_hf_config(tiny_hf_config())
 
 
 def _save_params(path, seed=0):

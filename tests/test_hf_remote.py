@@ -12,7 +12,7 @@ import torch
 
 from conftest import tiny_hf_config, write_hf_dir
 from llada_jax import cli, convert, data, paths
-from llada_jax.config import from_hf_config
+from llada_jax.hf_config import from_hf_config
 from llada_jax.errors import UserError
 from llada_jax.pretrained import load_for_inference, load_pretrained
 from llada_jax.sampler import SamplingConfig

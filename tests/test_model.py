@@ -9,7 +9,8 @@ import torch
 from conftest import tiny_hf_config, write_hf_dir
 from llada_jax import load_pretrained
 from llada_jax import model as model_lib
-from llada_jax.config import REMAT_POLICIES, from_hf_config
+from llada_jax.config import REMAT_POLICIES
+from llada_jax.hf_config import from_hf_config
 
 FP32_BOUND = 1e-5
 

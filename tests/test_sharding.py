@@ -11,7 +11,7 @@ import pytest
 from conftest import REPO, tiny_hf_config
 from llada_jax import config as config_lib, sharding
 from llada_jax import model as model_lib
-from llada_jax.config import from_hf_config
+from llada_jax.hf_config import from_hf_config
 from llada_jax.errors import UserError
 
 
