@@ -85,11 +85,11 @@ def _torch_reference():
   return torch_reference
 
 
-def _load_config(config_path: str, overrides: list[str]):
-  """(the config file with its overrides, its ModelConfig): what both the parent and each worker read."""
+def _experiment(config_path: str, overrides: list[str]):
+  """The config file with its overrides, typed and checked: what both the parent and each worker read."""
   from llada_jax import config as config_lib
-  cfg = config_lib.apply_overrides(config_lib.load_config_file(config_path), overrides)
-  return cfg, config_lib.model_config_from(cfg)
+  return config_lib.Experiment.from_config(
+      config_lib.apply_overrides(config_lib.load_config_file(config_path), overrides))
 
 
 def _train_step_closure(side: str, config_path: str, overrides: list[str], threads: int
@@ -97,16 +97,17 @@ def _train_step_closure(side: str, config_path: str, overrides: list[str], threa
   """(one train step, what runs it) of `side` ("jax": ours, "torch": the PyTorch reference) on the config's
   shapes, same loss and AdamW settings, fixed random tokens."""
   from llada_jax import hf_config
-  cfg, model_config = _load_config(config_path, overrides)
+  exp = _experiment(config_path, overrides)
+  model_config = exp.model
   tokens = np.random.default_rng(0).integers(8, model_config.vocab_size,
-                                             (cfg.data.global_batch, cfg.data.seq_len)).astype(np.int32)
+                                             (exp.data.global_batch, exp.data.seq_len)).astype(np.int32)
   if side == "torch":
     import torch
     ref = _torch_reference()
     torch.set_num_threads(threads)
     torch_model = ref.mitchell_init_(ref.TorchLLaDA(hf_config.to_hf_config(model_config)), 0)
-    torch_opt = torch.optim.AdamW(torch_model.parameters(), lr=cfg.train.lr, betas=(cfg.train.b1, cfg.train.b2),
-                                  weight_decay=cfg.train.weight_decay)
+    torch_opt = torch.optim.AdamW(torch_model.parameters(), lr=exp.train.lr, betas=(exp.train.b1, exp.train.b2),
+                                  weight_decay=exp.train.weight_decay)
     generator = torch.Generator().manual_seed(0)
     x = torch.from_numpy(tokens.astype(np.int64))
     return (lambda: ref.train_step(torch_model, torch_opt, x, generator, mask_id=model_config.mask_token_id),
@@ -116,11 +117,11 @@ def _train_step_closure(side: str, config_path: str, overrides: list[str], threa
   import jax.numpy as jnp
   from llada_jax import optim, sharding, train
   mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
-  optimizer = optim.make_optimizer(cfg.train)
+  optimizer = optim.make_optimizer(exp.train)
   _, shardings = train.state_shardings(model_config, optimizer, mesh)
   with jax.set_mesh(mesh):
     holder = {"state": jax.jit(lambda: train.init_state(model_config, optimizer, 0), out_shardings=shardings)()}
-    step_fn = jax.jit(train.make_train_step(model_config, cfg.train, optimizer), donate_argnums=0)
+    step_fn = jax.jit(train.make_train_step(model_config, exp.train, optimizer), donate_argnums=0)
   batch_arrays = {"tokens": jnp.asarray(tokens)}
 
   def step():
@@ -155,7 +156,7 @@ def _bench_weights(config_path: str, overrides: list[str], checkpoint_path: str 
     from llada_jax.pretrained import load_pretrained
     model = load_pretrained(checkpoint_path)
     return model.config, model.params, checkpoint.find_tokenizer(checkpoint_path)
-  _, model_config = _load_config(config_path, overrides)
+  model_config = _experiment(config_path, overrides).model
   return model_config, jax.jit(model_lib.init_params, static_argnums=0)(model_config, jax.random.key(0)), None
 
 
@@ -196,15 +197,15 @@ def _sample_closure(side: str, config_path: str, overrides: list[str], threads: 
   return generate_reference, f"official sampling rules, {threads} threads"
 
 
-def _kernel_shapes(cfg, c) -> dict[str, tuple]:
-  """The train step's dominant products at the shapes of a config and its ModelConfig: each projection as
+def _kernel_shapes(exp) -> dict[str, tuple]:
+  """The train step's dominant products at an experiment's shapes: each projection as
   (tokens, d_in, d_out), and the attention as (batch, length, heads, kv_heads, head_dim)."""
-  tokens = cfg.data.global_batch * cfg.data.seq_len
+  c, tokens = exp.model, exp.tokens_per_step
   return {"attention projection": (tokens, c.d_model, c.n_heads * c.head_dim),
           "mlp up (each of two)": (tokens, c.d_model, c.mlp_hidden_size),
           "mlp down": (tokens, c.mlp_hidden_size, c.d_model),
           "output head": (tokens, c.d_model, c.embedding_size),
-          "attention": (cfg.data.global_batch, cfg.data.seq_len, c.n_heads, c.n_kv_heads, c.head_dim)}
+          "attention": (exp.data.global_batch, exp.data.seq_len, c.n_heads, c.n_kv_heads, c.head_dim)}
 
 
 def _kernel_flops(name: str, shape: tuple) -> float:
@@ -221,8 +222,8 @@ def _kernel_closure(side: str, config_path: str, overrides: list[str], threads: 
   through what llada_jax.torch_reference calls (F.linear, SDPA) and autograd. Both sides draw the same inputs; each
   call returns a function computing a checksum of the gradients (outside the timing), and the two sides'
   checksums must agree."""
-  cfg, model_config = _load_config(config_path, overrides)
-  shape = _kernel_shapes(cfg, model_config)[kernel]
+  exp = _experiment(config_path, overrides)
+  model_config, shape = exp.model, _kernel_shapes(exp)[kernel]
   rng = np.random.default_rng(0)
   draw = lambda *dims: (rng.standard_normal(dims) / np.sqrt(dims[-1])).astype(np.float32)
   if kernel == "attention":
@@ -355,8 +356,8 @@ def _side_by_side(spec: dict | list[dict], iters: int, rounds: int) -> tuple[lis
 def bench_train(config_path: str, overrides: list[str], iters: int, threads: int, rounds: int = 3) -> dict:
   """Train-step throughput of ours and of the PyTorch reference (same shapes, loss and AdamW), side by side: one
   process per side, timed in alternating rounds so that a noisy machine slows both alike; medians reported."""
-  cfg, model_config = _load_config(config_path, overrides)
-  batch, seq_len = cfg.data.global_batch, cfg.data.seq_len
+  exp = _experiment(config_path, overrides)
+  model_config, batch, seq_len = exp.model, exp.data.global_batch, exp.data.seq_len
   spec = dict(bench="train", config_path=config_path, overrides=overrides, threads=threads)
   labels, (ours_s, theirs_s), _ = _side_by_side(spec, iters, rounds)
   tokens_per_step = batch * seq_len
@@ -375,7 +376,7 @@ def bench_kernels(config_path: str, overrides: list[str], iters: int, threads: i
                   kernels: list[str] | None = None) -> list[dict]:
   """Forward + backward time of the train step's dominant kernels at the config's shapes, ours against the
   PyTorch reference's, one process per side and kernel as in `bench_train`: where a train-step gap comes from."""
-  shapes = _kernel_shapes(*_load_config(config_path, overrides))
+  shapes = _kernel_shapes(_experiment(config_path, overrides))
   rows = []
   print(f"kernels of the train step, {config_path}: forward + backward, fp32")
   print(f"{'kernel':22s} {'shape':28s} {'llada-jax ms':>12s} {'PyTorch ms':>11s} {'GFLOP/s':>8s} {'PyTorch':>8s} "

@@ -82,14 +82,14 @@ def _cmd_train(args: argparse.Namespace) -> None:
   _init_distributed(args)
   cfg = config_lib.apply_overrides(config_lib.load_config_file(args.config), args.overrides)
   if args.print_config:
-    config_lib.model_config_from(cfg)  # a bad model section fails here too, not only when training starts
+    config_lib.Experiment.from_config(cfg)  # a bad section fails here too, not only when training starts
     print(cfg)
     return
   if not args.workdir:
     raise UserError("--workdir is required: where checkpoints, tensorboard events and the tokenizer go")
   summary = train.run(cfg, args.workdir, resume=args.resume, recover_lr=args.recover_lr,
                       progress=not args.no_progress)
-  print(reporting.format_summary(summary, cfg))
+  print(reporting.format_summary(summary, config_lib.Experiment.from_config(cfg)))
 
 
 _SAMPLING_FLAGS = ("steps", "gen_length", "block_length", "temperature", "cfg_scale", "remasking")
@@ -291,9 +291,10 @@ def _cmd_prepare_data(args: argparse.Namespace) -> None:
   from llada_jax import config as config_lib, data
   from llada_jax.checkpoint import check_output_dir
   cfg = config_lib.apply_overrides(config_lib.load_config_file(args.config), args.overrides)
+  data_cfg = config_lib.Experiment.from_config(cfg).data
   check_output_dir(args.out, args.overwrite)  # before the progress bar: a refusal is one line
   with tqdm(unit="doc", desc="prepare-data") as bar:
-    manifest = data.prepare_data(cfg.data, args.out, records_per_shard=args.records_per_shard, progress=bar.update,
+    manifest = data.prepare_data(data_cfg, args.out, records_per_shard=args.records_per_shard, progress=bar.update,
                                  overwrite=args.overwrite)
   print(f"wrote ArrayRecord shards to {args.out}: " + ", ".join(
       f"{split}: {info['windows']:,} windows of {manifest['seq_len']} tokens in {len(info['files'])} file(s)"

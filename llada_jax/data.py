@@ -33,12 +33,10 @@ import grain
 import numpy as np
 
 from llada_jax import paths as paths_lib
+from llada_jax.config import PRETRAIN_SOURCES, SFT_SOURCES, DataConfig
 from llada_jax.errors import UserError
 
-PRETRAIN_SOURCES = ("builtin", "text", "jsonl", "array_record")
-SFT_SOURCES = ("chat_jsonl", "chatterbot")
 OBJECTIVE_SOURCES = {"diffusion": PRETRAIN_SOURCES, "autoregressive": PRETRAIN_SOURCES, "sft": SFT_SOURCES}
-OVERLONG = ("truncate", "drop")
 SPLITS = ("train", "val")
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "llada_jax.packed_windows/1"
@@ -60,19 +58,10 @@ class Corpus:
   overlong: str
 
 
-def corpus_of(data_cfg) -> Corpus:
-  """Checks the data config and resolves its paths; every mistake is a UserError naming the fix."""
-  source = data_cfg.source
-  if source not in PRETRAIN_SOURCES + SFT_SOURCES:
-    raise UserError(f"data.source={source!r} is not one of {', '.join(PRETRAIN_SOURCES + SFT_SOURCES)}")
-  if data_cfg.seq_len <= 0:
-    raise UserError(f"data.seq_len={data_cfg.seq_len} must be positive")
-  if not 0.0 <= data_cfg.val_fraction < 1.0:
-    raise UserError(f"data.val_fraction={data_cfg.val_fraction} must be in [0, 1)")
-  if data_cfg.overlong not in OVERLONG:
-    raise UserError(f"data.overlong={data_cfg.overlong!r} is not one of {', '.join(OVERLONG)}")
-  return Corpus(source, resolve_paths(source, data_cfg.paths), data_cfg.jsonl_field, int(data_cfg.seq_len),
-                float(data_cfg.val_fraction), data_cfg.overlong)
+def corpus_of(data_cfg: DataConfig) -> Corpus:
+  """The corpus a (validated) data config names, its paths resolved; a missing file is a UserError naming the fix."""
+  return Corpus(data_cfg.source, resolve_paths(data_cfg.source, data_cfg.paths), data_cfg.jsonl_field,
+                data_cfg.seq_len, data_cfg.val_fraction, data_cfg.overlong)
 
 
 def resolve_paths(source: str, paths: str) -> tuple[str, ...]:
@@ -294,7 +283,7 @@ def _conversation_key(messages: list[dict]) -> str:
   return json.dumps(messages, sort_keys=True, ensure_ascii=False)
 
 
-def sample_prompt(data_cfg) -> str:
+def sample_prompt(data_cfg: DataConfig) -> str:
   """A prompt to show what a model learned: from the first validation document (the training split's when nothing is
   held out), its first line of three or more words — bare headings ("ACT IV") and speaker names give the model
   little to continue; for SFT sources the first user message."""
@@ -323,12 +312,12 @@ def _first_preferring_val(items: Iterable, key: Callable, val_fraction: float):
 
 # ---- Tokenizers ----
 
-def cache_dir(data_cfg) -> str:
+def cache_dir(data_cfg: DataConfig) -> str:
   """data.cache_dir, else $LLADA_JAX_CACHE, else ~/.cache/llada_jax."""
   return os.path.expanduser(data_cfg.cache_dir or os.environ.get("LLADA_JAX_CACHE") or "~/.cache/llada_jax")
 
 
-def make_tokenizer(data_cfg):
+def make_tokenizer(data_cfg: DataConfig):
   """The run's tokenizer: `load_tokenizer(data.tokenizer)` when set; otherwise the built-in one — for ArrayRecord data
   the tokenizer `prepare_data` stored beside it, for SFT sources the one trained on the built-in corpus (what the
   default pre-training used), else one trained on this corpus's training split."""
@@ -523,7 +512,7 @@ class _ShardWriter:
       self._writer = None
 
 
-def prepare_data(data_cfg, out_dir: str, *, records_per_shard: int = 16384,
+def prepare_data(data_cfg: DataConfig, out_dir: str, *, records_per_shard: int = 16384,
                  progress: Callable[[int], None] | None = None, overwrite: bool = False) -> dict:
   """Tokenizes and packs the configured pre-training corpus into ArrayRecord shards under `out_dir`; returns the
   manifest (also written as out_dir/manifest.json). Prints nothing.
@@ -548,7 +537,7 @@ def prepare_data(data_cfg, out_dir: str, *, records_per_shard: int = 16384,
     return _write_prepared(corpus, tokenizer, data_cfg, tmp, records_per_shard, progress)
 
 
-def _write_prepared(corpus: Corpus, tokenizer, data_cfg, out_dir: str, records_per_shard: int,
+def _write_prepared(corpus: Corpus, tokenizer, data_cfg: DataConfig, out_dir: str, records_per_shard: int,
                     progress: Callable[[int], None] | None) -> dict:
   shards = {name: _ShardWriter(out_dir, name, records_per_shard) for name in SPLITS}
   counts = {name: {"documents": 0, "tokens": 0, "bytes": 0} for name in SPLITS}
@@ -609,14 +598,14 @@ def _prepared_windows(corpus: Corpus, tokenizer, split: str) -> "_RecordWindows 
 
 # ---- Grain pipelines: what the trainer calls ----
 
-def per_process_batch(data_cfg, process_count: int) -> int:
-  if data_cfg.global_batch <= 0 or data_cfg.global_batch % process_count:
+def per_process_batch(data_cfg: DataConfig, process_count: int) -> int:
+  if data_cfg.global_batch % process_count:
     raise UserError(f"data.global_batch={data_cfg.global_batch} must be a positive multiple of the "
                     f"{process_count} processes")
   return data_cfg.global_batch // process_count
 
 
-def _examples(data_cfg, tokenizer, objective: str, split: str):
+def _examples(data_cfg: DataConfig, tokenizer, objective: str, split: str):
   """The random-access source of one split's examples for this objective."""
   corpus = corpus_of(data_cfg)
   if objective not in OBJECTIVE_SOURCES:
@@ -653,7 +642,7 @@ def _empty_split_message(corpus: Corpus, split: str, stats: dict) -> str:
   return _too_small_message(corpus, split, stats[f"{split}_tokens"])
 
 
-def make_train_iterator(data_cfg, tokenizer, *, seed: int, process_index: int = 0, process_count: int = 1,
+def make_train_iterator(data_cfg: DataConfig, tokenizer, *, seed: int, process_index: int = 0, process_count: int = 1,
                         objective: str = "diffusion") -> grain.DatasetIterator:
   """This process's endless training batches: {"tokens": int32 [b, seq_len]} (+ "prompt_length": int32 [b] for SFT)
   with b = global_batch / process_count.
@@ -669,7 +658,7 @@ def make_train_iterator(data_cfg, tokenizer, *, seed: int, process_index: int = 
   return iter(_read_ahead(ds, data_cfg.prefetch, data_cfg.num_workers))
 
 
-def make_eval_iterator(data_cfg, tokenizer, *, process_index: int = 0, process_count: int = 1,
+def make_eval_iterator(data_cfg: DataConfig, tokenizer, *, process_index: int = 0, process_count: int = 1,
                        objective: str = "diffusion") -> grain.DatasetIterator:
   """One finite, deterministic pass over the validation split, batched like training.
 
@@ -713,7 +702,7 @@ def _parse_absl_flags() -> None:
     flags.FLAGS.mark_as_parsed()
 
 
-def data_stats(data_cfg, tokenizer) -> dict[str, int]:
+def data_stats(data_cfg: DataConfig, tokenizer) -> dict[str, int]:
   """Counts per split for the run summary: documents/tokens/windows for pre-training; conversations, rows, and rows
   truncated or dropped as longer than seq_len for SFT. Free after the iterators are built (same caches)."""
   corpus = corpus_of(data_cfg)

@@ -96,7 +96,7 @@ def make_plan(cfg: ml_collections.ConfigDict, topology: str, mesh_text: str, per
   """Compiles the train step of `cfg` for the topology and returns its plan (and what the plan cannot tell)."""
   import jax
   from llada_jax import flops, ops, optim, sharding, train
-  from llada_jax.config import model_config_from
+  from llada_jax.config import Experiment
   devices, capacity, caveat = devices_for(topology)
   mesh_shape = sharding.parse_mesh(mesh_text)
   mesh = sharding.make_mesh(mesh_shape["data"], mesh_shape["fsdp"], mesh_shape["tensor"], devices=devices)
@@ -105,18 +105,18 @@ def make_plan(cfg: ml_collections.ConfigDict, topology: str, mesh_text: str, per
     cfg.data.global_batch = per_device_batch * batch_devices
   if seq_len is not None:
     cfg.data.seq_len = seq_len
-  model_config = model_config_from(cfg)
+  exp = Experiment.from_config(cfg)
   with jax.set_mesh(mesh):  # "auto" names the kernel the target chips get
-    model_config = model_config.replace(attention_impl=ops.resolve_attention_impl(model_config))
-  train.check_experiment(cfg, model_config, mesh, process_count=1)
-  optimizer = optim.make_optimizer(cfg.train)
+    model_config = exp.model.replace(attention_impl=ops.resolve_attention_impl(exp.model))
+  train.check_experiment(exp, mesh, process_count=1)
+  optimizer = optim.make_optimizer(exp.train)
   start = time.time()
   memory, xla_error = None, None
-  step_fn, abstract, shardings = train.jit_train_step(model_config, cfg, optimizer, mesh)
+  step_fn, abstract, shardings = train.jit_train_step(model_config, exp.train, optimizer, mesh)
   with jax.set_mesh(mesh):
     state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
     try:
-      analysis = step_fn.lower(state, train.abstract_batch(cfg, mesh)).compile().memory_analysis()
+      analysis = step_fn.lower(state, train.abstract_batch(exp, mesh)).compile().memory_analysis()
     except Exception as e:
       if not _OOM.search(str(e)):
         raise
@@ -126,12 +126,12 @@ def make_plan(cfg: ml_collections.ConfigDict, topology: str, mesh_text: str, per
                 "temporaries": analysis.temp_size_in_bytes, "aliased": analysis.alias_size_in_bytes}
       # Donated state is both argument and output: count it once.
       memory["total"] = memory["arguments"] + memory["outputs"] + memory["temporaries"] - memory["aliased"]
-  tokens = cfg.data.global_batch * cfg.data.seq_len
+  tokens = exp.tokens_per_step
   plan = Plan(topology=topology, chips=len(devices), mesh=dict(mesh.shape),
-              per_device_batch=cfg.data.global_batch // batch_devices, seq_len=cfg.data.seq_len,
+              per_device_batch=exp.data.global_batch // batch_devices, seq_len=exp.data.seq_len,
               remat_policy=model_config.remat_policy, attention_impl=model_config.attention_impl,
               capacity_bytes=capacity, compile_seconds=time.time() - start, tokens_per_step=tokens,
-              flops_per_step=flops.train_flops_per_token(model_config, cfg.data.seq_len) * tokens,
+              flops_per_step=flops.train_flops_per_token(model_config, exp.data.seq_len) * tokens,
               peak_flops=flops.peak_flops(devices[0]), memory=memory, xla_error=xla_error)
   return plan, caveat
 

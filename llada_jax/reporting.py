@@ -9,10 +9,9 @@ import time
 from typing import Callable
 
 import jax
-import ml_collections
 
 from llada_jax import flops, paths
-from llada_jax.config import ModelConfig, model_config_from
+from llada_jax.config import Experiment
 
 
 @dataclasses.dataclass
@@ -64,15 +63,15 @@ class Reporter:
   bar, tokens/s and MFU over the steps between two logged steps (the first, which compiles, is not timed), and
   `callback(step, metrics)` at every logged step."""
 
-  def __init__(self, cfg: ml_collections.ConfigDict, model_config: ModelConfig, start_step: int,
-               tensorboard_dir: str | None, show: bool, callback: Callable[[int, dict], None] | None = None):
+  def __init__(self, exp: Experiment, start_step: int, tensorboard_dir: str | None, show: bool,
+               callback: Callable[[int, dict], None] | None = None):
     from tqdm import tqdm
-    self.tokens_per_step = cfg.data.global_batch * cfg.data.seq_len
-    self.flops_per_step = flops.train_flops_per_token(model_config, cfg.data.seq_len) * self.tokens_per_step
-    self.peak = (cfg.train.peak_tflops * 1e12 or flops.peak_flops(jax.devices()[0])) * jax.device_count()
+    self.tokens_per_step = exp.tokens_per_step
+    self.flops_per_step = flops.train_flops_per_token(exp.model, exp.data.seq_len) * self.tokens_per_step
+    self.peak = (exp.train.peak_tflops * 1e12 or flops.peak_flops(jax.devices()[0])) * jax.device_count()
     self.summary = Summary(start_step=start_step)
     self.writer = ScalarWriter(tensorboard_dir) if tensorboard_dir else None
-    self.bar = tqdm(total=cfg.train.steps, initial=start_step, disable=not show, unit="step", dynamic_ncols=True)
+    self.bar = tqdm(total=exp.train.steps, initial=start_step, disable=not show, unit="step", dynamic_ncols=True)
     self.callback = callback
     self._window_start: float | None = None
     self._window_steps = 0
@@ -147,16 +146,16 @@ def bits_per_byte(nats_per_token: float, data_stats: dict) -> float:
   return nats_per_token * data_stats["val_tokens"] / (data_stats["val_bytes"] * math.log(2))
 
 
-def format_summary(summary: Summary, cfg: ml_collections.ConfigDict) -> str:
+def format_summary(summary: Summary, exp: Experiment) -> str:
   """The one screen printed at the end of `llada-jax train`."""
-  model_config = model_config_from(cfg)
+  model_config = exp.model
   minutes, seconds = divmod(int(summary.seconds), 60)
   lines = [
       "─── llada-jax train: summary " + "─" * 40,
       f"model        {model_config.num_params():,} parameters ({model_config.num_params(False):,} without "
       f"embeddings): d {model_config.d_model} × {model_config.n_layers} layers, vocab {model_config.vocab_size}",
-      f"objective    {cfg.train.objective}, data {cfg.data.source}, batch {cfg.data.global_batch} × "
-      f"{cfg.data.seq_len} tokens",
+      f"objective    {exp.train.objective}, data {exp.data.source}, batch {exp.data.global_batch} × "
+      f"{exp.data.seq_len} tokens",
       f"steps        {summary.start_step} → {summary.start_step + summary.steps} in {minutes}m{seconds:02d}s, "
       f"{summary.tokens:,} tokens, {summary.tokens_per_sec:,.0f} tokens/s, MFU {summary.mfu:.1%}",
       f"train loss   {summary.loss:.4f} (last logged step)",

@@ -258,9 +258,8 @@ def experiment_tokenizer(cfg: ml_collections.ConfigDict):
   from llada_jax.tokenizer import load_tokenizer
   if cfg.data.tokenizer:
     return load_tokenizer(cfg.data.tokenizer)
-  builtin = config_lib.base_config().data
-  builtin.update(tokenizer_vocab_size=cfg.data.tokenizer_vocab_size, cache_dir=cfg.data.cache_dir)
-  return data_lib.make_tokenizer(builtin)
+  return data_lib.make_tokenizer(config_lib.DataConfig(tokenizer_vocab_size=cfg.data.tokenizer_vocab_size,
+                                                       cache_dir=cfg.data.cache_dir))
 
 
 def score(model, data: Data, *, pad_id: int, sampling=None, resamples: int, seed: int, infill: bool = False) -> dict:

@@ -23,50 +23,25 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from llada_jax import checkpoint, convert, loss as loss_lib, optim, paths, reporting, sharding
 from llada_jax import model as model_lib
-from llada_jax.config import ModelConfig, model_config_from
+from llada_jax.config import Experiment, ModelConfig, TrainConfig
 from llada_jax.errors import UserError
 from llada_jax.sampler import SamplingConfig
 
-OBJECTIVES = ("diffusion", "sft", "autoregressive")
 State = dict[str, Any]
 
 # ---- Checks that fail before anything compiles ----
 
-def check_experiment(cfg: ml_collections.ConfigDict, model_config: ModelConfig, mesh, process_count: int) -> None:
-  train, data = cfg.train, cfg.data
+def check_experiment(exp: Experiment, mesh, process_count: int) -> None:
+  """What only the running job can check (the sections checked themselves when built): the batch against the
+  mesh and the processes."""
+  data, accum = exp.data, exp.train.grad_accum
   problems = []
-  if train.objective not in OBJECTIVES:
-    problems.append(f"train.objective={train.objective!r} is not one of {', '.join(OBJECTIVES)}")
-  if (train.objective == "autoregressive") != model_config.causal:
-    problems.append("train.objective=autoregressive needs model.causal=true, and the diffusion/sft objectives need "
-                    "model.causal=false")
-  if data.seq_len > model_config.max_sequence_length:
-    problems.append(f"data.seq_len={data.seq_len} exceeds model.max_sequence_length="
-                    f"{model_config.max_sequence_length}; lower seq_len or raise max_sequence_length")
   batch_devices = mesh.shape["data"] * mesh.shape["fsdp"]
-  accum = int(train.grad_accum)
-  if accum < 1 or data.global_batch % accum:
-    problems.append(f"data.global_batch={data.global_batch} is not divisible by train.grad_accum={accum}")
-  elif (data.global_batch // accum) % batch_devices:
+  if (data.global_batch // accum) % batch_devices:
     problems.append(f"the micro-batch of {data.global_batch // accum} sequences (global_batch/grad_accum) does not "
                     f"divide over the mesh's data×fsdp = {batch_devices} devices; make it a multiple")
   if data.global_batch % process_count:
     problems.append(f"data.global_batch={data.global_batch} is not divisible by the {process_count} processes")
-  if train.loss_chunk_length < 0 or (0 < train.loss_chunk_length < data.seq_len
-                                     and data.seq_len % train.loss_chunk_length):
-    problems.append(f"train.loss_chunk_length={train.loss_chunk_length} must be 0 (no chunking) or divide "
-                    f"data.seq_len={data.seq_len}")
-  if train.steps < 1:
-    problems.append("train.steps must be at least 1")
-  if train.nan_policy not in ("skip", "stop"):
-    problems.append(f"train.nan_policy={train.nan_policy!r} is not skip or stop")
-  for key in ("log_every", "checkpoint_every", "keep_checkpoints", "nan_max_consecutive", "nan_max_in_window",
-              "nan_window"):
-    if train[key] < 1:
-      problems.append(f"train.{key}={train[key]} must be at least 1")
-  if train.eval_every < 0 or (train.eval_every and train.eval_batches < 1):
-    problems.append(f"train.eval_every={train.eval_every} must be 0 (no validation) or positive with "
-                    f"train.eval_batches ≥ 1 (is {train.eval_batches})")
   if problems:
     raise UserError("; ".join(problems))
 
@@ -100,28 +75,28 @@ def batch_sharding(mesh) -> NamedSharding:
   return NamedSharding(mesh, P(("data", "fsdp")))
 
 
-def jit_train_step(model_config: ModelConfig, cfg: ml_collections.ConfigDict, optimizer, mesh):
+def jit_train_step(model_config: ModelConfig, train: TrainConfig, optimizer, mesh):
   """(jitted step, abstract state, state shardings): the step `run` trains with and `llada-jax plan` compiles —
   state sharded by `state_shardings` and donated, the batch split over data×fsdp. Call it outside `set_mesh` (Flax
   would read the logical axes as mesh axes); run or lower the step inside it."""
   abstract, shardings = state_shardings(model_config, optimizer, mesh)
-  step_fn = jax.jit(make_train_step(model_config, cfg.train, optimizer),
+  step_fn = jax.jit(make_train_step(model_config, train, optimizer),
                     in_shardings=(shardings, batch_sharding(mesh)), out_shardings=(shardings, None), donate_argnums=0)
   return step_fn, abstract, shardings
 
 
-def abstract_batch(cfg: ml_collections.ConfigDict, mesh) -> dict:
+def abstract_batch(exp: Experiment, mesh) -> dict:
   """The global batch the step takes, as sharded ShapeDtypeStructs (for ahead-of-time compiles)."""
-  rows, sharding_ = cfg.data.global_batch, batch_sharding(mesh)
-  batch = {"tokens": jax.ShapeDtypeStruct((rows, cfg.data.seq_len), jnp.int32, sharding=sharding_)}
-  if cfg.train.objective == "sft":
+  rows, sharding_ = exp.data.global_batch, batch_sharding(mesh)
+  batch = {"tokens": jax.ShapeDtypeStruct((rows, exp.data.seq_len), jnp.int32, sharding=sharding_)}
+  if exp.train.objective == "sft":
     batch["prompt_length"] = jax.ShapeDtypeStruct((rows,), jnp.int32, sharding=sharding_)
   return batch
 
 
 # ---- The step ----
 
-def _objective_loss(params, batch, rng, model_config: ModelConfig, train: ml_collections.ConfigDict,
+def _objective_loss(params, batch, rng, model_config: ModelConfig, train: TrainConfig,
                     random_length_prob: float):
   tokens = batch["tokens"]
 
@@ -141,7 +116,7 @@ def _objective_loss(params, batch, rng, model_config: ModelConfig, train: ml_col
   return loss_lib.diffusion_loss(token_ce(noised.inputs, noised.key_mask, tokens), noised)
 
 
-def make_train_step(model_config: ModelConfig, train: ml_collections.ConfigDict,
+def make_train_step(model_config: ModelConfig, train: TrainConfig,
                     optimizer: optax.GradientTransformation) -> Callable[[State, dict], tuple[State, dict]]:
   accum = int(train.grad_accum)
   schedule = optim.learning_rate_schedule(train)
@@ -184,7 +159,7 @@ def make_train_step(model_config: ModelConfig, train: ml_collections.ConfigDict,
   return step_fn
 
 
-def make_eval_step(model_config: ModelConfig, train: ml_collections.ConfigDict) -> Callable:
+def make_eval_step(model_config: ModelConfig, train: TrainConfig) -> Callable:
   """The validation loss (for diffusion: the ELBO bound) with masks fixed by the batch index: comparable over time."""
   def eval_fn(params, batch, index):
     rng = jax.random.fold_in(jax.random.key(12345), index)
@@ -220,72 +195,72 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, resume: bool = False, r
     resume = True
     cfg.train.lr = float(recover_lr)
     cfg.train.final_lr = min(cfg.train.final_lr, float(recover_lr))
-  model_config = model_config_from(cfg)
-  mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
-  check_experiment(cfg, model_config, mesh, jax.process_count())
-  sampling = SamplingConfig.from_experiment(cfg)
-  sampling.check(model_config, prompt_length=0)
-  if checkpoint.committed_steps(workdir) and not resume:
-    raise UserError(f"{workdir} already holds checkpoints; pass --resume to continue them or choose a new --workdir")
   if cfg.train.init_from:
     if not paths.path(cfg.train.init_from).exists():
       raise UserError(f"train.init_from={cfg.train.init_from} does not exist; train that model first (e.g. "
                       "llada-jax train --config configs/tiny.py --workdir runs/tiny) or set --config.train.init_from")
     if not cfg.data.tokenizer:  # fine-tune with the tokenizer the weights were trained with
       cfg.data.tokenizer = checkpoint.find_tokenizer(cfg.train.init_from) or ""
-  tokenizer = data_lib.make_tokenizer(cfg.data)
+  exp = Experiment.from_config(cfg)
+  model_config, train = exp.model, exp.train
+  mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+  check_experiment(exp, mesh, jax.process_count())
+  sampling = SamplingConfig.from_experiment(cfg)
+  sampling.check(model_config, prompt_length=0)
+  if checkpoint.committed_steps(workdir) and not resume:
+    raise UserError(f"{workdir} already holds checkpoints; pass --resume to continue them or choose a new --workdir")
+  tokenizer = data_lib.make_tokenizer(exp.data)
   check_tokenizer(tokenizer, model_config)
-  train_iter = data_lib.make_train_iterator(cfg.data, tokenizer, seed=cfg.seed, process_index=jax.process_index(),
-                                            process_count=jax.process_count(), objective=cfg.train.objective)
+  process = dict(process_index=jax.process_index(), process_count=jax.process_count(), objective=train.objective)
+  train_iter = data_lib.make_train_iterator(exp.data, tokenizer, seed=exp.seed, **process)
   checkpoint.ensure_writable(workdir)
-  store = checkpoint.TrainCheckpoints(workdir, cfg, model_config, keep=cfg.train.keep_checkpoints,
-                                      async_save=cfg.train.async_checkpoint)
+  store = checkpoint.TrainCheckpoints(workdir, cfg, model_config, keep=train.keep_checkpoints,
+                                      async_save=train.async_checkpoint)
   store.save_with_run(tokenizer, convert.generation_config(model_config, sampling))
 
-  optimizer = optim.make_optimizer(cfg.train)
+  optimizer = optim.make_optimizer(train)
   batch_shard = batch_sharding(mesh)
-  step_fn, abstract, shardings = jit_train_step(model_config, cfg, optimizer, mesh)
-  cache = cfg.train.compilation_cache
+  step_fn, abstract, shardings = jit_train_step(model_config, train, optimizer, mesh)
+  cache = train.compilation_cache
   cache = os.path.join(paths.absolute(workdir), "compilation_cache") if cache == "auto" else cache
+  tensorboard_dir = os.path.join(workdir, "tensorboard")
   with compilation_cache(cache), jax.set_mesh(mesh):
-    eval_fn = jax.jit(make_eval_step(model_config, cfg.train), in_shardings=(shardings["params"], batch_shard, None))
+    eval_fn = jax.jit(make_eval_step(model_config, train), in_shardings=(shardings["params"], batch_shard, None))
     if resume and store.latest_step() is not None:
       state = store.restore(abstract, shardings, train_iter)
       log(f"resumed from step {int(state['step'])} in {store.directory}")
     else:
-      params = _pretrained_params(cfg.train.init_from, model_config, mesh) if cfg.train.init_from else None
+      params = _pretrained_params(train.init_from, model_config, mesh) if train.init_from else None
       state = jax.jit(functools.partial(init_state, model_config, optimizer), static_argnums=0,
-                      out_shardings=shardings)(cfg.seed, params)
-    reporter = reporting.Reporter(cfg, model_config, int(state["step"]),
-                                  os.path.join(workdir, "tensorboard") if jax.process_index() == 0 else None,
+                      out_shardings=shardings)(exp.seed, params)
+    reporter = reporting.Reporter(exp, int(state["step"]), tensorboard_dir if jax.process_index() == 0 else None,
                                   show=progress and jax.process_index() == 0, callback=callback)
 
     def eval_loss(params):
-      batches = data_lib.make_eval_iterator(cfg.data, tokenizer, process_index=jax.process_index(),
-                                            process_count=jax.process_count(), objective=cfg.train.objective)
-      return evaluate(eval_fn, params, iter(batches), batch_shard, cfg.train.eval_batches)
+      batches = data_lib.make_eval_iterator(exp.data, tokenizer, **process)
+      return evaluate(eval_fn, params, iter(batches), batch_shard, train.eval_batches)
 
     try:
       started = time.time()
-      state = _loop(state, cfg=cfg, step_fn=step_fn, eval_loss=eval_loss, train_iter=train_iter,
+      state = _loop(state, train=train, step_fn=step_fn, eval_loss=eval_loss, train_iter=train_iter,
                     batch_shard=batch_shard, store=store, reporter=reporter)
-      summary = reporter.finish(cfg.train.steps, seconds=time.time() - started)
-      if cfg.train.sample_after and cfg.train.objective != "autoregressive":
+      summary = reporter.finish(train.steps, seconds=time.time() - started)
+      if train.sample_after and train.objective != "autoregressive":
         summary.sample_settings = sampling.describe()
-        summary.sample = _sample(cfg, model_config, state["params"], tokenizer,
-                                 cfg.train.sample_prompt or data_lib.sample_prompt(cfg.data), sampling)
+        summary.sample = _sample(exp, state["params"], tokenizer,
+                                 train.sample_prompt or data_lib.sample_prompt(exp.data), sampling)
     finally:
       reporter.close()
   summary.checkpoint_dir = os.path.join(workdir, "checkpoints", str(store.latest_step()))  # as the user named it
   summary.best_step = store.best_step()
-  summary.data_stats = data_lib.data_stats(cfg.data, tokenizer)
-  summary.tensorboard_dir = os.path.join(workdir, "tensorboard")
+  summary.data_stats = data_lib.data_stats(exp.data, tokenizer)
+  summary.tensorboard_dir = tensorboard_dir
   if jax.process_index() == 0 and (summary.losses or summary.val_losses):
     from llada_jax import plots
     per_byte = reporting.bits_per_byte(1.0, summary.data_stats) if summary.data_stats.get("val_bytes") else None
     summary.loss_plot = plots.loss_curves(summary.losses, summary.val_losses, os.path.join(workdir, "loss.png"),
-                                          title=f"{cfg.train.objective}: {model_config.num_params():,} parameters, "
-                                          f"{cfg.data.source} data", bits_per_nat_token=per_byte)
+                                          title=f"{train.objective}: {model_config.num_params():,} parameters, "
+                                          f"{exp.data.source} data", bits_per_nat_token=per_byte)
   return summary
 
 
@@ -340,7 +315,7 @@ class DivergenceGuard:
   withheld when its interval held a non-finite step: a run drifting towards divergence is not saved over the
   checkpoints from before it."""
 
-  def __init__(self, train: ml_collections.ConfigDict):
+  def __init__(self, train: TrainConfig):
     self.train = train
     self._pending: list[tuple[int, jax.Array]] = []
     self._recent: collections.deque[int] = collections.deque()  # non-finite steps within the window
@@ -378,12 +353,10 @@ class DivergenceGuard:
     return None
 
 
-def _loop(state: State, *, cfg: ml_collections.ConfigDict, step_fn: Callable, eval_loss: Callable[[Any], float],
-          train_iter, batch_shard: NamedSharding, store: checkpoint.TrainCheckpoints, reporter: reporting.Reporter
-          ) -> State:
+def _loop(state: State, *, train: TrainConfig, step_fn: Callable, eval_loss: Callable[[Any], float], train_iter,
+          batch_shard: NamedSharding, store: checkpoint.TrainCheckpoints, reporter: reporting.Reporter) -> State:
   """Steps from the state's step to `train.steps`: validation every `eval_every`, checkpoints every
   `checkpoint_every` (withheld after non-finite steps), a stop with advice when the run diverges."""
-  train = cfg.train
   guard = DivergenceGuard(train)
 
   def validate(step):
@@ -435,12 +408,12 @@ def _loop(state: State, *, cfg: ml_collections.ConfigDict, step_fn: Callable, ev
   return state
 
 
-def _sample(cfg, model_config: ModelConfig, params, tokenizer, prompt: str, sampling: SamplingConfig) -> str:
+def _sample(exp: Experiment, params, tokenizer, prompt: str, sampling: SamplingConfig) -> str:
   """A continuation of `prompt` with the run's sampling defaults (what `generate` on the workdir does), to see what
   the model learned."""
   from llada_jax import sampler
-  ids = (tokenizer.encode_chat([{"role": "user", "content": prompt}]) if cfg.train.objective == "sft"
+  ids = (tokenizer.encode_chat([{"role": "user", "content": prompt}]) if exp.train.objective == "sft"
          else tokenizer.encode(prompt, add_bos=tokenizer.add_bos_token))
-  out = sampler.generate(params, np.asarray([ids], np.int32), config=model_config, sampling=sampling,
-                         rng=jax.random.key(cfg.seed))
+  out = sampler.generate(params, np.asarray([ids], np.int32), config=exp.model, sampling=sampling,
+                         rng=jax.random.key(exp.seed))
   return prompt + "⟶" + tokenizer.decode(np.asarray(out.tokens)[0, len(ids):], skip_special_tokens=True)

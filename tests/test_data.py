@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from llada_jax import data
-from llada_jax.config import base_config
+from llada_jax.config import DataConfig
 from llada_jax.errors import UserError
 
 
@@ -33,12 +33,10 @@ class FakeTokenizer:
 
 
 def data_cfg(tmp_path=None, **changes):
-  cfg = base_config().data
-  cfg.update(seq_len=8, global_batch=4, val_fraction=0.0, prefetch=0)
+  values = dict(seq_len=8, global_batch=4, val_fraction=0.0, prefetch=0)
   if tmp_path is not None:
-    cfg.cache_dir = str(tmp_path / "cache")
-  cfg.update(changes)
-  return cfg
+    values["cache_dir"] = str(tmp_path / "cache")
+  return DataConfig(**{**values, **changes})
 
 
 def write_texts(tmp_path, texts):
@@ -168,7 +166,7 @@ def test_processes_read_disjoint_windows_that_cover_an_epoch(tmp_path):
 def test_worker_processes_give_the_same_batches(tmp_path):
   cfg, tok = numbered_corpus(tmp_path), FakeTokenizer()
   expected = take(data.make_train_iterator(cfg, tok, seed=5), 6)
-  cfg.update(num_workers=2, prefetch=2)
+  cfg = cfg.replace(num_workers=2, prefetch=2)
   iterator = data.make_train_iterator(cfg, tok, seed=5)
   try:
     for want, got in zip(expected, take(iterator, 6)):
@@ -304,7 +302,7 @@ def test_builtin_tokenizer_is_trained_once_and_cached_by_corpus_and_size(tmp_pat
   first = data.make_tokenizer(cfg)
   assert data.tokenizer_info(data.make_tokenizer(cfg)) == data.tokenizer_info(first) and len(calls) == 1
   assert calls[0].startswith(str(tmp_path / "cache"))
-  cfg.tokenizer_vocab_size = 280
+  cfg = cfg.replace(tokenizer_vocab_size=280)
   assert data.make_tokenizer(cfg).vocab_size == 280 and len(calls) == 2
   monkeypatch.setenv("LLADA_JAX_CACHE", str(tmp_path / "env"))
   assert data.cache_dir(data_cfg(cache_dir="")) == str(tmp_path / "env")

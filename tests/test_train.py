@@ -30,16 +30,19 @@ def tiny_cfg(*overrides):
       *overrides])
 
 
+typed = config_lib.Experiment.from_config
+
+
 def _one_step(mesh_shape, cfg):
   model_config = config_lib.model_config_from(cfg)
   devices = jax.devices()[:int(np.prod(mesh_shape))]
   mesh = sharding.make_mesh(*mesh_shape, devices=devices)
-  optimizer = optim.make_optimizer(cfg.train)
+  optimizer = optim.make_optimizer(typed(cfg).train)
   _, shardings = train.state_shardings(model_config, optimizer, mesh)
   tokens = np.random.default_rng(0).integers(8, 4000, (8, 32)).astype(np.int32)
   with jax.set_mesh(mesh):
     state = jax.jit(lambda: train.init_state(model_config, optimizer, 0), out_shardings=shardings)()
-    step = jax.jit(train.make_train_step(model_config, cfg.train, optimizer),
+    step = jax.jit(train.make_train_step(model_config, typed(cfg).train, optimizer),
                    in_shardings=(shardings, train.batch_sharding(mesh)), out_shardings=(shardings, None))
     batch = {"tokens": jax.device_put(tokens, train.batch_sharding(mesh))}
     for _ in range(2):
@@ -76,14 +79,14 @@ def test_the_chunked_loss_trains_like_the_whole_sequence_at_once(objective):
 def test_gradient_accumulation_averages_the_micro_batch_gradients():
   """accum=2 equals averaging the gradients of the two micro-batches (rows k, k+2, …) with their own keys."""
   cfg = tiny_cfg("train.grad_accum=2")
-  model_config = config_lib.model_config_from(cfg)
-  optimizer = optim.make_optimizer(cfg.train)
+  model_config, train_cfg = config_lib.model_config_from(cfg), typed(cfg).train
+  optimizer = optim.make_optimizer(train_cfg)
   state = train.init_state(model_config, optimizer, 0)
   tokens = jnp.asarray(np.random.default_rng(0).integers(8, 4000, (8, 32)), jnp.int32)
-  new_state, metrics = jax.jit(train.make_train_step(model_config, cfg.train, optimizer))(state, {"tokens": tokens})
+  new_state, metrics = jax.jit(train.make_train_step(model_config, train_cfg, optimizer))(state, {"tokens": tokens})
 
-  loss_fn = functools.partial(train._objective_loss, model_config=model_config, train=cfg.train,
-                              random_length_prob=cfg.train.random_length_prob)
+  loss_fn = functools.partial(train._objective_loss, model_config=model_config, train=train_cfg,
+                              random_length_prob=train_cfg.random_length_prob)
   rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), 0)
   micro = tokens.reshape(4, 2, 32).swapaxes(0, 1)
   values, grads = zip(*[jax.value_and_grad(loss_fn)(state["params"], {"tokens": micro[k]},
@@ -126,7 +129,7 @@ def test_training_lowers_the_validation_bound_and_writes_artifacts(tmp_path):
   assert sampling != SamplingConfig() and summary.sample_settings == sampling.describe()
   assert load_pretrained(str(tmp_path)).stored_sampling == sampling
   assert convert.read_sampling_defaults(str(tmp_path / "checkpoints" / "30")) == sampling
-  text = reporting.format_summary(summary, tiny_cfg())
+  text = reporting.format_summary(summary, typed(tiny_cfg()))
   assert f"sample       ({sampling.describe()}) " in text
   assert "val loss" in text and "tokens/s" in text
   assert summary.loss_plot == str(tmp_path / "loss.png") and f"loss curves  {tmp_path / 'loss.png'}" in text
@@ -260,7 +263,7 @@ def test_a_failed_first_run_binds_nothing(tmp_path):
 def test_wsd_schedule_shape():
   cfg = tiny_cfg("train.steps=100", "train.warmup_steps=10", "train.decay_fraction=0.2", "train.lr=1.0",
                  "train.final_lr=0.1")
-  schedule = optim.learning_rate_schedule(cfg.train)
+  schedule = optim.learning_rate_schedule(typed(cfg).train)
   values = [float(schedule(s)) for s in (0, 5, 10, 50, 79, 80, 90, 100)]
   np.testing.assert_allclose(values, [0.0, 0.5, 1.0, 1.0, 1.0, 1.0, 0.55, 0.1], atol=1e-6)
 
