@@ -116,13 +116,14 @@ def _train_step_closure(side: str, config_path: str, overrides: list[str], threa
   import jax
   import jax.numpy as jnp
   from llada_jax import optim, sharding, train
+  from llada_jax.data import TOKENS
   mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
   optimizer = optim.make_optimizer(exp.train)
   _, shardings = train.state_shardings(model_config, optimizer, mesh)
   with jax.set_mesh(mesh):
     holder = {"state": jax.jit(lambda: train.init_state(model_config, optimizer, 0), out_shardings=shardings)()}
     step_fn = jax.jit(train.make_train_step(model_config, exp.train, optimizer), donate_argnums=0)
-  batch_arrays = {"tokens": jnp.asarray(tokens)}
+  batch_arrays = {TOKENS: jnp.asarray(tokens)}
 
   def step():
     with jax.set_mesh(mesh):

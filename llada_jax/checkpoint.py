@@ -292,7 +292,7 @@ def stack_on_device(layered: Params, config: ModelConfig, mesh=None) -> Params:
   return stack(layered)
 
 
-# ---- Training checkpoints: a workdir with llada_jax.json and checkpoints/<step>/{state,params,data_iter,meta} ----
+# ---- Training checkpoints: a workdir with llada_jax.json and checkpoints/<step>/{params,state,data_iter,meta} ----
 
 STATE_ITEM, DATA_ITEM, META_ITEM = "state", "data_iter", "meta"
 JSON_FILE = "metadata"  # the file name of ocp.JsonCheckpointHandler()
@@ -321,9 +321,10 @@ def read_step_meta(step_dir: str) -> dict:
 
 
 class TrainCheckpoints:
-  """Orbax CheckpointManager over composite items: the full train state, a params-only item in the on-disk
-  layout (what eval and conversion read, never touching optimizer state), each process's Grain iterator, and a
-  `meta` item with the validation bound and every array's fingerprint.
+  """Orbax CheckpointManager over composite items: the parameters in the on-disk layout (what eval and conversion
+  read, never touching optimizer state; a resume stacks them back), the rest of the train state, each process's
+  Grain iterator, and a `meta` item with the validation bound and every array's fingerprint. The parameters are
+  stored once (for the 8B in fp32: 32 GB of a 96 GB step).
 
   Rotation keeps the newest `keep` steps and the one with the best finite validation bound, so a run that goes bad
   after its best point can never push that point out. Restore walks back from the newest step to the newest one
@@ -376,12 +377,13 @@ class TrainCheckpoints:
     if paths.path(self.directory, str(step)).exists():  # left by a run that fell back past it
       self._move_aside([step])
     layered = to_layered(state["params"], self.model_config.n_layers)
+    rest = _without_params(state)
     finite = val_loss is not None and math.isfinite(val_loss)
     meta = {"step": step, "val_loss": val_loss if finite else None,
-            "fingerprints": {STATE_ITEM: fingerprints(state), PARAMS_ITEM: fingerprints(layered)}}
+            "fingerprints": {STATE_ITEM: fingerprints(rest), PARAMS_ITEM: fingerprints(layered)}}
     try:
       self.manager.save(step, args=ocp.args.Composite(**{
-          STATE_ITEM: ocp.args.StandardSave(state), PARAMS_ITEM: ocp.args.StandardSave(layered),
+          STATE_ITEM: ocp.args.StandardSave(rest), PARAMS_ITEM: ocp.args.StandardSave(layered),
           DATA_ITEM: grain.checkpoint.CheckpointSave(data_iterator), META_ITEM: ocp.args.JsonSave(meta)}))
     except Exception as e:
       raise self._write_failed(step, e) from None
@@ -472,14 +474,14 @@ class TrainCheckpoints:
               if (meta := self._meta_or_empty(s)).get("val_loss") is not None]
     return min(scored)[1] if scored else None
 
-  def restore(self, abstract_state: dict, shardings: dict, data_iterator) -> dict:
+  def restore(self, abstract_state: dict, shardings: dict, mesh, data_iterator) -> dict:
     """The newest step that reads and verifies, restored into arrays carrying the *current* mesh's shardings (so a
     run can move to another topology); `data_iterator` is positioned to match."""
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, shardings)
     failed = []
     for step in sorted(self.manager.all_steps(), reverse=True):
       try:
-        state = self._restore_step(step, target, data_iterator)
+        state = self._restore_step(step, target, mesh, data_iterator)
       except CorruptCheckpoint as e:
         failed.append((step, str(e)))
         continue
@@ -494,20 +496,31 @@ class TrainCheckpoints:
                     "the files are damaged, move the bad step directories out of checkpoints/ (with none left, "
                     "--resume starts from step 0); if the config changed (optimizer, process count), restore it")
 
-  def _restore_step(self, step: int, target: dict, data_iterator) -> dict:
+  def _restore_step(self, step: int, target: dict, mesh, data_iterator) -> dict:
     import grain
     step_dir = os.path.join(self.directory, str(step))
     missing = [item for item in STEP_ITEMS if not paths.path(step_dir, item).is_dir()]
     if missing:
       raise CorruptCheckpoint(f"{', '.join(missing)}/ missing: the step is incomplete")
     meta = read_step_meta(step_dir)
+    expected = meta.get("fingerprints", {})
+    # Steps written before the parameters moved out of `state` (no meta, or parameter fingerprints under `state`)
+    # are restored as they were written: the whole state from its one item.
+    legacy = not meta or any(key.startswith("params/") for key in expected.get(STATE_ITEM, {}))
+    items = {STATE_ITEM: ocp.args.StandardRestore(target if legacy else _without_params(target)),
+             DATA_ITEM: grain.checkpoint.CheckpointRestore(data_iterator)}
+    if not legacy:
+      items[PARAMS_ITEM] = ocp.args.StandardRestore(layered_abstract(self.model_config, None, mesh))
     try:
-      restored = self.manager.restore(step, args=ocp.args.Composite(**{
-          STATE_ITEM: ocp.args.StandardRestore(target), DATA_ITEM: grain.checkpoint.CheckpointRestore(data_iterator)}))
+      restored = self.manager.restore(step, args=ocp.args.Composite(**items))
     except Exception as e:
       raise CorruptCheckpoint(f"cannot be read: {short_reason(e)}") from None
-    verify(restored[STATE_ITEM], meta.get("fingerprints", {}).get(STATE_ITEM) if meta else None, STATE_ITEM)
-    return restored[STATE_ITEM]
+    verify(restored[STATE_ITEM], expected.get(STATE_ITEM), STATE_ITEM)
+    if legacy:
+      return restored[STATE_ITEM]
+    verify(restored[PARAMS_ITEM], expected.get(PARAMS_ITEM), PARAMS_ITEM)
+    params = stack_on_device(restored[PARAMS_ITEM], self.model_config, mesh)
+    return {**restored[STATE_ITEM], "params": params}
 
   def _move_aside(self, steps: list[int]) -> None:
     """Moves unusable steps out of Orbax's directory (a later save of the same step number would collide), keeping
@@ -525,6 +538,11 @@ class TrainCheckpoints:
       from jax.experimental import multihost_utils
       multihost_utils.sync_global_devices("llada_jax.move_aside")
     self.manager.reload()
+
+
+def _without_params(state: dict) -> dict:
+  """The train state but its parameters: those are stored once, as the `params` item in the on-disk layout."""
+  return {key: value for key, value in state.items() if key != "params"}
 
 
 def _config_diff(a: ModelConfig, b: ModelConfig) -> str:

@@ -22,8 +22,10 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from llada_jax import checkpoint, convert, loss as loss_lib, optim, paths, reporting, sharding
+from llada_jax import data as data_lib
 from llada_jax import model as model_lib
 from llada_jax.config import Experiment, ModelConfig, TrainConfig
+from llada_jax.data.packing import PROMPT_LENGTH, TOKENS
 from llada_jax.errors import UserError
 from llada_jax.sampler import SamplingConfig
 
@@ -88,9 +90,9 @@ def jit_train_step(model_config: ModelConfig, train: TrainConfig, optimizer, mes
 def abstract_batch(exp: Experiment, mesh) -> dict:
   """The global batch the step takes, as sharded ShapeDtypeStructs (for ahead-of-time compiles)."""
   rows, sharding_ = exp.data.global_batch, batch_sharding(mesh)
-  batch = {"tokens": jax.ShapeDtypeStruct((rows, exp.data.seq_len), jnp.int32, sharding=sharding_)}
+  batch = {TOKENS: jax.ShapeDtypeStruct((rows, exp.data.seq_len), jnp.int32, sharding=sharding_)}
   if exp.train.objective == "sft":
-    batch["prompt_length"] = jax.ShapeDtypeStruct((rows,), jnp.int32, sharding=sharding_)
+    batch[PROMPT_LENGTH] = jax.ShapeDtypeStruct((rows,), jnp.int32, sharding=sharding_)
   return batch
 
 
@@ -98,7 +100,7 @@ def abstract_batch(exp: Experiment, mesh) -> dict:
 
 def _objective_loss(params, batch, rng, model_config: ModelConfig, train: TrainConfig,
                     random_length_prob: float):
-  tokens = batch["tokens"]
+  tokens = batch[TOKENS]
 
   def token_ce(inputs, key_mask, targets):
     hidden = model_lib.features(params, inputs, key_mask, config=model_config)
@@ -108,9 +110,9 @@ def _objective_loss(params, batch, rng, model_config: ModelConfig, train: TrainC
   if train.objective == "autoregressive":
     return loss_lib.autoregressive_loss(token_ce(tokens, None, loss_lib.next_tokens(tokens)))
   if train.objective == "sft":
-    noised = loss_lib.noise_sft(rng, tokens, batch["prompt_length"], mask_id=model_config.mask_token_id,
+    noised = loss_lib.noise_sft(rng, tokens, batch[PROMPT_LENGTH], mask_id=model_config.mask_token_id,
                                 eps=train.noise_eps, antithetic=train.antithetic_t)
-    return loss_lib.sft_loss(token_ce(noised.inputs, None, tokens), noised, batch["prompt_length"])
+    return loss_lib.sft_loss(token_ce(noised.inputs, None, tokens), noised, batch[PROMPT_LENGTH])
   noised = loss_lib.noise(rng, tokens, mask_id=model_config.mask_token_id, eps=train.noise_eps,
                           random_length_prob=random_length_prob, antithetic=train.antithetic_t)
   return loss_lib.diffusion_loss(token_ce(noised.inputs, noised.key_mask, tokens), noised)
@@ -186,8 +188,6 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, resume: bool = False, r
   """Trains per `cfg` in `workdir`; returns the summary. Everything a user can get wrong fails before compiling,
   and before the workdir is touched. `callback(step, metrics)` is called at every logged step (e.g. to watch a run
   from a notebook)."""
-  from llada_jax import data as data_lib
-
   if recover_lr is not None:
     # The LLaDA recipe after a loss spike: resume the last good checkpoint with a lower peak learning rate.
     if not checkpoint.committed_steps(workdir):
@@ -227,7 +227,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, resume: bool = False, r
   with compilation_cache(cache), jax.set_mesh(mesh):
     eval_fn = jax.jit(make_eval_step(model_config, train), in_shardings=(shardings["params"], batch_shard, None))
     if resume and store.latest_step() is not None:
-      state = store.restore(abstract, shardings, train_iter)
+      state = store.restore(abstract, shardings, mesh, train_iter)
       log(f"resumed from step {int(state['step'])} in {store.directory}")
     else:
       params = _pretrained_params(train.init_from, model_config, mesh) if train.init_from else None

@@ -1,9 +1,22 @@
 """`llada-jax bench`: the side-by-side worker processes run and agree; the numbers themselves are never asserted."""
 
+import sys
+
 import pytest
 
+import llada_jax
 from conftest import REPO
 from llada_jax import bench
+from llada_jax.errors import UserError
+
+
+def test_the_pytorch_baseline_ships_with_the_package_and_names_its_extra(monkeypatch):
+  assert bench._torch_reference().__name__ == "llada_jax.torch_reference"  # no checkout needed
+  monkeypatch.delitem(sys.modules, "llada_jax.torch_reference")
+  monkeypatch.delattr(llada_jax, "torch_reference")
+  monkeypatch.setitem(sys.modules, "torch", None)  # as if torch were not installed
+  with pytest.raises(UserError, match=r"the PyTorch baseline needs torch: pip install 'llada-jax\[torch\]'"):
+    bench._torch_reference()
 
 
 @pytest.mark.slow  # over 40 s on 2 cores (suite time)

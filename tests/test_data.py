@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from llada_jax import data
+from llada_jax.data import packing
 from llada_jax.config import DataConfig
 from llada_jax.errors import UserError
 
@@ -61,7 +62,7 @@ def rows_of(batches):
 
 
 def windows_of(cfg, tokenizer, split="train"):
-  return [tuple(row) for row in data._packed(data.corpus_of(cfg), tokenizer)[0][split]]
+  return [tuple(row) for row in packing.packed_windows(data.corpus_of(cfg), tokenizer)[0][split]]
 
 
 def numbered_corpus(tmp_path, n_docs=40):
@@ -114,7 +115,7 @@ def test_windows_are_documents_joined_by_eos_cut_exactly(tmp_path):
   cfg = data_cfg(tmp_path, source="text", paths=write_texts(tmp_path, texts), seq_len=5)
   tok = FakeTokenizer()
   stream = sum(([b + 10 for b in t.encode()] + [tok.eos_id] for t in texts if t), [])
-  windows, stats = data._packed(data.corpus_of(cfg), tok)
+  windows, stats = packing.packed_windows(data.corpus_of(cfg), tok)
   assert len(stream) == 26
   np.testing.assert_array_equal(windows["train"], np.asarray(stream[:25]).reshape(5, 5))
   assert windows["train"].dtype == np.int32 and len(windows["val"]) == 0
@@ -127,6 +128,20 @@ def test_window_packer_carries_the_remainder_across_documents():
   assert packer.add([5]).shape == (0, 3)
   np.testing.assert_array_equal(packer.add([6, 7, 8, 9]), [[5, 0, 6], [7, 8, 9]])
   np.testing.assert_array_equal(packer.add([1, 2]), [[0, 1, 2]])
+
+
+def test_grain_concat_then_split_cuts_the_same_windows():
+  """Grain's own packer gives exactly our windows (plus a padded partial last one, which ours never emits)."""
+  import grain
+  rng = np.random.default_rng(0)
+  docs = [rng.integers(10, 100, n).astype(np.int32) for n in rng.integers(0, 20, 200)]
+  packer = data.WindowPacker(eos_id=2, seq_len=8)
+  ours = np.concatenate([packer.add(d) for d in docs])
+  stream = grain.MapDataset.source([{"tokens": np.append(d, 2).astype(np.int32)} for d in docs]).to_iter_dataset()
+  packed = list(grain.experimental.ConcatThenSplitIterDataset(stream, length_struct={"tokens": 8}))
+  full = np.stack([p["tokens"] for p in packed if (p["tokens_segment_ids"] > 0).all()])
+  assert len(packed) == len(ours) + 1 and len(ours) > 250
+  np.testing.assert_array_equal(full, ours)
 
 
 def test_train_batches_are_deterministic_per_seed_and_reshuffled_each_epoch(tmp_path):
@@ -202,7 +217,7 @@ def test_prepared_array_record_shards_give_the_in_memory_batches(tmp_path):
   done = []
   manifest = data.prepare_data(cfg, str(tmp_path / "prepared"), records_per_shard=10, progress=done.append)
   assert sum(done) == 60
-  _, stats = data._packed(data.corpus_of(cfg), tok)
+  _, stats = packing.packed_windows(data.corpus_of(cfg), tok)
   train = manifest["splits"]["train"]
   assert len(train["files"]) >= 3 and sum(train["records"]) == train["windows"] == stats["train_windows"]
   assert manifest["splits"]["val"]["windows"] == stats["val_windows"] > 0 and manifest["seq_len"] == 16
@@ -238,7 +253,7 @@ def test_sft_rows_have_the_prompt_length_and_eos_padding(tmp_path):
   path = write_jsonl(tmp_path / "chat.jsonl", [chat("hi", "yo"), chat("2+2?", "four")])
   cfg = data_cfg(tmp_path, source="chat_jsonl", paths=path, seq_len=40, global_batch=2)
   tok = FakeTokenizer()
-  rows, stats = data._sft_rows(data.corpus_of(cfg), tok)
+  rows, stats = packing.sft_rows(data.corpus_of(cfg), tok)
   by_prompt = {}
   for i in range(len(rows["train"])):
     row = rows["train"][i]
@@ -261,7 +276,7 @@ def test_overlong_rows_are_truncated_or_dropped_and_counted(tmp_path):
   prompt_len = len(tok.chat_prompt_and_answer(short["messages"])[0])
   for overlong, rows, truncated, dropped in (("truncate", 3, 1, 1), ("drop", 2, 0, 2)):
     cfg = data_cfg(tmp_path, source="chat_jsonl", paths=path, seq_len=30, overlong=overlong, global_batch=1)
-    examples, stats = data._sft_rows(data.corpus_of(cfg), tok)
+    examples, stats = packing.sft_rows(data.corpus_of(cfg), tok)
     assert (stats["train_conversations"], stats["train_rows"], stats["train_truncated"], stats["train_dropped"]) == (
         4, rows, truncated, dropped)
     assert data.data_stats(cfg, tok) == stats
