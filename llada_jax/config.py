@@ -136,6 +136,14 @@ OVERLONG = ("truncate", "drop")
 OBJECTIVES = ("diffusion", "sft", "autoregressive")
 SCHEDULES = ("wsd", "cosine", "constant")
 NAN_POLICIES = ("skip", "stop")
+OBJECTIVE_SOURCES = {"diffusion": PRETRAIN_SOURCES, "autoregressive": PRETRAIN_SOURCES, "sft": SFT_SOURCES}
+
+
+def source_problem(objective: str, source: str) -> str | None:
+  """Why `objective` cannot train on data.source `source`, or None."""
+  if source not in OBJECTIVE_SOURCES.get(objective, (source,)):
+    return f"train.objective={objective} reads data.source {' or '.join(OBJECTIVE_SOURCES[objective])}, not {source}"
+  return None
 
 
 class _Section:
@@ -271,7 +279,7 @@ class Experiment:
   seed: int = 0
 
   def __post_init__(self):
-    problems = []
+    problems = [problem] if (problem := source_problem(self.train.objective, self.data.source)) else []
     if (self.train.objective == "autoregressive") != self.model.causal:
       problems.append("train.objective=autoregressive needs model.causal=true, and the diffusion/sft objectives "
                       "need model.causal=false")

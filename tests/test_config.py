@@ -68,3 +68,21 @@ def test_both_override_forms_and_print_config():
   assert out.returncode == 2 and "needs a value" in out.stderr and len(out.stderr.strip().splitlines()) == 1
   with pytest.raises(UserError, match="does not exist"):
     config_lib.load_config_file("configs/nope.py")
+
+
+def test_sections_are_typed_and_checked_once_when_built():
+  cfg = config_lib.load_config_file(os.path.join(REPO, "configs", "tiny.py"))
+  exp = config_lib.Experiment.from_config(cfg)
+  assert (exp.data.seq_len, exp.train.steps, exp.tokens_per_step) == (256, 1500, 8 * 256)
+  with pytest.raises(UserError, match="train.schedule='linear' is not one of wsd, cosine, constant"):
+    config_lib.TrainConfig(schedule="linear")
+  with pytest.raises(UserError, match="data.val_fraction=1.0 must be in"):
+    config_lib.DataConfig(val_fraction=1.0)
+  with pytest.raises(UserError, match="unknown train config key\\(s\\): lr_peak"):
+    config_lib.TrainConfig.from_dict({"lr_peak": 1.0})
+  rules = [(dict(train=exp.train.replace(objective="sft")), "train.objective=sft reads data.source chat_jsonl"),
+           (dict(data=exp.data.replace(seq_len=8192)), "exceeds model.max_sequence_length"),
+           (dict(train=exp.train.replace(grad_accum=3)), "not divisible by train.grad_accum=3")]
+  for changes, match in rules:
+    with pytest.raises(UserError, match=match):
+      exp.replace(**changes)

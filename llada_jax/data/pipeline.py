@@ -12,14 +12,13 @@ import hashlib
 
 import grain
 
-from llada_jax.config import PRETRAIN_SOURCES, SFT_SOURCES, DataConfig
+from llada_jax.config import OBJECTIVES, SFT_SOURCES, DataConfig, source_problem
 from llada_jax.data.packing import Windows, packed_windows, sft_rows, too_small_message
 from llada_jax.data.prepared import prepared_windows, read_manifest
 from llada_jax.data.sources import (SPLITS, Corpus, conversation_key, conversations, corpus_of, documents,
                                     first_preferring_val, prompt_line)
 from llada_jax.errors import UserError
 
-OBJECTIVE_SOURCES = {"diffusion": PRETRAIN_SOURCES, "autoregressive": PRETRAIN_SOURCES, "sft": SFT_SOURCES}
 _EVAL_SHUFFLE_SEED = 0
 
 
@@ -33,11 +32,10 @@ def per_process_batch(data_cfg: DataConfig, process_count: int) -> int:
 def _examples(data_cfg: DataConfig, tokenizer, objective: str, split: str):
   """The random-access source of one split's examples for this objective."""
   corpus = corpus_of(data_cfg)
-  if objective not in OBJECTIVE_SOURCES:
-    raise UserError(f"train.objective={objective!r} is not one of {', '.join(OBJECTIVE_SOURCES)}")
-  if corpus.source not in OBJECTIVE_SOURCES[objective]:
-    raise UserError(f"train.objective={objective} reads data.source {' or '.join(OBJECTIVE_SOURCES[objective])}, "
-                    f"not {corpus.source}")
+  if objective not in OBJECTIVES:
+    raise UserError(f"train.objective={objective!r} is not one of {', '.join(OBJECTIVES)}")
+  if problem := source_problem(objective, corpus.source):
+    raise UserError(problem)
   if corpus.source == "array_record":
     examples = prepared_windows(corpus, tokenizer, split)
   elif corpus.source in SFT_SOURCES:
