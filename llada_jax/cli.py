@@ -89,7 +89,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
     raise UserError("--workdir is required: where checkpoints, tensorboard events and the tokenizer go")
   summary = train.run(cfg, args.workdir, resume=args.resume, recover_lr=args.recover_lr,
                       progress=not args.no_progress)
-  print(reporting.format_summary(summary, config_lib.Experiment.from_config(cfg)))
+  print(reporting.format_summary(summary))
 
 
 _SAMPLING_FLAGS = ("steps", "gen_length", "block_length", "temperature", "cfg_scale", "remasking")

@@ -22,9 +22,39 @@ DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat
           "float16": np.dtype(np.float16)}
 
 
+class _Section:
+  """A frozen, validated section of an experiment config (model, data, train): built from its ml_collections dict
+  or changed with `replace` (unknown fields are refused in one line), checked once in `__post_init__`, read by
+  attribute like the dict it replaces."""
+  section = ""
+
+  @classmethod
+  def _refuse_unknown(cls, names, hint: str = "") -> None:
+    unknown = set(names) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+      raise UserError(f"unknown {cls.section} config field(s): {', '.join(sorted(unknown))}{hint}")
+
+  @classmethod
+  def from_dict(cls, values: Mapping[str, Any]):
+    cls._refuse_unknown(values, f"; valid fields: {', '.join(f.name for f in dataclasses.fields(cls))}")
+    return cls(**values)
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  def replace(self, **changes):
+    self._refuse_unknown(changes)
+    return dataclasses.replace(self, **changes)
+
+  def _refuse(self, problems: list[str]) -> None:
+    if problems:
+      raise UserError("; ".join(problems))
+
+
 @dataclasses.dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(_Section):
   """Architecture (names follow the official config.json) and how we run it."""
+  section = "model"
   d_model: int = 4096
   n_heads: int = 32
   n_kv_heads: int = 32
@@ -94,23 +124,6 @@ class ModelConfig:
     320-token forward 182 instead of 220 ms (2026-12-03)."""
     return self.replace(scan_layers=True)
 
-  def replace(self, **changes) -> "ModelConfig":
-    unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
-    if unknown:
-      raise UserError(f"unknown model config field(s): {', '.join(sorted(unknown))}")
-    return dataclasses.replace(self, **changes)
-
-  def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
-
-  @classmethod
-  def from_dict(cls, values: Mapping[str, Any]) -> "ModelConfig":
-    unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
-    if unknown:
-      raise UserError(f"unknown model config field(s): {', '.join(sorted(unknown))}; "
-                      f"valid fields: {', '.join(f.name for f in dataclasses.fields(cls))}")
-    return cls(**values)
-
   def num_params(self, include_embeddings: bool = True) -> int:
     hd, e = self.head_dim, self.d_model
     attn = e * self.n_heads * hd * 2 + e * self.n_kv_heads * hd * 2
@@ -144,31 +157,6 @@ def source_problem(objective: str, source: str) -> str | None:
   if source not in OBJECTIVE_SOURCES.get(objective, (source,)):
     return f"train.objective={objective} reads data.source {' or '.join(OBJECTIVE_SOURCES[objective])}, not {source}"
   return None
-
-
-class _Section:
-  """A frozen, validated section of an experiment config: built from its ml_collections dict (unknown keys are
-  refused), checked once in `__post_init__`, read by attribute like the dict it replaces."""
-  section = ""
-
-  @classmethod
-  def from_dict(cls, values: Mapping[str, Any]):
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = set(values) - set(names)
-    if unknown:
-      raise UserError(f"unknown {cls.section} config key(s): {', '.join(sorted(unknown))}; valid keys: "
-                      f"{', '.join(names)}")
-    return cls(**values)
-
-  def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
-
-  def replace(self, **changes):
-    return dataclasses.replace(self, **changes)
-
-  def _refuse(self, problems: list[str]) -> None:
-    if problems:
-      raise UserError("; ".join(problems))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,6 +16,7 @@ from llada_jax.config import Experiment
 
 @dataclasses.dataclass
 class Summary:
+  experiment: Experiment | None = None  # what was trained
   steps: int = 0
   start_step: int = 0
   seconds: float = 0.0
@@ -69,7 +70,7 @@ class Reporter:
     self.tokens_per_step = exp.tokens_per_step
     self.flops_per_step = flops.train_flops_per_token(exp.model, exp.data.seq_len) * self.tokens_per_step
     self.peak = (exp.train.peak_tflops * 1e12 or flops.peak_flops(jax.devices()[0])) * jax.device_count()
-    self.summary = Summary(start_step=start_step)
+    self.summary = Summary(experiment=exp, start_step=start_step)
     self.writer = ScalarWriter(tensorboard_dir) if tensorboard_dir else None
     self.bar = tqdm(total=exp.train.steps, initial=start_step, disable=not show, unit="step", dynamic_ncols=True)
     self.callback = callback
@@ -146,8 +147,9 @@ def bits_per_byte(nats_per_token: float, data_stats: dict) -> float:
   return nats_per_token * data_stats["val_tokens"] / (data_stats["val_bytes"] * math.log(2))
 
 
-def format_summary(summary: Summary, exp: Experiment) -> str:
+def format_summary(summary: Summary) -> str:
   """The one screen printed at the end of `llada-jax train`."""
+  exp = summary.experiment
   model_config = exp.model
   minutes, seconds = divmod(int(summary.seconds), 60)
   lines = [

@@ -78,7 +78,7 @@ def test_sections_are_typed_and_checked_once_when_built():
     config_lib.TrainConfig(schedule="linear")
   with pytest.raises(UserError, match="data.val_fraction=1.0 must be in"):
     config_lib.DataConfig(val_fraction=1.0)
-  with pytest.raises(UserError, match="unknown train config key\\(s\\): lr_peak"):
+  with pytest.raises(UserError, match="unknown train config field\\(s\\): lr_peak"):
     config_lib.TrainConfig.from_dict({"lr_peak": 1.0})
   rules = [(dict(train=exp.train.replace(objective="sft")), "train.objective=sft reads data.source chat_jsonl"),
            (dict(data=exp.data.replace(seq_len=8192)), "exceeds model.max_sequence_length"),

@@ -129,7 +129,7 @@ def test_training_lowers_the_validation_bound_and_writes_artifacts(tmp_path):
   assert sampling != SamplingConfig() and summary.sample_settings == sampling.describe()
   assert load_pretrained(str(tmp_path)).stored_sampling == sampling
   assert convert.read_sampling_defaults(str(tmp_path / "checkpoints" / "30")) == sampling
-  text = reporting.format_summary(summary, typed(tiny_cfg()))
+  text = reporting.format_summary(summary)
   assert f"sample       ({sampling.describe()}) " in text
   assert "val loss" in text and "tokens/s" in text
   assert summary.loss_plot == str(tmp_path / "loss.png") and f"loss curves  {tmp_path / 'loss.png'}" in text
