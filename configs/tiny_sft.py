@@ -15,7 +15,8 @@ def get_config():
   spec.loader.exec_module(tiny)
   cfg = tiny.get_config()
   cfg.data.update(source="chatterbot", seq_len=128, global_batch=16, overlong="truncate")
-  cfg.train.update(objective="sft", init_from="runs/tiny", steps=300, lr=5e-4, warmup_steps=20, decay_fraction=0.1,
-                   final_lr=5e-5, eval_every=50, checkpoint_every=150,
+  # SFT masks with its own noise (the prompt kept): the tiny default's paired-count pre-training masks do not apply.
+  cfg.train.update(objective="sft", masking="bernoulli", init_from="runs/tiny", steps=300, lr=5e-4, warmup_steps=20,
+                   decay_fraction=0.1, final_lr=5e-5, eval_every=50, checkpoint_every=150,
                    sample_prompt="What is your name?")
   return cfg

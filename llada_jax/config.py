@@ -149,6 +149,7 @@ OVERLONG = ("truncate", "drop")
 OBJECTIVES = ("diffusion", "sft", "autoregressive")
 SCHEDULES = ("wsd", "cosine", "constant")
 NAN_POLICIES = ("skip", "stop")
+MASKINGS = ("bernoulli", "paired_counts")
 OBJECTIVE_SOURCES = {"diffusion": PRETRAIN_SOURCES, "autoregressive": PRETRAIN_SOURCES, "sft": SFT_SOURCES}
 
 
@@ -211,9 +212,13 @@ class TrainConfig(_Section):
   grad_clip: float = 1.0
   grad_accum: int = 1
   loss_chunk_length: int = 0  # output head + CE over this many positions at a time (0 = the whole sequence at once)
-  noise_eps: float = 1e-3  # p = (1 - eps) t + eps
+  noise_eps: float = 1e-3  # bernoulli masking: p = (1 - eps) t + eps
   random_length_prob: float = 0.01  # fraction of batches cut to a random length
   antithetic_t: bool = False  # low-discrepancy t across the batch
+  # Pre-training masks: bernoulli (LLADA_SPEC §4, each token with probability t) | paired_counts (the same bound
+  # with exactly k ~ U{1..l} masked tokens per row, rows paired as k, l + 1 - k: lower variance, and the output head
+  # runs on half the positions — see loss.noise_paired_counts). Validation always uses bernoulli, one ruler for all.
+  masking: str = "bernoulli"
   nan_policy: str = "skip"  # skip (drop a non-finite update, count it) | stop (at the first one, exit with a message)
   nan_max_consecutive: int = 5  # skip: give up (exit 2, --recover-lr advice) after this many non-finite steps in a row
   nan_max_in_window: int = 20  # skip: … or after more than this many within nan_window steps
@@ -235,6 +240,8 @@ class TrainConfig(_Section):
     problems = []
     if self.objective not in OBJECTIVES:
       problems.append(f"train.objective={self.objective!r} is not one of {', '.join(OBJECTIVES)}")
+    if self.masking not in MASKINGS:
+      problems.append(f"train.masking={self.masking!r} is not one of {', '.join(MASKINGS)}")
     if self.schedule not in SCHEDULES:
       problems.append(f"train.schedule={self.schedule!r} is not one of {', '.join(SCHEDULES)}")
     if self.lr <= 0 or self.final_lr < 0:
@@ -277,6 +284,13 @@ class Experiment:
     if self.data.global_batch % self.train.grad_accum:
       problems.append(f"data.global_batch={self.data.global_batch} is not divisible by train.grad_accum="
                       f"{self.train.grad_accum}")
+    if self.train.masking == "paired_counts":
+      if self.train.objective != "diffusion":
+        problems.append(f"train.masking=paired_counts is a pre-training mask; train.objective={self.train.objective} "
+                        "needs train.masking=bernoulli")
+      elif (self.data.global_batch // self.train.grad_accum) % 2:
+        problems.append(f"train.masking=paired_counts pairs rows: data.global_batch / train.grad_accum = "
+                        f"{self.data.global_batch // self.train.grad_accum} rows per step must be even")
     chunk = self.train.loss_chunk_length
     if 0 < chunk < self.data.seq_len and self.data.seq_len % chunk:
       problems.append(f"train.loss_chunk_length={chunk} must be 0 (no chunking) or divide "

@@ -2,6 +2,8 @@
 
 Pre-training: t ~ U(0,1) per row, p = (1 - eps) t + eps, every token masked independently with probability p; the
 loss is Σ_masked CE / p over b·l. It upper-bounds the per-token NLL, so exp(loss) bounds the perplexity.
+`noise_paired_counts` draws the same bound in its exact-count form (the official likelihood's form, LLADA_SPEC §6):
+lower variance, and a fixed number of masked tokens per batch, so the output head runs only where the loss looks.
 SFT: the same noise, but the prompt is restored, and each row is normalised by its answer length (EOS padding
 counts as answer). The autoregressive baseline uses the ordinary next-token loss with a causal model.
 """
@@ -40,6 +42,31 @@ def noise(rng: jax.Array, tokens: jax.Array, *, mask_id: int, eps: float, random
   key_mask = jnp.broadcast_to(jnp.arange(l)[None, :] < length, (b, l))
   masked = masked & key_mask
   return Noised(jnp.where(masked, mask_id, tokens), masked, p, key_mask, length)
+
+
+def noise_paired_counts(rng: jax.Array, tokens: jax.Array, *, mask_id: int, random_length_prob: float = 0.0,
+                        antithetic: bool = False) -> Noised:
+  """Pre-training corruption with exact counts: rows 2j and 2j+1 mask exactly k and n + 1 - k tokens (k ~ U{1..n},
+  n the possibly cut length) at uniformly random positions, with p = count / n.
+
+  The same bound as `noise` in expectation: given its count a Bernoulli mask is a uniform set of that size, and
+  ∫ P(count = k | t) / t dt = 1/k makes the 1/t-weighted sum the mean over k of the count-k term. But each row's
+  term is now the mean CE of its masked tokens — no draw where one token masked at t ≈ 0 is weighted 1/t — and a
+  pair masks n + 1 ≤ l + 1 tokens, which is what lets `masked_token_ce` run the head on half the positions.
+  The batch must have an even number of rows.
+  """
+  b, l = tokens.shape
+  count_rng, order_rng, cut_rng, len_rng = jax.random.split(rng, 4)
+  cut = jax.random.uniform(cut_rng, ()) < random_length_prob
+  length = jnp.where(cut, jax.random.randint(len_rng, (), 1, l + 1), l)
+  key_mask = jnp.broadcast_to(jnp.arange(l)[None, :] < length, (b, l))
+  k = jnp.clip(jnp.floor(sample_t(count_rng, b // 2, antithetic) * length).astype(jnp.int32) + 1, 1, length)
+  counts = jnp.stack([k, length + 1 - k], axis=1).reshape(b)
+  # Positions beyond the cut rank last, so at most `length` (≥ every count) positions are candidates.
+  scores = jnp.where(key_mask, jax.random.uniform(order_rng, (b, l)), 2.0)
+  rank = jnp.argsort(jnp.argsort(scores, axis=1), axis=1)
+  masked = rank < counts[:, None]
+  return Noised(jnp.where(masked, mask_id, tokens), masked, counts / length, key_mask, length)
 
 
 def noise_sft(rng: jax.Array, tokens: jax.Array, prompt_length: jax.Array, *, mask_id: int, eps: float,
@@ -109,6 +136,37 @@ def chunked_token_ce(hidden: jax.Array, head: Callable[[jax.Array], jax.Array], 
 
   _, ce = jax.lax.scan(one_chunk, None, chunks)
   return ce.swapaxes(0, 1).reshape(b, l)
+
+
+def paired_capacity(length: int, chunk_length: int) -> int:
+  """Positions per pair of rows that `masked_token_ce` runs the head on: l + 1, rounded up to whole chunks."""
+  if chunk_length <= 0 or chunk_length >= length:
+    return length + 1
+  return min(-(-(length + 1) // chunk_length) * chunk_length, 2 * length)
+
+
+def head_fraction(train, length: int) -> float:
+  """The share of positions the training step runs the output head on (TrainConfig `train`): for FLOP counts."""
+  return paired_capacity(length, train.loss_chunk_length) / (2 * length) if train.masking == "paired_counts" else 1.0
+
+
+def masked_token_ce(hidden: jax.Array, head: Callable[[jax.Array], jax.Array], targets: jax.Array,
+                    masked: jax.Array, chunk_length: int) -> jax.Array:
+  """`chunked_token_ce` at the masked positions only (0 elsewhere), for masks of `noise_paired_counts`.
+
+  Each pair of rows masks at most l + 1 positions: they are gathered (masked first, the rest padding that scores 0),
+  the head and CE run on `paired_capacity` positions per pair instead of 2l, and the CE is scattered back, so
+  `diffusion_loss` reads it like the full one. Pairs are adjacent rows, so a batch sharded in even row counts per
+  device gathers locally.
+  """
+  b, l, d = hidden.shape
+  capacity = paired_capacity(l, chunk_length)
+  pair_masked = masked.reshape(b // 2, 2 * l)
+  index = jnp.argsort(~pair_masked, axis=1, stable=True)[:, :capacity]
+  h = jnp.take_along_axis(hidden.reshape(b // 2, 2 * l, d), index[..., None], axis=1)
+  ce = chunked_token_ce(h, head, jnp.take_along_axis(targets.reshape(b // 2, 2 * l), index, axis=1), chunk_length)
+  ce = jnp.where(jnp.take_along_axis(pair_masked, index, axis=1), ce, 0.0)
+  return jnp.zeros((b // 2, 2 * l), ce.dtype).at[jnp.arange(b // 2)[:, None], index].set(ce).reshape(b, l)
 
 
 def diffusion_loss(ce: jax.Array, noised: Noised) -> jax.Array:

@@ -101,11 +101,11 @@ def abstract_batch(exp: Experiment, mesh) -> dict:
 def _objective_loss(params, batch, rng, model_config: ModelConfig, train: TrainConfig,
                     random_length_prob: float):
   tokens = batch[TOKENS]
+  head = functools.partial(model_lib.head, params, config=model_config)
 
   def token_ce(inputs, key_mask, targets):
     hidden = model_lib.features(params, inputs, key_mask, config=model_config)
-    return loss_lib.chunked_token_ce(hidden, lambda h: model_lib.head(params, h, config=model_config), targets,
-                                     train.loss_chunk_length)
+    return loss_lib.chunked_token_ce(hidden, head, targets, train.loss_chunk_length)
 
   if train.objective == "autoregressive":
     return loss_lib.autoregressive_loss(token_ce(tokens, None, loss_lib.next_tokens(tokens)))
@@ -113,6 +113,12 @@ def _objective_loss(params, batch, rng, model_config: ModelConfig, train: TrainC
     noised = loss_lib.noise_sft(rng, tokens, batch[PROMPT_LENGTH], mask_id=model_config.mask_token_id,
                                 eps=train.noise_eps, antithetic=train.antithetic_t)
     return loss_lib.sft_loss(token_ce(noised.inputs, None, tokens), noised, batch[PROMPT_LENGTH])
+  if train.masking == "paired_counts":
+    noised = loss_lib.noise_paired_counts(rng, tokens, mask_id=model_config.mask_token_id,
+                                          random_length_prob=random_length_prob, antithetic=train.antithetic_t)
+    hidden = model_lib.features(params, noised.inputs, noised.key_mask, config=model_config)
+    ce = loss_lib.masked_token_ce(hidden, head, tokens, noised.masked, train.loss_chunk_length)
+    return loss_lib.diffusion_loss(ce, noised)
   noised = loss_lib.noise(rng, tokens, mask_id=model_config.mask_token_id, eps=train.noise_eps,
                           random_length_prob=random_length_prob, antithetic=train.antithetic_t)
   return loss_lib.diffusion_loss(token_ce(noised.inputs, noised.key_mask, tokens), noised)
@@ -163,9 +169,12 @@ def make_train_step(model_config: ModelConfig, train: TrainConfig,
 
 def make_eval_step(model_config: ModelConfig, train: TrainConfig) -> Callable:
   """The validation loss (for diffusion: the ELBO bound) with masks fixed by the batch index: comparable over time."""
+  # One ruler for every run: the spec's Bernoulli masks, whatever masking the run trains with (same expectation).
+  ruler = train.replace(masking="bernoulli")
+
   def eval_fn(params, batch, index):
     rng = jax.random.fold_in(jax.random.key(12345), index)
-    return _objective_loss(params, batch, rng, model_config, train, random_length_prob=0.0)
+    return _objective_loss(params, batch, rng, model_config, ruler, random_length_prob=0.0)
   return eval_fn
 
 

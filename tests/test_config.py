@@ -33,7 +33,7 @@ def test_shipped_sizes_are_the_issue_sizes():
     return config_lib.model_config_from(config_lib.load_config_file(os.path.join(REPO, "configs", name + ".py")))
   assert model("llada_8b").num_params() == 8_015_581_184
   tiny, small = model("tiny"), model("small")
-  assert (tiny.d_model, tiny.n_heads, tiny.n_layers, tiny.mlp_hidden_size, tiny.vocab_size) == (96, 4, 4, 256, 4096)
+  assert (tiny.d_model, tiny.n_heads, tiny.n_layers, tiny.mlp_hidden_size, tiny.vocab_size) == (96, 4, 4, 256, 8192)
   assert (small.d_model, small.n_heads, small.n_layers, small.mlp_hidden_size, small.vocab_size) == (
       512, 8, 8, 1536, 8192)
   assert 0.9e9 < model("llada_1b").num_params(include_embeddings=False) < 1.1e9
@@ -76,13 +76,18 @@ def test_sections_are_typed_and_checked_once_when_built():
   assert (exp.data.seq_len, exp.train.steps, exp.tokens_per_step) == (256, 1500, 8 * 256)
   with pytest.raises(UserError, match="train.schedule='linear' is not one of wsd, cosine, constant"):
     config_lib.TrainConfig(schedule="linear")
+  with pytest.raises(UserError, match="train.masking='exact' is not one of bernoulli, paired_counts"):
+    config_lib.TrainConfig(masking="exact")
   with pytest.raises(UserError, match="data.val_fraction=1.0 must be in"):
     config_lib.DataConfig(val_fraction=1.0)
   with pytest.raises(UserError, match="unknown train config field\\(s\\): lr_peak"):
     config_lib.TrainConfig.from_dict({"lr_peak": 1.0})
   rules = [(dict(train=exp.train.replace(objective="sft")), "train.objective=sft reads data.source chat_jsonl"),
            (dict(data=exp.data.replace(seq_len=8192)), "exceeds model.max_sequence_length"),
-           (dict(train=exp.train.replace(grad_accum=3)), "not divisible by train.grad_accum=3")]
+           (dict(train=exp.train.replace(grad_accum=3)), "not divisible by train.grad_accum=3"),
+           (dict(train=exp.train.replace(masking="paired_counts", grad_accum=8)), "1 rows per step must be even"),
+           (dict(train=exp.train.replace(masking="paired_counts", objective="sft")),
+            "train.masking=paired_counts is a pre-training mask")]
   for changes, match in rules:
     with pytest.raises(UserError, match=match):
       exp.replace(**changes)

@@ -6,8 +6,8 @@ import types
 
 import jax
 
-from llada_jax import flops
-from llada_jax.config import ModelConfig
+from llada_jax import flops, loss
+from llada_jax.config import ModelConfig, TrainConfig
 
 
 def test_train_flops_per_token_counts_every_matmul_and_full_attention():
@@ -20,6 +20,10 @@ def test_train_flops_per_token_counts_every_matmul_and_full_attention():
   params = 2 * layer + 64 + 64 * 256
   attention = 2 * 2 * 2 * 32 * 64
   assert flops.train_flops_per_token(config, seq_len=32) == 3 * (2 * params + attention)
+  # train.masking=paired_counts runs the head on 33 of every 64 positions (a pair of rows masks at most 33 tokens).
+  fraction = loss.head_fraction(TrainConfig(masking="paired_counts"), 32)
+  assert fraction == 33 / 64 and loss.head_fraction(TrainConfig(), 32) == 1.0
+  assert flops.train_flops_per_token(config, 32, fraction) == 3 * (2 * (params - 64 * 256 * 31 / 64) + attention)
 
 
 def test_kernel_counts():

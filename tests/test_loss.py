@@ -144,3 +144,71 @@ def test_sft_noise_never_touches_the_prompt():
 def test_antithetic_t_is_evenly_spread(batch):
   t = np.sort(np.asarray(loss.sample_t(jax.random.key(0), batch, antithetic=True)))
   np.testing.assert_allclose(np.diff(t), 1 / batch, atol=1e-6)
+
+
+@pytest.mark.parametrize("antithetic", [False, True])
+def test_paired_counts_mask_exactly_k_and_n_plus_1_minus_k_uniformly(antithetic):
+  tokens = jnp.asarray(np.random.default_rng(4).integers(8, 100, (8, 32)))
+  draws = [loss.noise_paired_counts(jax.random.key(i), tokens, mask_id=MASK, random_length_prob=0.2,
+                                    antithetic=antithetic) for i in range(300)]
+  counts_at = {32: [], "cut": []}
+  for noised in draws:
+    masked, n = np.asarray(noised.masked), int(noised.length)
+    counts = masked.sum(axis=1)
+    assert np.array_equal(np.asarray(noised.inputs) == MASK, masked)
+    assert not masked[:, n:].any()
+    assert (counts >= 1).all() and (counts[0::2] + counts[1::2] == n + 1).all()
+    np.testing.assert_allclose(np.asarray(noised.p), counts / n, rtol=1e-6)
+    counts_at[32 if n == 32 else "cut"].extend(counts)
+  assert counts_at["cut"]  # the cut happened, and was honoured above
+  counts = np.asarray(counts_at[32])
+  assert set(counts) == set(range(1, 33))  # every count 1..32 occurs (~70 draws each)
+  assert abs(counts.mean() - 16.5) < 0.5
+  full = [np.asarray(n.masked) for n in draws if int(n.length) == 32]
+  assert np.abs(np.mean(full, axis=(0, 1)) - 0.5).max() < 0.1  # every position equally likely masked
+
+
+def test_paired_counts_estimate_the_same_bound_as_bernoulli_masks_with_less_variance():
+  """A toy whose CE depends on how many tokens of the row are masked (as a real model's does): both maskings'
+  diffusion_loss average to Σ_k f(k) / l (f = the term of count k, exact), the paired one with a smaller spread."""
+  b, l = 8, 16
+  per_position = jnp.linspace(0.5, 2.0, l)
+  f = lambda count: 1.0 / (1.0 + count / 4.0) + (count / l) ** 2
+
+  def estimate(noised):
+    counts = noised.masked.sum(axis=1, keepdims=True)
+    return loss.diffusion_loss(per_position[None, :] * f(counts), noised)
+
+  tokens = jnp.zeros((b, l), jnp.int32) + 9
+  keys = jax.random.split(jax.random.key(5), 20000)
+  paired = jax.vmap(lambda k: estimate(loss.noise_paired_counts(k, tokens, mask_id=MASK, antithetic=True)))(keys)
+  bernoulli = jax.vmap(lambda k: estimate(loss.noise(k, tokens, mask_id=MASK, eps=1e-3, antithetic=True)))(keys)
+  exact = float(jnp.mean(per_position)) * float(np.mean([f(k) for k in range(1, l + 1)]))
+  paired, bernoulli = np.asarray(paired), np.asarray(bernoulli)
+  assert abs(paired.mean() - exact) < 4 * paired.std() / np.sqrt(len(keys))
+  assert abs(bernoulli.mean() - exact) < 4 * bernoulli.std() / np.sqrt(len(keys)) + 2e-3  # eps shifts it slightly
+  assert paired.std() < 0.5 * bernoulli.std()
+
+
+@pytest.mark.parametrize("chunk_length,cut", [(0, 16), (4, 16), (8, 11)])
+def test_masked_token_ce_equals_the_whole_head_at_the_masked_positions(chunk_length, cut):
+  """Values and gradients: the head on the gathered masked positions is the full head's CE, zero elsewhere."""
+  rng = np.random.default_rng(6)
+  hidden = jnp.asarray(rng.normal(size=(6, 16, 5)), jnp.float32)
+  weights = jnp.asarray(rng.normal(size=(5, 11)), jnp.float32)
+  targets = jnp.asarray(rng.integers(0, 11, (6, 16)))
+  noised = loss.noise_paired_counts(jax.random.key(7), targets, mask_id=MASK)
+  noised = noised._replace(masked=noised.masked & (jnp.arange(16) < cut))  # pairs with fewer than l + 1 masked
+  head = lambda w: lambda h: jnp.einsum("bld,dv->blv", h, w)
+
+  def total(h, w, gathered):
+    ce = (loss.masked_token_ce(h, head(w), targets, noised.masked, chunk_length) if gathered
+          else jnp.where(noised.masked, loss.token_ce(head(w)(h), targets), 0.0))
+    return loss.diffusion_loss(ce, noised)
+
+  want, want_grads = jax.value_and_grad(total, argnums=(0, 1))(hidden, weights, False)
+  got, got_grads = jax.jit(jax.value_and_grad(total, argnums=(0, 1)), static_argnums=2)(hidden, weights, True)
+  np.testing.assert_allclose(float(got), float(want), rtol=1e-6)
+  for g, w in zip(got_grads, want_grads):
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-7)
+  assert loss.paired_capacity(16, chunk_length) == {0: 17, 4: 20, 8: 24}[chunk_length]

@@ -51,11 +51,12 @@ def _one_step(mesh_shape, cfg):
 
 
 # (2, 2, 2) has all 3 axes; the others are slow
-@pytest.mark.parametrize("mesh_shape", [(2, 2, 2)] + [pytest.param(m, marks=pytest.mark.slow)
-                                                      for m in ((1, 8, 1), (1, 4, 2), (8, 1, 1))])
-def test_sharded_step_equals_single_device(mesh_shape):
-  """Tolerance: fp32 reductions split across devices reorder sums (~1e-6 relative)."""
-  cfg = tiny_cfg()
+@pytest.mark.parametrize("mesh_shape,masking", [((2, 2, 2), "bernoulli"), ((2, 2, 2), "paired_counts")] + [
+    pytest.param(m, "bernoulli", marks=pytest.mark.slow) for m in ((1, 8, 1), (1, 4, 2), (8, 1, 1))])
+def test_sharded_step_equals_single_device(mesh_shape, masking):
+  """Tolerance: fp32 reductions split across devices reorder sums (~1e-6 relative). paired_counts gathers the
+  masked positions of row pairs for the head: the same on a batch split over devices."""
+  cfg = tiny_cfg(f"train.masking={masking}")
   loss_1, params_1 = _one_step((1, 1, 1), cfg)
   loss_n, params_n = _one_step(mesh_shape, cfg)
   np.testing.assert_allclose(loss_n, loss_1, rtol=1e-5)
@@ -64,7 +65,8 @@ def test_sharded_step_equals_single_device(mesh_shape):
 
 
 @pytest.mark.slow  # over 30 s on 2 cores (suite time)
-@pytest.mark.parametrize("objective", [[], ["train.objective=autoregressive", "model.causal=true"]])
+@pytest.mark.parametrize("objective", [[], ["train.objective=autoregressive", "model.causal=true",
+                                              "train.masking=bernoulli"]])
 def test_the_chunked_loss_trains_like_the_whole_sequence_at_once(objective):
   """The output head + CE in 4 chunks of 8 positions, sharded fsdp×tensor: the same loss and updated weights as the
   single-device step computing all logits at once (to the sharded-step tolerance)."""
@@ -281,6 +283,7 @@ def test_weight_decay_spares_norms_and_embeddings():
     (["data.source=text", "data.paths=/nonexistent/*.txt"], "nonexistent"),
     (["train.objective=autoregressive"], "needs model.causal=true"),
     (["train.grad_accum=3"], "not divisible by train.grad_accum"),
+    (["train.masking=paired_counts", "train.grad_accum=8"], "rows per step must be even"),
     (["train.init_from=/nonexistent"], "does not exist"),
     (["train.checkpoint_every=0"], "train.checkpoint_every=0 must be at least 1"),
     (["train.log_every=0"], "train.log_every=0 must be at least 1"),
