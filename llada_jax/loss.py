@@ -13,6 +13,8 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from llada_jax import sharding
+
 
 class Noised(NamedTuple):
   """A corrupted batch and what the loss needs to score it."""
@@ -161,9 +163,12 @@ def masked_token_ce(hidden: jax.Array, head: Callable[[jax.Array], jax.Array], t
   """
   b, l, d = hidden.shape
   capacity = paired_capacity(l, chunk_length)
-  pair_masked = masked.reshape(b // 2, 2 * l)
+  rows = ("activation_batch", "activation_length")
+  pair_masked = sharding.constrain(masked.reshape(b // 2, 2 * l), rows)
   index = jnp.argsort(~pair_masked, axis=1, stable=True)[:, :capacity]
-  h = jnp.take_along_axis(hidden.reshape(b // 2, 2 * l, d), index[..., None], axis=1)
+  h = jnp.take_along_axis(sharding.constrain(hidden.reshape(b // 2, 2 * l, d), (*rows, "activation_embed")),
+                          index[..., None], axis=1)
+  h = sharding.constrain(h, (*rows, "activation_embed"))
   ce = chunked_token_ce(h, head, jnp.take_along_axis(targets.reshape(b // 2, 2 * l), index, axis=1), chunk_length)
   ce = jnp.where(jnp.take_along_axis(pair_masked, index, axis=1), ce, 0.0)
   return jnp.zeros((b // 2, 2 * l), ce.dtype).at[jnp.arange(b // 2)[:, None], index].set(ce).reshape(b, l)
