@@ -14,7 +14,8 @@ def get_config():
   cfg.model.update(d_model=128, n_heads=4, n_kv_heads=4, n_layers=4, mlp_hidden_size=384, vocab_size=4096,
                    embedding_size=4096, max_sequence_length=512, rope_theta=10000.0, weight_tying=False,
                    bos_token_id=1, eos_token_id=2, pad_token_id=2, mask_token_id=3, eot_token_id=6)
-  # The built-in Shakespeare tokenizer (the tiny default's): names are made of its whole-word tokens.
+  # The built-in Shakespeare tokenizer at 4096 ids (the tiny default's until issue 13): names are made of its
+  # whole-word tokens.
   # Masked diffusion learns each conditional from a fraction of its examples, so memorising pairs takes many
   # updates: batch 16 beat batch 32 for the same tokens (LLaDA forward 96% vs 66% on 100 pairs, one phrasing).
   # 3000 steps memorise the 60 pairs and keep the command well inside 20 minutes on a slow day. The README's

@@ -7,11 +7,11 @@ Why these numbers (measured on 2 cores; issue 13's notes have the tables): at th
 so a narrow model that takes many optimizer steps learns faster per second than a wide one. The validation bound
 averages the loss over every mask rate, and at high rates the best guess is close to the unigram distribution, so
 the vocabulary sets a floor: the unigram cross-entropy of the validation text is 3.00 bits per byte with 4096 ids
-and 2.77 with 8192 (8192 gave 2.48–2.52 after 1500 steps over three seeds, 4096 gave 2.67–2.86 over four). The
-larger head would cost 15% more time; `train.masking=paired_counts` (the same bound with exact mask counts, rows
-paired so that a batch masks half its tokens) runs the head on the masked half only, which gives that time back,
-and its lower-variance loss wants a lower learning rate than the Bernoulli masks (3e-3 instead of 5e-3). Antithetic
-t spreads the mask counts evenly across the batch. A model this small is far from confident: greedy decoding of a
+and 2.77 with 8192 (this config: 2.46–2.54 after 1500 steps over four seeds; the previous one, 4096 ids, Bernoulli
+masks, lr 5e-3: 2.67–2.86). The larger head would cost about 10% more time per step; `train.masking=paired_counts`
+runs the head on the masked half of the tokens only (see loss.noise_paired_counts), which gives that time back, and
+its lower-variance loss wants a lower learning rate than Bernoulli masks (3e-3 instead of 5e-3). Antithetic t
+spreads the mask counts evenly across the batch. A model this small is far from confident: greedy decoding of a
 whole canvas commits its most frequent tokens (newlines) everywhere, so its sampling defaults (saved with the run,
 used by `generate` and `chat` on it) commit two tokens at a time left to right, sampled at temperature 0.8.
 """

@@ -95,9 +95,11 @@ def _experiment(config_path: str, overrides: list[str]):
 def _train_step_closure(side: str, config_path: str, overrides: list[str], threads: int
                         ) -> tuple[Callable[[], object], str]:
   """(one train step, what runs it) of `side` ("jax": ours, "torch": the PyTorch reference) on the config's
-  shapes, same loss and AdamW settings, fixed random tokens."""
+  shapes, same loss and AdamW settings, fixed random tokens. Both sides use the spec's Bernoulli masks (the
+  reference has no paired-count masking), so a config's `train.masking` does not change the comparison."""
   from llada_jax import hf_config
   exp = _experiment(config_path, overrides)
+  exp = exp.replace(train=exp.train.replace(masking="bernoulli"))
   model_config = exp.model
   tokens = np.random.default_rng(0).integers(8, model_config.vocab_size,
                                              (exp.data.global_batch, exp.data.seq_len)).astype(np.int32)

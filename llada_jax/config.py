@@ -216,8 +216,7 @@ class TrainConfig(_Section):
   random_length_prob: float = 0.01  # fraction of batches cut to a random length
   antithetic_t: bool = False  # low-discrepancy t across the batch
   # Pre-training masks: bernoulli (LLADA_SPEC §4, each token with probability t) | paired_counts (the same bound
-  # with exactly k ~ U{1..l} masked tokens per row, rows paired as k, l + 1 - k: lower variance, and the output head
-  # runs on half the positions — see loss.noise_paired_counts). Validation always uses bernoulli, one ruler for all.
+  # with exact mask counts and the head on half the positions: loss.noise_paired_counts). Validation: bernoulli.
   masking: str = "bernoulli"
   nan_policy: str = "skip"  # skip (drop a non-finite update, count it) | stop (at the first one, exit with a message)
   nan_max_consecutive: int = 5  # skip: give up (exit 2, --recover-lr advice) after this many non-finite steps in a row
@@ -289,8 +288,9 @@ class Experiment:
         problems.append(f"train.masking=paired_counts is a pre-training mask; train.objective={self.train.objective} "
                         "needs train.masking=bernoulli")
       elif (self.data.global_batch // self.train.grad_accum) % 2:
-        problems.append(f"train.masking=paired_counts pairs rows: data.global_batch / train.grad_accum = "
-                        f"{self.data.global_batch // self.train.grad_accum} rows per step must be even")
+        problems.append(f"train.masking=paired_counts pairs rows, but a micro-batch (data.global_batch / "
+                        f"train.grad_accum) has {self.data.global_batch // self.train.grad_accum} rows; make "
+                        "data.global_batch a multiple of 2 × train.grad_accum")
     chunk = self.train.loss_chunk_length
     if 0 < chunk < self.data.seq_len and self.data.seq_len % chunk:
       problems.append(f"train.loss_chunk_length={chunk} must be 0 (no chunking) or divide "

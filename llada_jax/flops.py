@@ -9,7 +9,8 @@ import os
 
 import jax
 
-from llada_jax.config import ModelConfig
+from llada_jax import loss
+from llada_jax.config import Experiment, ModelConfig
 
 # Dense bf16 peak FLOP/s per device by `device_kind` prefix, for MFU; CPUs below.
 PEAK_FLOPS = {"TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12, "TPU v5": 459e12,
@@ -50,3 +51,13 @@ def train_flops_per_token(config: ModelConfig, seq_len: int, head_fraction: floa
   matmul_params = config.num_params(include_embeddings=False) + head_fraction * config.d_model * config.embedding_size
   per_layer_attention = attention(1, seq_len, config.n_heads, config.head_dim) / seq_len
   return TRAIN_PASS * (projection(1, 1, matmul_params) + config.n_layers * per_layer_attention)
+
+
+def train_flops_per_step(exp: Experiment) -> float:
+  """`train_flops_per_token` × tokens per step, the head counted where the step runs it: on every position, or with
+  `train.masking=paired_counts` on `loss.paired_capacity` of every two rows' positions."""
+  l = exp.data.seq_len
+  head_fraction = 1.0
+  if exp.train.masking == "paired_counts":
+    head_fraction = loss.paired_capacity(l, exp.train.loss_chunk_length) / (2 * l)
+  return exp.tokens_per_step * train_flops_per_token(exp.model, l, head_fraction)

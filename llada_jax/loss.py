@@ -55,7 +55,8 @@ def noise_paired_counts(rng: jax.Array, tokens: jax.Array, *, mask_id: int, rand
   ∫ P(count = k | t) / t dt = 1/k makes the 1/t-weighted sum the mean over k of the count-k term. But each row's
   term is now the mean CE of its masked tokens — no draw where one token masked at t ≈ 0 is weighted 1/t — and a
   pair masks n + 1 ≤ l + 1 tokens, which is what lets `masked_token_ce` run the head on half the positions.
-  The batch must have an even number of rows.
+  The batch must have an even number of rows. Counts start at 1, so this is the eps → 0 form of `noise`'s bound
+  (validation's Bernoulli masks with eps = 1e-3 differ from it by about that much).
   """
   b, l = tokens.shape
   count_rng, order_rng, cut_rng, len_rng = jax.random.split(rng, 4)
@@ -141,15 +142,11 @@ def chunked_token_ce(hidden: jax.Array, head: Callable[[jax.Array], jax.Array], 
 
 
 def paired_capacity(length: int, chunk_length: int) -> int:
-  """Positions per pair of rows that `masked_token_ce` runs the head on: l + 1, rounded up to whole chunks."""
+  """Positions per pair of rows that `masked_token_ce` runs the head on: l + 1, rounded up to whole chunks (a chunk
+  of l or more is one chunk)."""
   if chunk_length <= 0 or chunk_length >= length:
     return length + 1
-  return min(-(-(length + 1) // chunk_length) * chunk_length, 2 * length)
-
-
-def head_fraction(train, length: int) -> float:
-  """The share of positions the training step runs the output head on (TrainConfig `train`): for FLOP counts."""
-  return paired_capacity(length, train.loss_chunk_length) / (2 * length) if train.masking == "paired_counts" else 1.0
+  return -(-(length + 1) // chunk_length) * chunk_length
 
 
 def masked_token_ce(hidden: jax.Array, head: Callable[[jax.Array], jax.Array], targets: jax.Array,
@@ -158,10 +155,11 @@ def masked_token_ce(hidden: jax.Array, head: Callable[[jax.Array], jax.Array], t
 
   Each pair of rows masks at most l + 1 positions: they are gathered (masked first, the rest padding that scores 0),
   the head and CE run on `paired_capacity` positions per pair instead of 2l, and the CE is scattered back, so
-  `diffusion_loss` reads it like the full one. Pairs are adjacent rows, so a batch sharded in even row counts per
-  device gathers locally.
+  `diffusion_loss` reads it like the full one. Pairs are adjacent rows: when each device holds whole pairs (an even
+  number of rows) the gather stays on the device; otherwise the pairs' hidden states are gathered onto every device.
   """
   b, l, d = hidden.shape
+  chunk_length = chunk_length if 0 < chunk_length < l else 0
   capacity = paired_capacity(l, chunk_length)
   rows = ("activation_batch", "activation_length")
   pair_masked = sharding.constrain(masked.reshape(b // 2, 2 * l), rows)
@@ -171,7 +169,8 @@ def masked_token_ce(hidden: jax.Array, head: Callable[[jax.Array], jax.Array], t
   h = sharding.constrain(h, (*rows, "activation_embed"))
   ce = chunked_token_ce(h, head, jnp.take_along_axis(targets.reshape(b // 2, 2 * l), index, axis=1), chunk_length)
   ce = jnp.where(jnp.take_along_axis(pair_masked, index, axis=1), ce, 0.0)
-  return jnp.zeros((b // 2, 2 * l), ce.dtype).at[jnp.arange(b // 2)[:, None], index].set(ce).reshape(b, l)
+  scattered = jnp.zeros((b // 2, 2 * l), ce.dtype).at[jnp.arange(b // 2)[:, None], index]
+  return scattered.set(ce, unique_indices=True).reshape(b, l)
 
 
 def diffusion_loss(ce: jax.Array, noised: Noised) -> jax.Array:

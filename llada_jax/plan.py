@@ -95,7 +95,7 @@ def make_plan(cfg: ml_collections.ConfigDict, topology: str, mesh_text: str, per
               seq_len: int | None) -> tuple[Plan, str | None]:
   """Compiles the train step of `cfg` for the topology and returns its plan (and what the plan cannot tell)."""
   import jax
-  from llada_jax import flops, loss, ops, optim, sharding, train
+  from llada_jax import flops, ops, optim, sharding, train
   from llada_jax.config import Experiment
   devices, capacity, caveat = devices_for(topology)
   mesh_shape = sharding.parse_mesh(mesh_text)
@@ -131,8 +131,7 @@ def make_plan(cfg: ml_collections.ConfigDict, topology: str, mesh_text: str, per
               per_device_batch=exp.data.global_batch // batch_devices, seq_len=exp.data.seq_len,
               remat_policy=model_config.remat_policy, attention_impl=model_config.attention_impl,
               capacity_bytes=capacity, compile_seconds=time.time() - start, tokens_per_step=tokens,
-              flops_per_step=tokens * flops.train_flops_per_token(
-                  model_config, exp.data.seq_len, loss.head_fraction(exp.train, exp.data.seq_len)),
+              flops_per_step=flops.train_flops_per_step(exp),
               peak_flops=flops.peak_flops(devices[0]), memory=memory, xla_error=xla_error)
   return plan, caveat
 

@@ -11,7 +11,6 @@ from typing import Callable
 import jax
 
 from llada_jax import flops, paths
-from llada_jax import loss as loss_lib
 from llada_jax.config import Experiment
 
 
@@ -69,8 +68,7 @@ class Reporter:
                callback: Callable[[int, dict], None] | None = None):
     from tqdm import tqdm
     self.tokens_per_step = exp.tokens_per_step
-    self.flops_per_step = self.tokens_per_step * flops.train_flops_per_token(
-        exp.model, exp.data.seq_len, loss_lib.head_fraction(exp.train, exp.data.seq_len))
+    self.flops_per_step = flops.train_flops_per_step(exp)
     self.peak = (exp.train.peak_tflops * 1e12 or flops.peak_flops(jax.devices()[0])) * jax.device_count()
     self.summary = Summary(experiment=exp, start_step=start_step)
     self.writer = ScalarWriter(tensorboard_dir) if tensorboard_dir else None

@@ -85,7 +85,8 @@ def test_sections_are_typed_and_checked_once_when_built():
   rules = [(dict(train=exp.train.replace(objective="sft")), "train.objective=sft reads data.source chat_jsonl"),
            (dict(data=exp.data.replace(seq_len=8192)), "exceeds model.max_sequence_length"),
            (dict(train=exp.train.replace(grad_accum=3)), "not divisible by train.grad_accum=3"),
-           (dict(train=exp.train.replace(masking="paired_counts", grad_accum=8)), "1 rows per step must be even"),
+           (dict(train=exp.train.replace(masking="paired_counts", grad_accum=8)),
+            "has 1 rows; make data.global_batch a multiple of 2"),
            (dict(train=exp.train.replace(masking="paired_counts", objective="sft")),
             "train.masking=paired_counts is a pre-training mask")]
   for changes, match in rules:

@@ -6,8 +6,8 @@ import types
 
 import jax
 
-from llada_jax import flops, loss
-from llada_jax.config import ModelConfig, TrainConfig
+from llada_jax import flops
+from llada_jax.config import DataConfig, Experiment, ModelConfig, TrainConfig
 
 
 def test_train_flops_per_token_counts_every_matmul_and_full_attention():
@@ -21,9 +21,11 @@ def test_train_flops_per_token_counts_every_matmul_and_full_attention():
   attention = 2 * 2 * 2 * 32 * 64
   assert flops.train_flops_per_token(config, seq_len=32) == 3 * (2 * params + attention)
   # train.masking=paired_counts runs the head on 33 of every 64 positions (a pair of rows masks at most 33 tokens).
-  fraction = loss.head_fraction(TrainConfig(masking="paired_counts"), 32)
-  assert fraction == 33 / 64 and loss.head_fraction(TrainConfig(), 32) == 1.0
-  assert flops.train_flops_per_token(config, 32, fraction) == 3 * (2 * (params - 64 * 256 * 31 / 64) + attention)
+  assert flops.train_flops_per_token(config, 32, 33 / 64) == 3 * (2 * (params - 64 * 256 * 31 / 64) + attention)
+  exp = Experiment(model=config, data=DataConfig(seq_len=32, global_batch=4), train=TrainConfig())
+  assert flops.train_flops_per_step(exp) == 4 * 32 * flops.train_flops_per_token(config, 32)
+  paired = exp.replace(train=TrainConfig(masking="paired_counts"))
+  assert flops.train_flops_per_step(paired) == 4 * 32 * flops.train_flops_per_token(config, 32, 33 / 64)
 
 
 def test_kernel_counts():

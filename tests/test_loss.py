@@ -190,7 +190,7 @@ def test_paired_counts_estimate_the_same_bound_as_bernoulli_masks_with_less_vari
   assert paired.std() < 0.5 * bernoulli.std()
 
 
-@pytest.mark.parametrize("chunk_length,cut", [(0, 16), (4, 16), (8, 11)])
+@pytest.mark.parametrize("chunk_length,cut", [(0, 16), (4, 16), (8, 11), (16, 16)])
 def test_masked_token_ce_equals_the_whole_head_at_the_masked_positions(chunk_length, cut):
   """Values and gradients: the head on the gathered masked positions is the full head's CE, zero elsewhere."""
   rng = np.random.default_rng(6)
@@ -211,4 +211,4 @@ def test_masked_token_ce_equals_the_whole_head_at_the_masked_positions(chunk_len
   np.testing.assert_allclose(float(got), float(want), rtol=1e-6)
   for g, w in zip(got_grads, want_grads):
     np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-7)
-  assert loss.paired_capacity(16, chunk_length) == {0: 17, 4: 20, 8: 24}[chunk_length]
+  assert loss.paired_capacity(16, chunk_length) == {0: 17, 4: 20, 8: 24, 16: 17}[chunk_length]

@@ -283,7 +283,7 @@ def test_weight_decay_spares_norms_and_embeddings():
     (["data.source=text", "data.paths=/nonexistent/*.txt"], "nonexistent"),
     (["train.objective=autoregressive"], "needs model.causal=true"),
     (["train.grad_accum=3"], "not divisible by train.grad_accum"),
-    (["train.masking=paired_counts", "train.grad_accum=8"], "rows per step must be even"),
+    (["train.masking=paired_counts", "train.grad_accum=8"], "a multiple of 2 × train.grad_accum"),
     (["train.init_from=/nonexistent"], "does not exist"),
     (["train.checkpoint_every=0"], "train.checkpoint_every=0 must be at least 1"),
     (["train.log_every=0"], "train.log_every=0 must be at least 1"),
