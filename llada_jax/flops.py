@@ -46,8 +46,8 @@ def attention(batch: int, length: int, heads: int, head_dim: int) -> float:
 
 def train_flops_per_token(config: ModelConfig, seq_len: int, head_fraction: float = 1.0) -> float:
   """Forward + backward FLOPs per token of the network: every matmul parameter (the embedding lookup not) once per
-  token — the output head's on `head_fraction` of the tokens (`loss.head_fraction`) — plus full attention in each
-  layer."""
+  token — the output head's on `head_fraction` of the tokens (see `train_flops_per_step`) — plus full attention in
+  each layer."""
   matmul_params = config.num_params(include_embeddings=False) + head_fraction * config.d_model * config.embedding_size
   per_layer_attention = attention(1, seq_len, config.n_heads, config.head_dim) / seq_len
   return TRAIN_PASS * (projection(1, 1, matmul_params) + config.n_layers * per_layer_attention)

@@ -32,6 +32,14 @@ def sample_t(rng: jax.Array, batch: int, antithetic: bool) -> jax.Array:
   return jax.random.uniform(rng, (batch,))
 
 
+def _random_length_cut(cut_rng: jax.Array, len_rng: jax.Array, b: int, l: int, probability: float):
+  """(length, key_mask [b, l]): with `probability` the whole batch is cut to a length uniform in [1, l] (static
+  shapes: positions beyond it are masked out of attention and loss), else length l."""
+  cut = jax.random.uniform(cut_rng, ()) < probability
+  length = jnp.where(cut, jax.random.randint(len_rng, (), 1, l + 1), l)
+  return length, jnp.broadcast_to(jnp.arange(l)[None, :] < length, (b, l))
+
+
 def noise(rng: jax.Array, tokens: jax.Array, *, mask_id: int, eps: float, random_length_prob: float = 0.0,
           antithetic: bool = False) -> Noised:
   """Pre-training corruption. A random-length cut (prob `random_length_prob`) keeps shapes static with a mask."""
@@ -39,9 +47,7 @@ def noise(rng: jax.Array, tokens: jax.Array, *, mask_id: int, eps: float, random
   t_rng, mask_rng, cut_rng, len_rng = jax.random.split(rng, 4)
   p = (1.0 - eps) * sample_t(t_rng, b, antithetic) + eps
   masked = jax.random.uniform(mask_rng, (b, l)) < p[:, None]
-  cut = jax.random.uniform(cut_rng, ()) < random_length_prob
-  length = jnp.where(cut, jax.random.randint(len_rng, (), 1, l + 1), l)
-  key_mask = jnp.broadcast_to(jnp.arange(l)[None, :] < length, (b, l))
+  length, key_mask = _random_length_cut(cut_rng, len_rng, b, l, random_length_prob)
   masked = masked & key_mask
   return Noised(jnp.where(masked, mask_id, tokens), masked, p, key_mask, length)
 
@@ -60,9 +66,7 @@ def noise_paired_counts(rng: jax.Array, tokens: jax.Array, *, mask_id: int, rand
   """
   b, l = tokens.shape
   count_rng, order_rng, cut_rng, len_rng = jax.random.split(rng, 4)
-  cut = jax.random.uniform(cut_rng, ()) < random_length_prob
-  length = jnp.where(cut, jax.random.randint(len_rng, (), 1, l + 1), l)
-  key_mask = jnp.broadcast_to(jnp.arange(l)[None, :] < length, (b, l))
+  length, key_mask = _random_length_cut(cut_rng, len_rng, b, l, random_length_prob)
   k = jnp.clip(jnp.floor(sample_t(count_rng, b // 2, antithetic) * length).astype(jnp.int32) + 1, 1, length)
   counts = jnp.stack([k, length + 1 - k], axis=1).reshape(b)
   # Positions beyond the cut rank last, so at most `length` (≥ every count) positions are candidates.
