@@ -6,6 +6,7 @@ setup(
     description="LLaDA masked-diffusion language models in JAX/Flax: training, sampling, evaluation, conversion",
     python_requires=">=3.10",
     packages=find_packages(include=["llada_jax", "llada_jax.*"]),
+    package_data={"llada_jax": ["assets/*.json"]},
     install_requires=[
         "jax>=0.10.2",
         "flax>=0.12.8",

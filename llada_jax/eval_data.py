@@ -454,14 +454,19 @@ def load_task(name: str, *, num_fewshot: int | None = None, limit: int | None = 
               paper.block_length)
 
 
-def reversal_poems(path: str, direction: str) -> Task:
+# The paper's 469 classical Chinese couplets (fields first, second, source), shipped with the package.
+REVERSAL_POEMS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "reversal_poems.json")
+
+
+def reversal_poems(path: str | None, direction: str) -> Task:
   """Poem-couplet completion (spec §7), forward (give the next line) or backward (the previous one, the reversal
-  curse test). Prompts are the user message; the scorer wraps them in the chat template."""
+  curse test), from `path` or, when None, the packaged couplets. Prompts are the user message; the scorer wraps
+  them in the chat template."""
   questions = {"forward": ("first", "second", "的下一句是什么？"), "backward": ("second", "first", "的上一句是什么？")}
   if direction not in questions:
     raise UserError(f"unknown reversal direction {direction!r}; choose forward or backward")
   given, wanted, question = questions[direction]
-  couplets = _read_couplets(path)
+  couplets = _read_couplets(path or REVERSAL_POEMS)
   examples = tuple(Generation(c[given] + question + " 直接输出句子即可。", c[wanted], str(i))
                    for i, c in enumerate(couplets))
   paper = PAPER_SETTINGS["reversal_poems"]

@@ -239,8 +239,6 @@ def load_tasks(names: list[str], *, data: str | None, limit: int | None, num_few
       tasks.append(name)
       continue
     if name == "reversal_poems":
-      if not data:
-        raise UserError("--tasks reversal_poems needs --data pointing at reversal_poems.json")
       loaded = [eval_data.reversal_poems(data, direction) for direction in ("forward", "backward")]
       loaded = [dataclasses.replace(t, examples=t.examples[:limit]) if limit else t for t in loaded]
     else:

