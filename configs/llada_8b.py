@@ -1,4 +1,4 @@
-"""LLaDA-8B exactly as released (LLADA_SPEC §1): fp32 master weights, bf16 compute."""
+"""LLaDA-8B exactly as released (docs/design.md §1): fp32 master weights, bf16 compute."""
 
 from llada_jax.config import base_config
 

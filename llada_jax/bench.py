@@ -95,8 +95,8 @@ def _experiment(config_path: str, overrides: list[str]):
 def _train_step_closure(side: str, config_path: str, overrides: list[str], threads: int
                         ) -> tuple[Callable[[], object], str]:
   """(one train step, what runs it) of `side` ("jax": ours, "torch": the PyTorch reference) on the config's
-  shapes, same loss and AdamW settings, fixed random tokens. Both sides use the spec's Bernoulli masks (the
-  reference has no paired-count masking), so a config's `train.masking` does not change the comparison."""
+  shapes, same loss and AdamW settings, fixed random tokens. Both sides use Bernoulli masks (docs/design.md §4;
+  the reference has no paired-count masking), so a config's `train.masking` does not change the comparison."""
   from llada_jax import hf_config
   exp = _experiment(config_path, overrides)
   exp = exp.replace(train=exp.train.replace(masking="bernoulli"))

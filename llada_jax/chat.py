@@ -1,4 +1,4 @@
-"""Multi-turn chat with the official turn handling (LLADA_SPEC §3), streamed block by block.
+"""Multi-turn chat with the official turn handling (docs/design.md §3), streamed block by block.
 
 Each new user turn is rendered with the chat template and appended without its BOS; after each reply the whole
 canvas (prompt + answer) becomes the next prompt with every EOS removed, as the official chat script does.

@@ -1,7 +1,7 @@
 """The model configuration: every architectural field of the official config.json, plus our own runtime fields.
 
 `ModelConfig` is frozen and hashable so it can be a static argument of jitted functions. hf_config.py maps it both
-ways to the official Hugging Face `config.json` (LLADA_SPEC §1–2).
+ways to the official Hugging Face `config.json` (docs/design.md §1–2).
 """
 
 import dataclasses
@@ -198,7 +198,7 @@ class DataConfig(_Section):
 class TrainConfig(_Section):
   section = "train"
   init_from: str = ""  # start from these weights (params checkpoint, workdir or HF dir) instead of random init
-  objective: str = "diffusion"  # diffusion (pre-training, LLADA_SPEC §4) | sft | autoregressive (needs model.causal)
+  objective: str = "diffusion"  # diffusion (pre-training, docs/design.md §4) | sft | autoregressive (model.causal)
   steps: int = 1000
   lr: float = 4e-4
   schedule: str = "wsd"  # wsd (warmup-stable-decay, the paper's) | cosine | constant
@@ -215,7 +215,7 @@ class TrainConfig(_Section):
   noise_eps: float = 1e-3  # bernoulli masking: p = (1 - eps) t + eps
   random_length_prob: float = 0.01  # fraction of batches cut to a random length
   antithetic_t: bool = False  # low-discrepancy t across the batch
-  # Pre-training masks: bernoulli (LLADA_SPEC §4, each token with probability t) | paired_counts (the same bound
+  # Pre-training masks: bernoulli (docs/design.md §4, each token with probability t) | paired_counts (the same bound
   # with exact mask counts and the head on half the positions: loss.noise_paired_counts). Validation: bernoulli.
   masking: str = "bernoulli"
   nan_policy: str = "skip"  # skip (drop a non-finite update, count it) | stop (at the first one, exit with a message)

@@ -1,4 +1,4 @@
-"""Weights to and from the official PyTorch / Hugging Face format (LLADA_SPEC §2), streaming.
+"""Weights to and from the official PyTorch / Hugging Face format (docs/design.md §2), streaming.
 
 One table (`_BLOCK_TENSORS`, `_TOP_TENSORS`) names each tensor on both sides with its transform. Safetensors files
 are memory-mapped and read one tensor at a time, and written one tensor at a time, so converting holds about one

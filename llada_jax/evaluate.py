@@ -1,4 +1,4 @@
-"""`llada-jax eval`: score a checkpoint on the paper's benchmarks (LLADA_SPEC §7), offline.
+"""`llada-jax eval`: score a checkpoint on the paper's benchmarks (docs/design.md §7), offline.
 
 Multiple-choice tasks pick the choice with the highest Monte-Carlo log-likelihood (the official estimator, with
 CFG where the paper used it); GSM8K generates and compares the final number; LAMBADA generates the last word;
@@ -43,7 +43,7 @@ class TaskResult:
 
 
 def encode_pair(tokenizer, context: str, continuation: str, add_bos: bool) -> tuple[list[int], list[int]]:
-  """Context and continuation ids, encoded separately after lm-eval's whitespace move (LLADA_SPEC §6)."""
+  """Context and continuation ids, encoded separately after lm-eval's whitespace move (docs/design.md §6)."""
   context, continuation = eval_data.split_pair(context, continuation)
   return tokenizer.encode(context, add_bos=add_bos), tokenizer.encode(continuation)
 
@@ -105,7 +105,7 @@ def _is_correct(kind: str, answer: str, text: str) -> tuple[bool, str | None]:
 
 def task_sampling(task, base: SamplingConfig, gen_length: int) -> SamplingConfig:
   """The user's decoding options (`base`) with the task's lengths and guidance. LAMBADA's answer-length canvas is
-  one block of one step per token; chat tasks never generate EOS (spec §7)."""
+  one block of one step per token; chat tasks never generate EOS (docs/design.md §7)."""
   last_word = task.kind == "last_word"
   return dataclasses.replace(base, gen_length=gen_length, steps=gen_length if last_word else task.steps,
                              block_length=gen_length if last_word else task.block_length, cfg_scale=task.cfg_scale,

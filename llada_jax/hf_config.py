@@ -1,4 +1,4 @@
-"""The official Hugging Face config.json (LLADA_SPEC §2) and our ModelConfig, both ways: what conversion, the
+"""The official Hugging Face config.json (docs/design.md §2) and our ModelConfig, both ways: what conversion, the
 HF export and `llada-jax info` read and write."""
 
 from typing import Any, Mapping

@@ -1,4 +1,4 @@
-"""Log-likelihood estimates: the official Monte-Carlo estimator (LLADA_SPEC §6) and the ELBO bound over text.
+"""Log-likelihood estimates: the official Monte-Carlo estimator (docs/design.md §6) and the ELBO bound over text.
 
 `log_likelihood(prompt, answer)` draws `mc_num / batch_size` mini-batches; in each, k ~ U{1..T} and row i masks
 exactly x_i = ((round(k + i·T/b) − 1) mod T) + 1 answer positions (stratified over [1, T]), chosen uniformly; the

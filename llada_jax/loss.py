@@ -1,8 +1,8 @@
-"""Masking and the training objectives (LLADA_SPEC §4), as pure functions of (logits or tokens, rng).
+"""Masking and the training objectives (docs/design.md §4), as pure functions of (logits or tokens, rng).
 
 Pre-training: t ~ U(0,1) per row, p = (1 - eps) t + eps, every token masked independently with probability p; the
 loss is Σ_masked CE / p over b·l. It upper-bounds the per-token NLL, so exp(loss) bounds the perplexity.
-`noise_paired_counts` draws the same bound in its exact-count form (the official likelihood's form, LLADA_SPEC §6):
+`noise_paired_counts` draws the same bound in its exact-count form (the official likelihood's form, docs/design.md §6):
 lower variance, and a fixed number of masked tokens per batch, so the output head runs only where the loss looks.
 SFT: the same noise, but the prompt is restored, and each row is normalised by its answer length (EOS padding
 counts as answer). The autoregressive baseline uses the ordinary next-token loss with a causal model.

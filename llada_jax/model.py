@@ -1,4 +1,4 @@
-"""The LLaDA network (LLADA_SPEC §1) as a Flax NNX module, used functionally.
+"""The LLaDA network (docs/design.md §1) as a Flax NNX module, used functionally.
 
 Parameters live in a plain pytree (`init_params`); `apply(params, tokens, attention_mask, config=...)` merges them
 into the module inside the traced function, so everything is a pure function under `jax.jit`. The layers' weights
@@ -23,7 +23,8 @@ Params = dict[str, Any]
 
 _QKV = ("query_proj", "key_proj", "value_proj")
 _OFFLOAD = dict(offload_src="device", offload_dst="pinned_host")
-# What each layer keeps for its backward pass (LLADA_SPEC's network is unchanged; only recomputation differs).
+# What each layer keeps for its backward pass (the network, docs/design.md §1, is unchanged; only recomputation
+# differs).
 # The offload_* policies move what they keep to host memory instead of dropping it.
 _REMAT_POLICIES = {
     "full": None,  # save nothing but the layer input

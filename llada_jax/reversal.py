@@ -1,4 +1,4 @@
-"""The reversal-curse experiment (LLADA_SPEC §7's reversal poems, at laptop scale): LLaDA and its autoregressive
+"""The reversal-curse experiment (docs/design.md §7's reversal poems, at laptop scale): LLaDA and its autoregressive
 twin learn the same pairs, each written only forwards, and are asked for them in both directions.
 
 Data (seeded): `pairs` test pairs (first, second) and `format_pairs` format pairs of made-up names, each name

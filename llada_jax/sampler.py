@@ -1,4 +1,4 @@
-"""The reverse (unmasking) sampler (LLADA_SPEC §5): the official `generate` semantics, and Fast-dLLM's faster
+"""The reverse (unmasking) sampler (docs/design.md §5): the official `generate` semantics, and Fast-dLLM's faster
 decoding and block KV caches (§5.8), batched, inside jit.
 
 The canvas starts as `[prompt, MASK × gen_length]`; blocks are filled left to right (semi-autoregressive when
@@ -417,7 +417,7 @@ def generate_blocks(params, prompt, attention_mask=None, *, config: ModelConfig,
 
 def generate(params, prompt, attention_mask=None, *, config: ModelConfig, sampling: SamplingConfig | None = None,
              rng: jax.Array | None = None, return_history: bool = False, **options) -> GenerateOutput:
-  """Samples `gen_length` tokens after each (left-padded) prompt row (LLADA_SPEC §5; module docstring).
+  """Samples `gen_length` tokens after each (left-padded) prompt row (docs/design.md §5; module docstring).
 
   Options come as one `SamplingConfig`, or as its fields by keyword (`steps=…, decoding=…`), not both.
   `cfg_scale > 0` works with or without an attention mask.

@@ -2,7 +2,7 @@
 
 The released LLaDA checkpoints ship a byte-level BPE `tokenizer.json`; our built-in tokenizer is a small byte-level
 BPE of the same kind trained on the corpus (`train_tokenizer`), so `transformers.AutoTokenizer` loads what we save.
-Both expose the six special tokens of LLADA_SPEC §3 by name, so the rest of llada-jax never cares which backend it
+Both expose the six special tokens of docs/design.md §3 by name, so the rest of llada-jax never cares which backend it
 holds. The built-in one reserves them at ids 1..6, the ids that configs/tiny.py and configs/small.py bake in.
 
 A tokenizer's own settings come from the `tokenizer_config.json` beside it, as in transformers: `chat_template`
@@ -30,7 +30,7 @@ SETTINGS_FILE = "tokenizer_config.json"
 CHAT_TEMPLATE_FILE = "chat_template.jinja"  # transformers ≥ 4.50 saves the template here instead of in the settings
 COMPANION_FILES = (SETTINGS_FILE, "special_tokens_map.json", CHAT_TEMPLATE_FILE)  # travel with the vocabulary file
 
-# LLADA_SPEC §3 as a chat template (Llama-3 layout, BOS first). Whitespace is explicit because transformers renders
+# docs/design.md §3 as a chat template (Llama-3 layout, BOS first). Whitespace is explicit because transformers renders
 # with trim_blocks/lstrip_blocks: only the two newlines after each header are text.
 LLADA_CHAT_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}"
@@ -86,8 +86,8 @@ class Tokenizer:
     return self._decode(kept, skip_special_tokens)
 
   def encode_chat(self, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = True) -> list[int]:
-    """LLADA_SPEC §3: `<BOS>` then `<|start_header_id|>{role}<|end_header_id|>\\n\\n{content}<|eot_id|>` per message,
-    then (add_generation_prompt) `<|start_header_id|>assistant<|end_header_id|>\\n\\n`.
+    """docs/design.md §3: `<BOS>` then `<|start_header_id|>{role}<|end_header_id|>\\n\\n{content}<|eot_id|>` per
+    message, then (add_generation_prompt) `<|start_header_id|>assistant<|end_header_id|>\\n\\n`.
 
     The same ids as rendering the official template to a string and encoding it: the special tokens split the string,
     so "\\n\\n{content}" is one segment. Previous assistant turns end with <|eot_id|>, as the official template writes
@@ -107,7 +107,7 @@ class Tokenizer:
     """(prompt, answer) ids of one SFT example whose last message is the assistant reply to learn.
 
     The prompt is every earlier message with the generation header (`encode_chat(messages[:-1])`); the answer is the
-    reply followed by one EOS and no <|eot_id|>, as in LLADA_SPEC §3–4 ("prompt + answer + EOS…"): the SFT batch pads
+    reply followed by one EOS and no <|eot_id|>, as in docs/design.md §3–4 ("prompt + answer + EOS"): the SFT batch pads
     it further with EOS, all of which counts as answer, and the sampler then stops on EOS. The reply is encoded on
     its own, exactly the ids the sampler has to produce after that prompt.
     """

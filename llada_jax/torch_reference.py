@@ -1,9 +1,9 @@
 """A small PyTorch LLaDA: the parity oracle for llada-jax and the PyTorch baseline for its benchmarks.
 
-Written from shared/reference/LLADA_SPEC.md alone (§1 network, §2 checkpoint names, §4 loss, §5 sampler,
-§6 likelihood), independently of the JAX code, so that the two implementations check each other. It follows the
-official release's numerics and sampling rules, quirks included; the one deliberate difference is that CFG without
-an attention mask works here (the official sampler crashes there).
+Written from the design document (docs/design.md) alone (§1 network, §2 checkpoint names, §4 loss, §5 sampler,
+§6 likelihood), independently of the JAX code and of the official code, so that the two implementations check each
+other. It follows the official release's numerics and sampling rules, quirks included; the one deliberate difference
+is that CFG without an attention mask works here (the official sampler crashes there).
 
 The network is llada_jax/hf_remote/modeling_llada.py, the remote code our HF exports carry (PyTorch only, no JAX);
 this file adds the official sampling, likelihood and loss rules around it. The model returns logits directly (not an
@@ -28,8 +28,9 @@ EOT_ID = 126348
 class TorchLLaDA(nn.Module):
   """LLaDA's network from an official config.json dict, returning logits directly (not an HF output object).
 
-  `state_dict()` has exactly the checkpoint names of spec §2 (`model.transformer.…`), so a published checkpoint loads
-  with `load_state_dict` and tests hand identical weights to JAX. `causal=True`: the autoregressive baseline.
+  `state_dict()` has exactly the checkpoint names of docs/design.md §2 (`model.transformer.…`), so a published
+  checkpoint loads with `load_state_dict` and tests hand identical weights to JAX. `causal=True`: the autoregressive
+  baseline.
   """
 
   def __init__(self, config, causal=False):
@@ -44,7 +45,7 @@ class TorchLLaDA(nn.Module):
 
 @torch.no_grad()
 def mitchell_init_(model, seed):
-  """Official "mitchell" init (spec §1): truncated normal at ±3σ, depth-scaled output projections, norms = 1.
+  """Official "mitchell" init (docs/design.md §1): truncated normal at ±3σ, depth-scaled output projections, norms = 1.
 
   Draws in fp32 on the CPU from a generator seeded with `seed`, then copies into the parameters, so the same seed
   gives the same weights whatever the model's dtype or device.
@@ -104,7 +105,7 @@ def _uniform(shape, dtype, generator, device, noise_fn):
 def generate(model, prompt, attention_mask=None, steps=128, gen_length=128, block_length=128, temperature=0.,
              cfg_scale=0., remasking='low_confidence', mask_id=MASK_ID, logits_eos_inf=False,
              confidence_eos_eot_inf=False, eos_id=EOS_ID, eot_id=EOT_ID, generator=None, noise_fn=None):
-  """The official LLaDA reverse sampler (spec §5); returns (canvas (B, Lp + gen_length), model calls).
+  """The official LLaDA reverse sampler (docs/design.md §5); returns (canvas (B, Lp + gen_length), model calls).
 
   `prompt` is (B, Lp), left-padded; `attention_mask` (B, Lp) marks padding with 0. Blocks are filled left to
   right, `steps // num_blocks` steps each; every step runs the model once on the whole canvas (CFG doubles the
@@ -178,7 +179,7 @@ def generate(model, prompt, attention_mask=None, steps=128, gen_length=128, bloc
 
 
 def _fast_transfer(logits, mask_index, x, num_transfer, threshold, factor, temperature, noise):
-  """Fast-dLLM's choice of positions to commit (spec §5.8), batch 1: (x0, bool commit mask)."""
+  """Fast-dLLM's choice of positions to commit (docs/design.md §5.8), batch 1: (x0, bool commit mask)."""
   if temperature > 0:
     u = noise(logits.shape).to(torch.float64) if noise else torch.rand(logits.shape, dtype=torch.float64)
     x0 = torch.argmax(logits.to(torch.float64).exp() / (-torch.log(u)) ** temperature, dim=-1)
@@ -211,7 +212,7 @@ def _fast_transfer(logits, mask_index, x, num_transfer, threshold, factor, tempe
 @torch.no_grad()
 def generate_fast(model, prompt, steps=128, gen_length=128, block_length=128, temperature=0., mask_id=MASK_ID,
                   threshold=None, factor=None, cache='none', noise_fn=None):
-  """Fast-dLLM's sampler (spec §5.8) at batch 1 without CFG: threshold or factor parallel decoding (else the step
+  """Fast-dLLM's sampler (docs/design.md §5.8), batch 1, no CFG: threshold or factor parallel decoding (else the step
   schedule of §5.3) and the prefix / dual block KV caches. Returns (canvas (1, Lp + gen_length), model calls).
 
   Every block's first call runs the whole canvas (and fills the cache); later calls feed `x[:, block_start:]` with
@@ -283,7 +284,7 @@ def stratified_masks(batch_size, prompt_length, answer_length, generator=None):
 @torch.no_grad()
 def get_log_likelihood(model, prompt, answer, mc_num=128, batch_size=16, cfg_scale=0., mask_id=MASK_ID,
                        generator=None, masks=None):
-  """Official Monte-Carlo estimate of log p(answer | prompt) (spec §6), a lower bound; returns a Python float.
+  """Official Monte-Carlo estimate of log p(answer | prompt) (docs/design.md §6), a lower bound; returns a Python float.
 
   `prompt` and `answer` are 1-D token tensors. Each of the mc_num // batch_size mini-batches scores
   Σ_masked CE / (x_i / T) per row and averages over rows; the result is minus the mean over mini-batches.
@@ -319,7 +320,7 @@ def get_log_likelihood(model, prompt, answer, mc_num=128, batch_size=16, cfg_sca
 # ---------------------------------------------------------------------------------------------- training (§4)
 
 def diffusion_loss(model, x, generator, eps=1e-3, mask_id=MASK_ID):
-  """Pre-training loss (spec §4): per-row t ~ U(0, 1), mask each token with p = (1 - eps) t + eps, CE / p.
+  """Pre-training loss (docs/design.md §4): per-row t ~ U(0, 1), mask each token with p = (1 - eps) t + eps, CE / p.
 
   Summed over masked tokens and divided by b·l, it upper-bounds the per-token NLL. `generator` must live on x's
   device. No attention mask, as in pre-training.

@@ -169,7 +169,8 @@ def make_train_step(model_config: ModelConfig, train: TrainConfig,
 
 def make_eval_step(model_config: ModelConfig, train: TrainConfig) -> Callable:
   """The validation loss (for diffusion: the ELBO bound) with masks fixed by the batch index: comparable over time."""
-  # One ruler for every run: the spec's Bernoulli masks, whatever masking the run trains with (same expectation).
+  # One ruler for every run: Bernoulli masks (docs/design.md §4), whatever masking the run trains with (same
+  # expectation).
   ruler = train.replace(masking="bernoulli")
 
   def eval_fn(params, batch, index):

@@ -79,7 +79,7 @@ def test_autotokenizer_encodes_and_renders_the_chat_template_as_we_do(exported):
   assert list(ids) == ours.encode_chat(CHAT)
   assert ours.chat_template is not None  # so ours was rendered from the file, by jinja, too
   builtin = load_tokenizer(os.path.join(out, "tokenizer.json"))
-  builtin.chat_template = None  # the hand-written layout of LLADA_SPEC §3
+  builtin.chat_template = None  # the hand-written layout of docs/design.md §3
   assert builtin.encode_chat(CHAT) == list(ids)
 
 

@@ -1,7 +1,7 @@
 """Self-checks of the PyTorch reference, so that it can be trusted as the oracle for llada-jax.
 
-Each check compares against an independent formulation (a naive forward, a hand-written loss) or a rule of the
-spec that a wrong implementation would break. Tiny fp32 models keep the file to a few seconds.
+Each check compares against an independent formulation (a naive forward, a hand-written loss) or a rule of
+docs/design.md that a wrong implementation would break. Tiny fp32 models keep the file to a few seconds.
 """
 
 import math

@@ -2,7 +2,7 @@
 
 Pre-training: documents (the built-in Shakespeare, text files, JSONL, or ArrayRecord shards made by `prepare_data`)
 are tokenized, joined with one EOS after each, and cut into `seq_len` windows. SFT: each conversation becomes
-`prompt + answer + EOS`, right-padded with EOS (LLADA_SPEC §4), with its prompt length.
+`prompt + answer + EOS`, right-padded with EOS (docs/design.md §4), with its prompt length.
 
   sources.py        which corpus a `DataConfig` names; its documents or conversations; the validation split
   run_tokenizer.py  the run's tokenizer (named, stored with prepared data, or the cached built-in BPE)

@@ -1,4 +1,5 @@
-"""LLaDA's configuration for Hugging Face transformers, with the official config.json's keys (LLADA_SPEC §2).
+"""LLaDA's configuration for Hugging Face transformers, with the official config.json's keys (listed in §2 of
+docs/design.md in the llada-jax repository).
 
 Defaults are LLaDA-8B's. Only the keys the network reads matter; the rest travel so that the official remote code
 reads the same file.

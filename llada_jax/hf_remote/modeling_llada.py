@@ -1,6 +1,7 @@
 """LLaDA (arXiv 2502.09992) for PyTorch and Hugging Face transformers: the remote code of a llada-jax HF export.
 
-Written for llada-jax from its LLADA_SPEC (§1 network, §2 checkpoint names), following the official release's numerics:
+Written for llada-jax from the LLaDA paper (arXiv 2502.09992) and the project's design document, docs/design.md in the
+llada-jax repository (§1 network, §2 checkpoint names), following the official release's numerics:
 RMSNorm in fp32 then cast back, rotate-half RoPE in fp32, bidirectional attention with padded keys masked. The same
 network is the PyTorch oracle llada-jax's tests check the JAX model against (logits within 6e-6).
 
@@ -110,7 +111,7 @@ class LLaDANetwork(nn.Module):
   """LLaDA's network, built from the keys of an official config.json (a dict).
 
   It holds `transformer` (wte, blocks, ln_f, ff_out), so under a module attribute `model` the parameters have
-  exactly the checkpoint names of spec §2 (`model.transformer.…`).
+  exactly the official checkpoint names (`model.transformer.…`; docs/design.md §2 in the llada-jax repository).
   No buffers are registered: RoPE tables are computed per forward, so `max_sequence_length` needs no storage and is
   not enforced (the official model also grows its table for longer inputs).
   `causal=True` adds a causal mask on top of everything else: the paper's autoregressive baseline.
@@ -186,7 +187,8 @@ class LLaDANetwork(nn.Module):
 
 
 class LLaDAModelLM(PreTrainedModel):
-  """The checkpoint's model: `model` is the network, so state-dict names are the official ones (spec §2)."""
+  """The checkpoint's model: `model` is the network, so state-dict names are the official ones (docs/design.md §2 in
+  the llada-jax repository)."""
 
   config_class = LLaDAConfig
   base_model_prefix = "model"
