@@ -8,6 +8,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from llada_jax import sharding
@@ -162,14 +163,20 @@ def _splash_attention(q, k, v, key_mask, config: ModelConfig) -> jax.Array:
 
 @functools.lru_cache(maxsize=64)
 def _splash_kernel(heads: int, length: int, causal: bool, block_q: int, block_kv: int, interpret: bool):
-  """The kernel and its block-sparsity tables for one shape (built in numpy at trace time, so cached)."""
+  """The kernel and its block-sparsity tables for one shape. Cached, so it must hold no tracer: it is called inside
+  traces, where `make_splash_mha`'s `jnp.array` of its numpy tables would make tracers of the first trace and hand
+  them to every later program of the same shape (UnexpectedTracerError). So the tables are computed eagerly and kept
+  as numpy, on no device, which every trace embeds as its own constants; `np.asarray` raises on a tracer rather than
+  caching one."""
   from jax.experimental.pallas.ops.tpu import splash_attention as splash
   shape = (length, length)
   mask = splash.MultiHeadMask([splash.CausalMask(shape) if causal else splash.FullMask(shape)] * heads)
   blocks = splash.BlockSizes(block_q=block_q, block_kv=block_kv, block_kv_compute=block_kv, block_q_dkv=block_q,
                              block_kv_dkv=block_kv, block_kv_dkv_compute=block_kv, block_q_dq=block_q,
                              block_kv_dq=block_kv)
-  return splash.make_splash_mha(mask, block_sizes=blocks, head_shards=1, q_seq_shards=1, interpret=interpret)
+  with jax.ensure_compile_time_eval():
+    kernel = splash.make_splash_mha(mask, block_sizes=blocks, head_shards=1, q_seq_shards=1, interpret=interpret)
+  return jax.tree.map(np.asarray, kernel)
 
 
 # ---- Projections ----

@@ -6,8 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from llada_jax import model as model_lib, ops, sharding
-from llada_jax.config import ModelConfig
+from llada_jax import model as model_lib, ops, optim, sampler, sharding, train
+from llada_jax.config import ModelConfig, TrainConfig
+from llada_jax.pretrained import LLaDAModel
 
 # Splash tiles by 128; 200 tokens with 128-blocks exercise several blocks and the padding of a partial one.
 LENGTH = 200
@@ -67,6 +68,47 @@ def test_splash_logits_equal_the_xla_logits():
   ref = model_lib.apply(params, tokens, mask, config=config.replace(attention_impl="xla"))
   got = model_lib.apply(params, tokens, mask, config=config.replace(attention_impl="splash"))
   assert float(jnp.max(jnp.abs(got - ref))) <= 1e-5 * float(jnp.max(jnp.abs(ref)))
+
+
+# One layer, 2 query heads on 1 kv head: every length below 128 pads to one splash block, so all programs of these
+# tests share one kernel.
+TINY = ModelConfig(d_model=64, n_heads=2, n_kv_heads=1, n_layers=1, mlp_hidden_size=64, vocab_size=64,
+                   embedding_size=64, mask_token_id=63, eos_token_id=1, pad_token_id=1)
+
+
+def test_two_splash_programs_of_one_shape_in_one_process_equal_the_xla_path():
+  """Issue 30: the kernel is cached per shape and built inside the first program's trace; the second program (here
+  logits without a key mask after logits with one) must not receive the first trace's tables as tracers."""
+  params = model_lib.init_params(TINY, jax.random.key(0))
+  tokens = np.random.default_rng(0).integers(2, 60, (2, 24))
+  mask = np.arange(24)[None, :] >= np.array([[0], [5]])
+  splash, xla = (LLaDAModel(TINY.replace(attention_impl=impl), params) for impl in ("splash", "xla"))
+  ops._splash_kernel.cache_clear()  # so that the first program below builds the kernel, whatever ran before
+  for attention_mask in (mask, None):
+    ref = xla.logits(tokens, attention_mask)
+    got = splash.logits(tokens, attention_mask)
+    assert float(jnp.max(jnp.abs(got - ref))) <= 1e-5 * float(jnp.max(jnp.abs(ref)))
+
+
+def test_a_train_step_an_eval_step_and_a_sampler_block_share_one_splash_kernel():
+  """What a run does on TPU, where "auto" is splash: compile the train step, the eval step and the sampler's blocks
+  in one process, all of one attention shape here. The losses equal the XLA path's."""
+  train_cfg = TrainConfig(warmup_steps=1)
+  optimizer = optim.make_optimizer(train_cfg)
+  state = train.init_state(TINY, optimizer, 0)
+  batch = {"tokens": jnp.asarray(np.random.default_rng(0).integers(2, 60, (2, 24)), jnp.int32)}
+  ops._splash_kernel.cache_clear()  # so that the train step builds the kernel, whatever ran before
+  losses = {}
+  for impl in ("splash", "xla"):
+    config = TINY.replace(attention_impl=impl)
+    new_state, metrics = jax.jit(train.make_train_step(config, train_cfg, optimizer))(state, batch)
+    eval_loss = jax.jit(train.make_eval_step(config, train_cfg))(new_state["params"], batch, 0)
+    losses[impl] = (float(metrics["loss"]), float(eval_loss))
+  np.testing.assert_allclose(losses["splash"], losses["xla"], rtol=1e-5)
+  out = sampler.generate(new_state["params"], batch["tokens"][:, :6], config=TINY.replace(attention_impl="splash"),
+                         steps=4, gen_length=8, block_length=8)
+  np.testing.assert_array_equal(np.asarray(out.tokens[:, :6]), batch["tokens"][:, :6])
+  assert out.tokens.shape == (2, 14) and out.nfe == 4
 
 
 def test_auto_is_the_xla_path_on_cpu():
