@@ -80,3 +80,13 @@ def resolve_model(location: str, allow_download: bool | None = None) -> str:
   except Exception as e:  # the hub's network and authorisation errors
     raise UserError(f"fetching {location} from the Hugging Face hub failed ({type(e).__name__}: {e}); pass a local "
                     "directory instead") from None
+
+
+def existing_model(location: str) -> str:
+  """`resolve_model`, refusing a location that is not there: a mistyped checkpoint is reported as what it is, not as
+  the first file a loader then fails to find in it (its tokenizer, its config.json)."""
+  resolved = resolve_model(location)
+  if not path(resolved).exists():
+    raise UserError(f"the checkpoint {location} does not exist; pass a llada-jax checkpoint, a training workdir or an "
+                    "HF LLaDA directory")
+  return resolved

@@ -63,10 +63,12 @@ def commit_steps(history: np.ndarray, mask_id: int) -> np.ndarray:
 
 
 def denoising_gif(history: np.ndarray, pieces: Sequence[str], mask_id: int, path: str, *, columns: int = 16,
-                  frame_ms: int = 120) -> str:
+                  frame_ms: int = 120, caption: str | None = None) -> str:
   """An animated GIF of one sample's canvases (steps, gen_length): each frame shows the canvas after one step, the
   still-masked positions grey, and every committed token coloured by the step it was committed at (early = dark
-  blue, late = yellow). `pieces[i]` is the text of position i in the final canvas. Returns the path."""
+  blue, late = yellow). `pieces[i]` is the text of position i in the final canvas, drawn whole: each column is as
+  wide as its widest token. `caption`, what the picture shows (the sampling setting), heads every frame. Returns
+  the path."""
   from matplotlib import colormaps
   from PIL import Image, ImageDraw, ImageFont
   history = np.asarray(history)
@@ -74,23 +76,30 @@ def denoising_gif(history: np.ndarray, pieces: Sequence[str], mask_id: int, path
   when = commit_steps(history, mask_id)
   colours = colormaps["viridis"](np.linspace(0, 0.9, max(n_steps, 1)))[:, :3]
   font = ImageFont.load_default(size=13)
-  cell_w, cell_h = 64, 22
+  texts = [piece.replace("\n", "\\n").strip() or "_" for piece in pieces]  # ASCII: the bitmap font lacks ⏎ and ␣
+  widths = [64] * min(columns, length)
+  for i, text in enumerate(texts):
+    widths[i % columns] = max(widths[i % columns], int(font.getlength(text)) + 9)
+  lefts = np.cumsum([4] + widths[:-1])
+  cell_h, top = 22, 26 if caption is None else 44
   rows = -(-length // columns)
+  size = (max(sum(widths) + 8, int(font.getlength(caption or "")) + 8), rows * cell_h + top + 4)
   frames = []
   for step in range(n_steps):
-    image = Image.new("RGB", (columns * cell_w + 8, rows * cell_h + 30), "white")
+    image = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(image)
     draw.text((4, 4), f"step {step + 1}/{n_steps}", fill="black", font=font)
+    if caption is not None:
+      draw.text((4, 22), caption, fill="black", font=font)
     for i in range(length):
-      x, y = 4 + (i % columns) * cell_w, 26 + (i // columns) * cell_h
+      x, y, w = int(lefts[i % columns]), top + (i // columns) * cell_h, widths[i % columns]
       if history[step, i] == mask_id:
-        draw.rectangle((x, y, x + cell_w - 3, y + cell_h - 3), fill=(225, 225, 225))
+        draw.rectangle((x, y, x + w - 3, y + cell_h - 3), fill=(225, 225, 225))
         continue
       colour = tuple(int(255 * c) for c in colours[when[i] - 1])
-      draw.rectangle((x, y, x + cell_w - 3, y + cell_h - 3), fill=colour)
-      text = pieces[i].replace("\n", "\\n").strip() or "_"  # ASCII: the default bitmap font lacks ⏎ and ␣
+      draw.rectangle((x, y, x + w - 3, y + cell_h - 3), fill=colour)
       light = sum(colour) > 420
-      draw.text((x + 3, y + 3), text[:8], fill="black" if light else "white", font=font)
+      draw.text((x + 3, y + 3), texts[i], fill="black" if light else "white", font=font)
     frames.append(image)
   buffer = io.BytesIO()
   frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:], duration=frame_ms,

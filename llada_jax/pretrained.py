@@ -125,11 +125,11 @@ def load_pretrained(path: str, dtype: str | None = None, mesh=None, attention_im
 
   `dtype` casts the parameters (float32 / bfloat16 / float16); `mesh` shards them by the logical-axis rules;
   `attention_impl` picks the attention kernel (auto, xla, cudnn, splash: `llada_jax.ops`). A Hugging Face model id
-  is looked up in the local HF cache (`paths.resolve_model`).
+  is looked up in the local HF cache (`paths.existing_model`).
   """
-  path = paths.resolve_model(path)
+  path = paths.existing_model(path)
   if not paths.path(path).is_dir():
-    raise UserError(f"{path} does not exist or is not a directory")
+    raise UserError(f"{path} is not a directory")
   if not paths.path(path, "config.json").is_file():  # HF directories are read locally (memory-mapped safetensors)
     config, params = checkpoint.restore_params(path, dtype=dtype, mesh=mesh)
   else:
@@ -146,7 +146,7 @@ def load_pretrained(path: str, dtype: str | None = None, mesh=None, attention_im
 def load_tokenizer_for(path: str, tokenizer_path: str | None = None):
   """The tokenizer of a checkpoint: `tokenizer_path`, or the one saved with the run / HF directory."""
   from llada_jax.tokenizer import load_tokenizer
-  found = tokenizer_path or checkpoint.find_tokenizer(paths.resolve_model(path))
+  found = tokenizer_path or checkpoint.find_tokenizer(paths.existing_model(path))
   if found is None:
     raise UserError(f"no tokenizer found with {path}; pass --tokenizer (a tokenizer.json or sentencepiece .model)")
   return load_tokenizer(found)

@@ -207,8 +207,9 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, resume: bool = False, r
     cfg.train.final_lr = min(cfg.train.final_lr, float(recover_lr))
   if cfg.train.init_from:
     if not paths.path(cfg.train.init_from).exists():
-      raise UserError(f"train.init_from={cfg.train.init_from} does not exist; train that model first (e.g. "
-                      "llada-jax train --config configs/tiny.py --workdir runs/tiny) or set --config.train.init_from")
+      raise UserError(f"train.init_from: the checkpoint {cfg.train.init_from} does not exist; train that model "
+                      "first (e.g. llada-jax train --config configs/tiny.py --workdir runs/tiny) or set "
+                      "--config.train.init_from")
     if not cfg.data.tokenizer:  # fine-tune with the tokenizer the weights were trained with
       cfg.data.tokenizer = checkpoint.find_tokenizer(cfg.train.init_from) or ""
   exp = Experiment.from_config(cfg)

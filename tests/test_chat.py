@@ -2,6 +2,7 @@
 over when the conversation outgrows the context (in the API and on the CLI)."""
 
 import io
+import re
 
 import numpy as np
 import pytest
@@ -76,3 +77,6 @@ def test_cli_chat_starts_over_instead_of_exiting(setup, monkeypatch, capsys):
   assert code == 0, captured.err
   assert captured.out.count("llada> ") == 4
   assert "starting over" in captured.err
+  # stdin is not a terminal: each user line is printed before its reply, so the output reads as a transcript
+  assert re.findall(r"^(you|llada)> ", captured.out, re.M) == ["you", "llada"] * 4
+  assert captured.out.count("you> one two three\n") == 4

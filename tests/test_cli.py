@@ -145,6 +145,50 @@ def test_generate_and_chat_on_the_trained_run(trained):
   assert bad.returncode == 2 and "needs remasking=low_confidence" in bad.stderr and len(bad.stderr.splitlines()) == 1
 
 
+def test_the_denoising_trace_shows_parallel_unmasking_and_says_how(trained):
+  """The tiny config's stored defaults fill blocks of 2 left to right, which would look autoregressive: a trace
+  without --block-length runs the whole canvas as one block, and its first line says so."""
+  workdir, _ = trained
+  out = run_cli("generate", "--checkpoint", workdir, "--prompt", "ROMEO:", "--show-denoising")
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert ("denoising 64 tokens as one block (block length 64 = gen length: any position at any step, --block-length "
+          "to change): 64 steps, 1 token per step") in out.stdout.splitlines()
+  canvases = [line.split("] ", 1)[1] for line in out.stdout.splitlines() if line.startswith("[step")]
+  assert len(canvases) == 64
+  # Left to right in blocks of 2, at most one masked position lies left of a committed token.
+  masked_before_last_token = [c[:max(i for i, ch in enumerate(c) if ch != "░")].count("░") for c in canvases[:-1]]
+  assert max(masked_before_last_token) > 2
+  blocks = run_cli("generate", "--checkpoint", workdir, "--prompt", "ROMEO:", "--show-denoising", "--block-length",
+                   "32")
+  assert "in 2 blocks of 32, left to right: 64 steps, 1 token per step" in blocks.stdout
+
+
+@pytest.mark.parametrize("command", [
+    ["generate", "--checkpoint", "MISSING", "--prompt", "hi"],
+    ["chat", "--checkpoint", "MISSING"],
+    ["eval", "--checkpoint", "MISSING", "--tasks", "elbo"],
+    ["lm-eval", "--model_args", "checkpoint=MISSING", "--tasks", "hellaswag"],
+    ["convert", "hf-to-jax", "MISSING", "OUT"],
+    ["convert", "jax-to-hf", "MISSING", "OUT"],
+    ["info", "MISSING"],
+    ["bench", "sample", "--checkpoint", "MISSING"],
+    ["train", "--config", "configs/tiny.py", "--workdir", "OUT", "--config.train.init_from=MISSING"],
+], ids=["generate", "chat", "eval", "lm-eval", "convert-hf-to-jax", "convert-jax-to-hf", "info", "bench-sample",
+        "train-init_from"])
+def test_a_missing_checkpoint_is_reported_as_missing_by_every_command(command, tmp_path):
+  missing, out = str(tmp_path / "does-not-exist"), str(tmp_path / "out")
+  if command[0] == "lm-eval":
+    pytest.importorskip("lm_eval")
+  result = run_cli(*[arg.replace("MISSING", missing).replace("OUT", out) for arg in command])
+  assert result.returncode == 2, result.stderr[-3000:]
+  # lm-eval's harness logs its own INFO lines before it builds our model; the error is still one line, the last.
+  lines = [line for line in result.stderr.splitlines() if line.strip() and " INFO " not in line]
+  assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+  assert lines[0].startswith(f"llada-jax {command[0]}: error: ")
+  assert f"the checkpoint {missing} does not exist" in lines[0]
+  assert not os.path.exists(out)
+
+
 def test_eval_and_export_of_the_trained_run(trained, tmp_path):
   workdir, _ = trained
   text = tmp_path / "held_out.txt"

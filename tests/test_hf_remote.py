@@ -110,8 +110,9 @@ def test_generate_takes_the_stored_defaults_unless_a_flag_is_given(exported, cap
   from PIL import Image
   assert Image.open(tmp_path / "d.gif").n_frames == 4
   lines = [line for line in out.splitlines() if line.startswith("[step")]
-  # the stored block length 8 stays: two blocks of two steps, so the first step commits 4 of block one's 8
+  # no --block-length: the picture is one block of the whole canvas, 4 steps of 4 tokens (the stored 8 is not used)
   assert len(lines) == 4 and lines[0].count("░") == 16 - 4
+  assert "denoising 16 tokens as one block (block length 16 = gen length" in out
 
 
 def test_bad_stored_sampling_defaults_are_one_clear_error(exported, tmp_path):

@@ -36,3 +36,22 @@ def test_denoising_gif_has_a_frame_per_step_and_colours_by_commit_step(tmp_path)
   assert cells[0][0] == grey and cells[0][1] != grey and cells[0][2] == grey  # only position 1 after step 1
   assert cells[2][0] not in (grey, cells[2][1]) and cells[2][2] not in (grey, cells[2][0])  # one colour per step
   assert cells[2][1] == cells[0][1]  # a committed token keeps its colour
+
+
+def test_denoising_gif_draws_long_tokens_whole_under_its_caption(tmp_path, monkeypatch):
+  from PIL import ImageDraw, ImageFont
+  drawn, text = [], ImageDraw.ImageDraw.text
+  monkeypatch.setattr(ImageDraw.ImageDraw, "text", lambda self, xy, t, *a, **k: (drawn.append((xy, t)),
+                                                                                   text(self, xy, t, *a, **k)))
+  history = np.array([[MASK, 5], [4, 5]])
+  caption = "denoising 2 tokens as one block: 2 steps, 1 token per step"
+  path = plots.denoising_gif(history, [" Gloucestershire", "b"], MASK, str(tmp_path / "d.gif"), columns=2,
+                             caption=caption)
+  where = {t: xy for xy, t in drawn}
+  assert caption in where and "Gloucestershire" in where  # not cut to the first 8 characters
+  width = ImageFont.load_default(size=13).getlength("Gloucestershire")
+  assert where["b"][0] > where["Gloucestershire"][0] + width  # the next column starts after the whole token
+  image = Image.open(path)
+  image.seek(1)
+  cell = image.convert("RGB").getpixel((int(where["Gloucestershire"][0] + width), where["Gloucestershire"][1] - 1))
+  assert cell != (255, 255, 255)  # the token's cell reaches past its last letter

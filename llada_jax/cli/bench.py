@@ -1,0 +1,75 @@
+"""`llada-jax bench`: speed and memory of conversion, the train step, sampling and the kernels (a table; asserts
+nothing)."""
+
+import argparse
+import os
+
+from llada_jax.cli import common
+
+
+def add_parsers(commands) -> None:
+  p = commands.add_parser("bench", help="measure speed and memory (prints a table; asserts nothing)",
+                          description="Benchmarks. convert: peak RSS and time of both conversions on a synthetic "
+                          "checkpoint with the 8B's tensor shapes and a few layers, extrapolated to 32 layers. "
+                          "train: train-step tokens/s of llada-jax and of the PyTorch reference in tests/, same "
+                          "shapes, in one run. sample: greedy sampling tokens/s, model calls and quality (agreement "
+                          "with exact, log-likelihood) of the exact sampler, of faster decodings/caches and of "
+                          "the official sampling rules on the PyTorch reference, same weights. kernels: forward + "
+                          "backward time of the train step's projections, output head and attention at the config's "
+                          "shapes, next to the PyTorch reference's (where a train-step gap comes from). train, sample "
+                          "and kernels run each side in its own process, timed in alternating rounds; medians are "
+                          "reported.")
+  p.add_argument("what", choices=["convert", "train", "sample", "kernels"], help="what to measure")
+  common.add_config_arg(p, required=False, help="train/sample/kernels: the config whose model and batch to time "
+                        "(default configs/tiny.py); --config.key=value overrides apply")
+  p.add_argument("--iters", type=int, default=5, help="train/kernels: timed calls per round after 2 warm-up calls "
+                 "(default 5)")
+  p.add_argument("--threads", type=int, default=os.cpu_count(), help="train/sample/kernels: PyTorch threads "
+                 "(default: all cores)")
+  p.add_argument("--prompt-length", type=int, default=64, help="sample: prompt tokens (default 64)")
+  p.add_argument("--gen-length", type=int, default=64, help="sample: generated tokens (default 64)")
+  p.add_argument("--steps", type=int, default=64, help="sample: steps of the exact sampler (default 64)")
+  p.add_argument("--block-length", type=int, default=None, help="sample: block length (default gen-length)")
+  p.add_argument("--batch", type=int, default=1, help="sample: prompts per call; rows after the first are 4 tokens "
+                 "shorter each, left-padded (default 1)")
+  common.add_checkpoint_arg(p, default=None, help="sample: a trained checkpoint or workdir (its config and "
+                            "tokenizer; prompts from the packaged corpus) instead of random weights: thresholds only "
+                            "fire on a confident model")
+  p.add_argument("--decoding", default="exact", help="sample: comma-separated decodings to time next to exact "
+                 "(exact, threshold, factor)")
+  p.add_argument("--threshold", default="0.9", help="sample: comma-separated thresholds (default 0.9)")
+  p.add_argument("--factor", default="1.0", help="sample: comma-separated factors (default 1.0)")
+  p.add_argument("--cache", default="none", help="sample: comma-separated caches (none, prefix, dual); every "
+                 "combination with --decoding/--threshold/--factor is one mode")
+  p.add_argument("--mc-num", type=int, default=32, help="sample: Monte-Carlo samples of each output's "
+                 "log-likelihood (default 32)")
+  p.add_argument("--layers", default="2,4", help="convert: comma-separated layer counts to measure (default 2,4)")
+  p.add_argument("--dtype", choices=["float32", "bfloat16"], default="bfloat16",
+                 help="convert: weight dtype (default bfloat16)")
+  p.set_defaults(func=_cmd_bench)
+
+
+def _cmd_bench(args: argparse.Namespace) -> None:
+  from llada_jax import bench
+  if args.what == "convert":
+    bench.bench_convert([int(n) for n in args.layers.split(",")], dtype=args.dtype)
+  elif args.what == "train":
+    bench.bench_train(args.config or "configs/tiny.py", args.overrides, args.iters, args.threads)
+  elif args.what == "kernels":
+    bench.bench_kernels(args.config or "configs/tiny.py", args.overrides, args.iters, args.threads)
+  else:
+    bench.bench_sample(args.config or "configs/tiny.py", args.overrides, args.prompt_length, args.gen_length,
+                       args.steps, args.threads, block_length=args.block_length, batch=args.batch,
+                       checkpoint_path=args.checkpoint, modes=_modes(args), mc_num=args.mc_num)
+
+
+def _modes(args: argparse.Namespace) -> list[dict]:
+  """Every combination of the comma-separated --decoding, --threshold/--factor and --cache values."""
+  split = lambda text, kind=str: [kind(v) for v in text.split(",") if v.strip()]
+  modes = []
+  for decoding in split(args.decoding):
+    values = {"threshold": split(args.threshold, float), "factor": split(args.factor, float)}.get(decoding, [None])
+    for value in values:
+      for cache in split(args.cache):
+        modes.append(dict(decoding=decoding, cache=cache, **({decoding: value} if value is not None else {})))
+  return modes
