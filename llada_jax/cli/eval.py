@@ -21,7 +21,7 @@ def add_parsers(commands) -> None:
                  "winogrande, mmlu, gsm8k, lambada, elbo, reversal_poems")
   p.add_argument("--limit", type=int, default=None, help="evaluate the first N examples of each task")
   p.add_argument("--data", default=None, help="your copy of the benchmark data (same layout as the package), the "
-                 "text file for elbo, or reversal_poems.json")
+                 "text file for elbo, or a reversal poems JSON file (default: the paper's 469 couplets, packaged)")
   p.add_argument("--num-fewshot", type=int, default=None, help="override the paper's few-shot count")
   p.add_argument("--cfg-scale", type=float, default=None, help="override the paper's CFG scale")
   p.add_argument("--mc-num", type=int, default=None, help="override the Monte-Carlo samples per likelihood "
