@@ -43,15 +43,40 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array | No
   q: [batch, q_len, heads, head_dim]; k, v: [batch, kv_len, kv_heads, head_dim]; key_mask: [batch, kv_len] bool,
   False for padded keys (keys only: padded queries still produce outputs, as in the official model). A query with
   no key to attend to (causal attention before the first real key) has no defined output, and the
-  implementations differ there.
+  implementations differ there. cuDNN takes every call but a causal one with a key mask and fewer queries than
+  keys (no program of ours makes one: caches are refused on causal models), which takes the XLA path.
   """
   impl = resolve_attention_impl(config)
-  if impl == "cudnn":
-    mask = None if key_mask is None else key_mask[:, None, None, :]
-    return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=config.causal, implementation="cudnn")
+  if impl == "cudnn" and not (config.causal and key_mask is not None and q.shape[1] != k.shape[1]):
+    return cudnn_attention(q, k, v, key_mask, config.causal)
   if impl == "splash" and q.shape[1] == k.shape[1]:  # a cached sampler call's few queries gain nothing from tiling
     return _splash_attention(q, k, v, key_mask, config)
   return _xla_attention(q, k, v, key_mask, config.causal)
+
+
+def cudnn_attention(q, k, v, key_mask, causal: bool, implementation: str = "cudnn") -> jax.Array:
+  """cuDNN's fused flash attention for any key mask, through the one masking rule it supports: per-row lengths.
+
+  Attention is a softmax over a *set* of keys (RoPE has already put the positions into q and k), so moving the
+  valid keys of each row to the front, in their order, and passing how many there are as `key_value_seq_lengths`
+  selects exactly the keys the XLA path allows: right-cut rows (pre-training's random length), left-padded
+  prompts (sampling, eval batches), cached calls with fewer queries than keys, and guidance's doubled batch alike.
+  Causal attention also needs the queries in the same order, so there queries move with their keys and the
+  outputs move back (self-attention only: `attention` gives causal calls with fewer queries than keys the XLA
+  path). Outputs of padded queries, which nothing reads, may differ from the XLA path's. `implementation="xla"`
+  runs the same operands through JAX's reference of the cuDNN semantics: that is how the rule is tested on CPU.
+  """
+  if key_mask is None:
+    return jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation=implementation)
+  order = jnp.argsort(~key_mask, axis=1, stable=True)  # valid keys first, in their order
+  lengths = jnp.sum(key_mask, axis=1, dtype=jnp.int32)
+  gather = lambda a: jnp.take_along_axis(a, order[:, :, None, None], axis=1)
+  if causal:
+    out = jax.nn.dot_product_attention(gather(q), gather(k), gather(v), is_causal=True,
+                                       key_value_seq_lengths=lengths, implementation=implementation)
+    return jnp.take_along_axis(out, jnp.argsort(order, axis=1)[:, :, None, None], axis=1)
+  return jax.nn.dot_product_attention(q, gather(k), gather(v), key_value_seq_lengths=lengths,
+                                      implementation=implementation)
 
 
 def _xla_attention(q, k, v, key_mask, causal: bool) -> jax.Array:

@@ -115,6 +115,38 @@ def test_auto_is_the_xla_path_on_cpu():
   assert jax.default_backend() != "cpu" or ops.resolve_attention_impl(ModelConfig()) == "xla"
 
 
+def _masks(batch=3):
+  """Keys a run hands to attention: a right cut (pre-training's random length), left padding (sampling and eval
+  batches) and a scattered mask (none of ours, but any key mask must work)."""
+  positions = np.arange(LENGTH)[None, :]
+  cut, left = positions < np.array([[LENGTH], [123], [LENGTH]]), positions >= np.array([[0], [0], [37]])
+  scattered = np.random.default_rng(1).random((batch, LENGTH)) < 0.7
+  return {"cut": jnp.asarray(cut & left), "scattered": jnp.asarray(scattered | (positions == 0))}
+
+
+@pytest.mark.parametrize("heads,kv_heads,causal,queries,mask", [
+    (4, 4, False, LENGTH, "cut"), (4, 2, False, LENGTH, "scattered"), (4, 1, True, LENGTH, "cut"),
+    (4, 2, True, LENGTH, "scattered"), (4, 2, False, 32, "cut"), (4, 4, False, LENGTH, None)])
+def test_the_masking_rule_handed_to_cudnn_equals_the_xla_path(heads, kv_heads, causal, queries, mask):
+  """cudnn_attention's operands (keys reordered, per-row lengths) through JAX's reference of cuDNN's semantics equal
+  the XLA path's key mask, values and gradients, at every query that has a valid key (padded queries are unread)."""
+  q, k, v, d_out, _ = _inputs(heads, kv_heads, batch=3)
+  q, d_out = q[:, LENGTH - queries:], d_out[:, LENGTH - queries:]  # a cached call: the last few queries
+  key_mask = None if mask is None else _masks()[mask]
+
+  def both(fn):
+    out, vjp = jax.vjp(fn, q, k, v)
+    return (out, *vjp(d_out if key_mask is None else d_out * key_mask[:, LENGTH - queries:, None, None]))
+
+  rule = both(lambda q, k, v: ops.cudnn_attention(q, k, v, key_mask, causal, implementation="xla"))
+  ref = both(lambda q, k, v: ops._xla_attention(q, k, v, key_mask, causal))
+  rows = np.ones((3, queries), bool) if key_mask is None else np.asarray(key_mask[:, LENGTH - queries:])
+  for got, want in zip(rule, ref):
+    if got.shape[1] == queries:
+      got, want = np.asarray(got)[rows], np.asarray(want)[rows]
+    np.testing.assert_allclose(got, want, atol=2e-5 * float(np.abs(want).max()))
+
+
 @pytest.mark.skipif(jax.default_backend() != "gpu", reason="the cuDNN attention kernel needs an NVIDIA GPU")
 def test_cudnn_attention_equals_the_xla_path():
   q, k, v, _, key_mask = (a.astype(jnp.bfloat16) if a.dtype == jnp.float32 else a for a in _inputs(8, 2))
