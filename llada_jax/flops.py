@@ -15,7 +15,7 @@ from llada_jax.config import Experiment, ModelConfig
 # Dense bf16 peak FLOP/s per device by `device_kind` prefix, for MFU; CPUs below.
 PEAK_FLOPS = {"TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12, "TPU v5": 459e12,
               "TPU v6 lite": 918e12, "TPU v6e": 918e12, "NVIDIA H100": 989e12, "NVIDIA H200": 989e12,
-              "NVIDIA A100": 312e12}
+              "NVIDIA A100": 312e12, "NVIDIA B200": 2250e12}
 # fp32 matmul throughput per core: XLA and PyTorch reached 125-180 GFLOP/s per core with 2-thread products of the
 # small config's shapes on a 2-core AVX-512 machine. An estimate: CPUs publish no peak.
 CPU_CORE_FLOPS = 180e9

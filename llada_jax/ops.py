@@ -3,6 +3,7 @@ the projections. `model.py` says what is computed; this module says how, per bac
 implementation must equal "xla" (tests/test_ops.py).
 """
 
+import concurrent.futures
 import functools
 import math
 
@@ -188,19 +189,21 @@ def _splash_attention(q, k, v, key_mask, config: ModelConfig) -> jax.Array:
 
 @functools.lru_cache(maxsize=64)
 def _splash_kernel(heads: int, length: int, causal: bool, block_q: int, block_kv: int, interpret: bool):
-  """The kernel and its block-sparsity tables for one shape. Cached, so it must hold no tracer: it is called inside
-  traces, where `make_splash_mha`'s `jnp.array` of its numpy tables would make tracers of the first trace and hand
-  them to every later program of the same shape (UnexpectedTracerError). So the tables are computed eagerly and kept
-  as numpy, on no device, which every trace embeds as its own constants; `np.asarray` raises on a tracer rather than
-  caching one."""
+  """The kernel and its block-sparsity tables for one shape. Cached, and called inside traces, so it is built
+  outside them: `make_splash_mha` turns its numpy tables into arrays with `jnp.array`, which inside a trace makes
+  tracers of that trace (the next program of the same shape would get them: UnexpectedTracerError) and, inside an
+  ahead-of-time compile's mesh, tries to place them on chips that are not there. A worker thread has neither
+  trace nor mesh; the tables come back as numpy, which each program embeds as its own constants."""
   from jax.experimental.pallas.ops.tpu import splash_attention as splash
   shape = (length, length)
   mask = splash.MultiHeadMask([splash.CausalMask(shape) if causal else splash.FullMask(shape)] * heads)
   blocks = splash.BlockSizes(block_q=block_q, block_kv=block_kv, block_kv_compute=block_kv, block_q_dkv=block_q,
                              block_kv_dkv=block_kv, block_kv_dkv_compute=block_kv, block_q_dq=block_q,
                              block_kv_dq=block_kv)
-  with jax.ensure_compile_time_eval():
-    kernel = splash.make_splash_mha(mask, block_sizes=blocks, head_shards=1, q_seq_shards=1, interpret=interpret)
+  build = functools.partial(splash.make_splash_mha, mask, block_sizes=blocks, head_shards=1, q_seq_shards=1,
+                            interpret=interpret)
+  with concurrent.futures.ThreadPoolExecutor(max_workers=1) as worker:
+    kernel = worker.submit(build).result()
   return jax.tree.map(np.asarray, kernel)
 
 

@@ -18,7 +18,12 @@ from llada_jax.errors import UserError
 
 GIB = 1024 ** 3
 # HBM per chip in GiB, by topology-name prefix.
-HBM_GIB = {"v4": 32, "v5e": 16, "v5p": 95, "v6e": 32, "h100": 80, "h200": 141}
+HBM_GIB = {"v4": 32, "v5e": 16, "v5p": 95, "v6e": 32}
+# GPU chips XLA compiles for from a target description (package data, each file saying where its figures come from).
+GPU_TARGETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "gpu")
+GPUS = tuple(sorted(f.removesuffix(".txtpb") for f in os.listdir(GPU_TARGETS) if f.endswith(".txtpb")))
+# The custom calls of fused attention kernels in a compiled program: cuDNN's flash attention, Pallas (splash) on TPU.
+FUSED_ATTENTION = {"cudnn": re.compile(r"__cudnn\$fmha"), "splash": re.compile(r"tpu_custom_call")}
 _OOM = re.compile(r"(?:Ran out of memory|exceed(?:s|ed)? available HBM|RESOURCE_EXHAUSTED)", re.I)
 _GIGS = re.compile(r"([0-9.]+)([GM])")
 
@@ -39,6 +44,7 @@ class Plan:
   peak_flops: float  # per chip, dense bf16
   memory: dict | None = None  # arguments, outputs, temporaries, aliased, total (bytes per device)
   xla_error: str | None = None  # XLA's out-of-memory message when the step does not fit
+  fused_attention_calls: int | None = None  # fused attention kernel calls in the compiled step (cudnn, splash)
 
   @property
   def total_bytes(self) -> float:
@@ -70,9 +76,11 @@ def devices_for(topology: str):
                                        "the shapes and shardings compile, the bytes are not a TPU's")
   from jax.experimental import topologies
   chip = topology.split(":", 1)[0].lower()
+  if chip in GPUS:
+    return _gpu_devices(topology, chip)
   if chip not in HBM_GIB:
-    raise UserError(f"--topology {topology}: unknown chip {chip!r}; use one of {', '.join(HBM_GIB)} (e.g. "
-                    "v5e:16x16, v5p:4x4x4) or cpu:N")
+    raise UserError(f"--topology {topology}: unknown chip {chip!r}; use one of {', '.join((*HBM_GIB, *GPUS))} (e.g. "
+                    "v5e:16x16, v5p:4x4x4, h100:8, h100:2x8) or cpu:N")
   try:
     # A v4 or v5p pod runs each chip's two TensorCores as one JAX device (megacore); libtpu's compile-only
     # topology would otherwise list every core as a device with half the chip's HBM.
@@ -89,6 +97,37 @@ def devices_for(topology: str):
                       "llada-jax plan or TPU program is running, wait for it") from None
     raise UserError(f"--topology {topology} is not a topology libtpu knows ({reason})") from None
   return description.devices, HBM_GIB[chip] * GIB, None
+
+
+def has_cuda_plugin() -> bool:
+  """Whether JAX's CUDA plugin, which compiles for NVIDIA GPUs with or without one, is installed."""
+  return importlib.util.find_spec("jax_plugins") is not None and \
+      importlib.util.find_spec("jax_plugins.xla_cuda12") is not None
+
+
+def _gpu_devices(topology: str, chip: str):
+  """Abstract GPUs for `chip:G` (one node of G) or `chip:NxG` (N nodes of G), from the chip's target description."""
+  import jax
+  from jax.experimental import topologies
+  match = re.fullmatch(r"(?:(\d+)x)?(\d+)", topology.split(":", 1)[1] if ":" in topology else "")
+  if not match or int(match.group(2)) < 1 or int(match.group(1) or 1) < 1:
+    raise UserError(f"--topology {topology}: expected {chip}:G (one node of G GPUs) or {chip}:NxG (N nodes)")
+  nodes, per_node = int(match.group(1) or 1), int(match.group(2))
+  if not has_cuda_plugin():
+    raise UserError(f"--topology {topology} needs JAX's CUDA plugin to compile for GPUs: pip install -e '.[gpu]'")
+  with open(os.path.join(GPU_TARGETS, f"{chip}.txtpb"), encoding="utf-8") as f:
+    target = f.read()
+  try:  # partitions × hosts × GPUs per host
+    description = topologies.get_topology_desc(platform="cuda", target_config=target,
+                                               topology=f"1x{nodes}x{per_node}")
+  except Exception as e:
+    if "not implemented" in str(e):  # the CUDA backend tried to start on a machine without a GPU
+      raise UserError(f"--topology {topology}: JAX started its CUDA backend before the plan could ask for a "
+                      f"compile-only one ({jax.default_backend()} backend now); run the plan in a process of its "
+                      "own, or with JAX_PLATFORMS=cpu") from None
+    raise UserError(f"--topology {topology}: XLA cannot compile for {chip} ({str(e).splitlines()[0][:200]})") from None
+  capacity = float(re.search(r"device_memory_size:\s*(\d+)", target).group(1))
+  return description.devices, capacity, None
 
 
 def make_plan(cfg: ml_collections.ConfigDict, topology: str, mesh_text: str, per_device_batch: int | None,
@@ -111,17 +150,20 @@ def make_plan(cfg: ml_collections.ConfigDict, topology: str, mesh_text: str, per
   train.check_experiment(exp, mesh, process_count=1)
   optimizer = optim.make_optimizer(exp.train)
   start = time.time()
-  memory, xla_error = None, None
+  memory, xla_error, fused = None, None, None
   step_fn, abstract, shardings = train.jit_train_step(model_config, exp.train, optimizer, mesh)
   with jax.set_mesh(mesh):
     state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
     try:
-      analysis = step_fn.lower(state, train.abstract_batch(exp, mesh)).compile().memory_analysis()
+      compiled = step_fn.lower(state, train.abstract_batch(exp, mesh)).compile()
     except Exception as e:
       if not _OOM.search(str(e)):
         raise
       xla_error = " ".join(str(e).split())[:400]
     else:
+      analysis = compiled.memory_analysis()
+      if model_config.attention_impl in FUSED_ATTENTION:
+        fused = len(FUSED_ATTENTION[model_config.attention_impl].findall(compiled.as_text()))
       memory = {"arguments": analysis.argument_size_in_bytes, "outputs": analysis.output_size_in_bytes,
                 "temporaries": analysis.temp_size_in_bytes, "aliased": analysis.alias_size_in_bytes}
       # Donated state is both argument and output: count it once.
@@ -132,7 +174,8 @@ def make_plan(cfg: ml_collections.ConfigDict, topology: str, mesh_text: str, per
               remat_policy=model_config.remat_policy, attention_impl=model_config.attention_impl,
               capacity_bytes=capacity, compile_seconds=time.time() - start, tokens_per_step=tokens,
               flops_per_step=flops.train_flops_per_step(exp),
-              peak_flops=flops.peak_flops(devices[0]), memory=memory, xla_error=xla_error)
+              peak_flops=flops.peak_flops(devices[0]), memory=memory, xla_error=xla_error,
+              fused_attention_calls=fused)
   return plan, caveat
 
 
@@ -147,7 +190,9 @@ def format_plan(plan: Plan, caveat: str | None) -> str:
   lines = [f"─── llada-jax plan: {plan.topology} ({plan.chips} devices) " + "─" * 20,
            f"mesh         {mesh}",
            f"batch        {plan.per_device_batch} × {plan.seq_len} tokens per device (data×fsdp shards the batch)",
-           f"model        remat {plan.remat_policy}, attention {plan.attention_impl}",
+           f"model        remat {plan.remat_policy}, attention {plan.attention_impl}"
+           + ("" if plan.fused_attention_calls is None else f" ({plan.fused_attention_calls} fused kernel calls in the "
+              "compiled step)"),
            f"compile      {plan.compile_seconds:.1f}s"]
   if plan.memory is not None:
     m = {k: v / GIB for k, v in plan.memory.items()}

@@ -15,6 +15,8 @@ SMALL = ["--config.model.d_model=128", "--config.model.n_heads=4", "--config.mod
          "--config.model.n_layers=2", "--config.model.mlp_hidden_size=256"]
 VERDICT = re.compile(r"^(fits|does not fit): \d+\.\d\d GiB of \d+\.\d\d GiB per device$")
 HAS_LIBTPU = importlib.util.find_spec("libtpu") is not None
+needs_cuda_plugin = pytest.mark.skipif(not plan.has_cuda_plugin(), reason="compiling for GPUs needs JAX's CUDA plugin "
+                                       "(pip install -e '.[gpu]'); no GPU is needed")
 
 
 def test_plan_compiles_the_train_step_and_ends_with_the_verdict():
@@ -67,6 +69,8 @@ def test_an_out_of_memory_compile_reads_as_does_not_fit():
     (["--topology", "cpu:x"], "expected cpu:N"),
     (["--topology", "cpu:4", "--mesh", "fsdp=four"], "expected comma-separated data=N"),
     (["--topology", "cpu:4", "--mesh", "fsdp=3"], "but there are 4 devices"),
+    (["--topology", "h100:0"], "expected h100:G (one node of G GPUs) or h100:NxG"),
+    (["--topology", "h100:2x"], "expected h100:G (one node of G GPUs) or h100:NxG"),
 ])
 def test_plan_user_errors_are_one_line(flags, message):
   line = one_error_line(run_cli("plan", "--config", "configs/tiny.py", *flags), "plan")
@@ -81,3 +85,24 @@ def test_each_chip_is_one_device_with_its_whole_hbm(topology, chips, hbm):
   devices, capacity, caveat = plan.devices_for(topology)
   assert len(devices) == chips and len({tuple(d.coords) for d in devices}) == chips
   assert capacity == hbm * plan.GIB and caveat is None
+
+
+@needs_cuda_plugin
+def test_plan_for_gpu_nodes_compiles_with_cudnn_attention():
+  """h100:2x8 is two nodes of eight abstract H100s, planned on this CPU machine: "auto" is cuDNN in bf16, the
+  capacity is the H100's own memory, and the step is the real one."""
+  out = run_cli("plan", "--config", "configs/tiny.py", "--topology", "h100:2x8", "--mesh", "fsdp=16",
+                "--per-device-batch", "1", "--seq-len", "256", "--config.model.dtype=bfloat16", *SMALL)
+  assert out.returncode == 0, out.stderr[-3000:]
+  lines = out.stdout.strip().splitlines()
+  assert lines[-1].startswith("fits: ") and lines[-1].endswith(" of 79.14 GiB per device"), lines[-1]
+  assert "h100:2x8 (16 devices)" in out.stdout and "attention cudnn" in out.stdout
+
+
+@needs_cuda_plugin
+@pytest.mark.parametrize("chip,memory_gib,peak", [("h100", 79.14, 989e12), ("h200", 140.40, 989e12),
+                                                  ("a100", 79.26, 312e12), ("b200", 178.36, 2250e12)])
+def test_every_shipped_gpu_target_parses(chip, memory_gib, peak):
+  devices, capacity, caveat = plan.devices_for(f"{chip}:8")
+  assert len(devices) == 8 and round(capacity / plan.GIB, 2) == memory_gib and caveat is None
+  assert flops.peak_flops(devices[0]) == peak

@@ -11,16 +11,18 @@ from llada_jax.errors import UserError
 
 def add_parsers(commands) -> None:
   p = commands.add_parser("plan", help="per-device memory and step cost of a training run, compiled ahead of time "
-                          "for TPU chips that need not be here",
+                          "for TPU or GPU chips that need not be here",
                           description="Compiles the real train step (the function `train` jits, same shardings and "
-                          "donation) for a TPU topology with abstract inputs — nothing is allocated — and prints the "
-                          "per-device memory (XLA's memory analysis), the analytic FLOPs per step and the step time "
-                          "and tokens/s/chip at 40%% and 60%% MFU. The last line is `fits: X.XX GiB of Y.YY GiB per "
-                          "device` or `does not fit: …`. TPU topologies need libtpu (pip install -e '.[tpu]').")
+                          "donation) for a TPU topology or GPU nodes with abstract inputs — nothing is allocated — "
+                          "and prints the per-device memory (XLA's memory analysis), the analytic FLOPs per step and "
+                          "the step time and tokens/s/chip at 40%% and 60%% MFU. The last line is `fits: X.XX GiB of "
+                          "Y.YY GiB per device` or `does not fit: …`. TPU topologies need libtpu (pip install -e "
+                          "'.[tpu]'), GPU nodes JAX's CUDA plugin (pip install -e '.[gpu]'); neither needs the chips.")
   common.add_config_arg(p)
   p.add_argument("--topology", required=True, help="a TPU topology name, e.g. v5e:16x16, v5p:4x4x4, v6e:16x16, "
-                 "v4:4x4x8; or cpu:N for N simulated CPU devices (checks shapes and shardings; the bytes are "
-                 "XLA:CPU's, not a TPU's)")
+                 "v4:4x4x8; GPU nodes as CHIP:G (one node of G GPUs) or CHIP:NxG (N nodes), CHIP one of "
+                 "h100, h200, a100, b200, e.g. h100:8, h100:2x8; or cpu:N for N simulated CPU devices (checks shapes "
+                 "and shardings; the bytes are XLA:CPU's, not an accelerator's)")
   p.add_argument("--mesh", default="", help="mesh axis sizes, e.g. fsdp=256 or fsdp=128,tensor=2 (default: fsdp "
                  "takes every device the others leave)")
   p.add_argument("--per-device-batch", type=int, default=None, help="sequences per data×fsdp shard (sets "
@@ -43,6 +45,9 @@ def _cmd_plan(args: argparse.Namespace) -> None:
     if "jax" not in sys.modules:  # simulated devices must be asked for before JAX starts
       os.environ["XLA_FLAGS"] = " ".join(filter(None, [os.environ.get("XLA_FLAGS"),
                                                         f"--xla_force_host_platform_device_count={count}"]))
+  elif args.topology.split(":", 1)[0].lower() in ("h100", "h200", "a100", "b200") and "jax" not in sys.modules:
+    # Compile-only GPUs come from the CUDA plugin without a GPU; a CUDA backend started here would look for one.
+    os.environ["JAX_PLATFORMS"] = "cpu"
   from llada_jax import plan
   cfg = common.load_config(args)
   if args.fit:
