@@ -1,5 +1,5 @@
-"""`llada-jax plan`: a training run's per-device memory and step cost, compiled ahead of time for TPU chips that
-need not be here."""
+"""`llada-jax plan`: a training run's per-device memory and step cost, compiled ahead of time for TPU or GPU chips
+that need not be here."""
 
 import argparse
 import os
@@ -21,8 +21,8 @@ def add_parsers(commands) -> None:
   common.add_config_arg(p)
   p.add_argument("--topology", required=True, help="a TPU topology name, e.g. v5e:16x16, v5p:4x4x4, v6e:16x16, "
                  "v4:4x4x8; GPU nodes as CHIP:G (one node of G GPUs) or CHIP:NxG (N nodes), CHIP one of "
-                 "h100, h200, a100, b200, e.g. h100:8, h100:2x8; or cpu:N for N simulated CPU devices (checks shapes "
-                 "and shardings; the bytes are XLA:CPU's, not an accelerator's)")
+                 "h100, h200, a100, b200 (llada_jax/assets/gpu/), e.g. h100:8, h100:2x8; or cpu:N for N simulated "
+                 "CPU devices (checks shapes and shardings; the bytes are XLA:CPU's, not an accelerator's)")
   p.add_argument("--mesh", default="", help="mesh axis sizes, e.g. fsdp=256 or fsdp=128,tensor=2 (default: fsdp "
                  "takes every device the others leave)")
   p.add_argument("--per-device-batch", type=int, default=None, help="sequences per data×fsdp shard (sets "
@@ -38,6 +38,7 @@ def add_parsers(commands) -> None:
 
 
 def _cmd_plan(args: argparse.Namespace) -> None:
+  from llada_jax import plan  # imports JAX only when it plans, after the platform is chosen here
   if args.topology.startswith("cpu:"):
     count = args.topology.split(":", 1)[1]
     if not count.isdigit() or int(count) < 1:
@@ -45,10 +46,9 @@ def _cmd_plan(args: argparse.Namespace) -> None:
     if "jax" not in sys.modules:  # simulated devices must be asked for before JAX starts
       os.environ["XLA_FLAGS"] = " ".join(filter(None, [os.environ.get("XLA_FLAGS"),
                                                         f"--xla_force_host_platform_device_count={count}"]))
-  elif args.topology.split(":", 1)[0].lower() in ("h100", "h200", "a100", "b200") and "jax" not in sys.modules:
+  elif args.topology.split(":", 1)[0].lower() in plan.GPUS and "jax" not in sys.modules:
     # Compile-only GPUs come from the CUDA plugin without a GPU; a CUDA backend started here would look for one.
     os.environ["JAX_PLATFORMS"] = "cpu"
-  from llada_jax import plan
   cfg = common.load_config(args)
   if args.fit:
     print(f"largest per-device batch that fits, per remat policy, on {args.topology} (powers of two up to "
