@@ -157,17 +157,13 @@ def make_plan(cfg: ml_collections.ConfigDict, topology: str, mesh_text: str, per
     try:
       compiled = step_fn.lower(state, train.abstract_batch(exp, mesh)).compile()
     except Exception as e:
-      if not _OOM.search(str(e)):
+      if not is_out_of_memory(e):
         raise
       xla_error = " ".join(str(e).split())[:400]
     else:
-      analysis = compiled.memory_analysis()
+      memory = compiled_memory(compiled)
       if model_config.attention_impl in FUSED_ATTENTION:
         fused = len(FUSED_ATTENTION[model_config.attention_impl].findall(compiled.as_text()))
-      memory = {"arguments": analysis.argument_size_in_bytes, "outputs": analysis.output_size_in_bytes,
-                "temporaries": analysis.temp_size_in_bytes, "aliased": analysis.alias_size_in_bytes}
-      # Donated state is both argument and output: count it once.
-      memory["total"] = memory["arguments"] + memory["outputs"] + memory["temporaries"] - memory["aliased"]
   tokens = exp.tokens_per_step
   plan = Plan(topology=topology, chips=len(devices), mesh=dict(mesh.shape),
               per_device_batch=exp.data.global_batch // batch_devices, seq_len=exp.data.seq_len,
@@ -177,6 +173,21 @@ def make_plan(cfg: ml_collections.ConfigDict, topology: str, mesh_text: str, per
               peak_flops=flops.peak_flops(devices[0]), memory=memory, xla_error=xla_error,
               fused_attention_calls=fused)
   return plan, caveat
+
+
+def is_out_of_memory(error: Exception) -> bool:
+  """Whether a compile failed because the program cannot fit the device's memory."""
+  return bool(_OOM.search(str(error)))
+
+
+def compiled_memory(compiled) -> dict:
+  """Bytes per device of a compiled program: arguments, outputs, temporaries, aliased and their total."""
+  analysis = compiled.memory_analysis()
+  memory = {"arguments": analysis.argument_size_in_bytes, "outputs": analysis.output_size_in_bytes,
+            "temporaries": analysis.temp_size_in_bytes, "aliased": analysis.alias_size_in_bytes}
+  # Donated state is both argument and output: count it once.
+  memory["total"] = memory["arguments"] + memory["outputs"] + memory["temporaries"] - memory["aliased"]
+  return memory
 
 
 def verdict(plan: Plan) -> str:

@@ -18,10 +18,17 @@ def add_parsers(commands) -> None:
                           "backward time of the train step's projections, output head and attention at the config's "
                           "shapes, next to the PyTorch reference's (where a train-step gap comes from). train, sample "
                           "and kernels run each side in its own process, timed in alternating rounds; medians are "
-                          "reported.")
-  p.add_argument("what", choices=["convert", "train", "sample", "kernels"], help="what to measure")
+                          "reported. gpu: the acceptance run for a machine with NVIDIA GPUs (about 8 minutes on one "
+                          "H100; each part in its own process under a time box): cuDNN against the XLA path "
+                          "(outputs and gradients, every masking case, and a whole network's logits), the train "
+                          "step's tokens/s, MFU and peak memory against its compiled plan at the largest batch that "
+                          "fits, an 8B-shaped model sampling exact against threshold + dual cache at batch 1 and 8, "
+                          "and likelihoods at 1 against 8 pairs per call; writes OUT/report.json and OUT/report.md. "
+                          "Without a GPU it is a dry run at configs/tiny.py's shapes.")
+  p.add_argument("what", choices=["convert", "train", "sample", "kernels", "gpu"], help="what to measure")
   common.add_config_arg(p, required=False, help="train/sample/kernels: the config whose model and batch to time "
-                        "(default configs/tiny.py); --config.key=value overrides apply")
+                        "(default configs/tiny.py); --config.key=value overrides apply. gpu: the train part's config "
+                        "and the attention part's widths (default configs/llada_1b.py of this checkout)")
   p.add_argument("--iters", type=int, default=5, help="train/kernels: timed calls per round after 2 warm-up calls "
                  "(default 5)")
   p.add_argument("--threads", type=int, default=os.cpu_count(), help="train/sample/kernels: PyTorch threads "
@@ -46,12 +53,19 @@ def add_parsers(commands) -> None:
   p.add_argument("--layers", default="2,4", help="convert: comma-separated layer counts to measure (default 2,4)")
   p.add_argument("--dtype", choices=["float32", "bfloat16"], default="bfloat16",
                  help="convert: weight dtype (default bfloat16)")
+  p.add_argument("--out", default=None, help="gpu: the directory for report.json and report.md (required)")
+  p.add_argument("--budget", type=float, default=480.0, help="gpu: seconds for all parts together, shared out as "
+                 "attention 1/8, train 3/8, sample 5/16, likelihood 3/16 (default 480)")
+  p.add_argument("--parts", default=",".join(("attention", "train", "sample", "likelihood")),
+                 help="gpu: comma-separated parts to run (default all)")
   p.set_defaults(func=_cmd_bench)
 
 
 def _cmd_bench(args: argparse.Namespace) -> None:
   from llada_jax import bench
-  if args.what == "convert":
+  if args.what == "gpu":
+    _cmd_gpu(args)
+  elif args.what == "convert":
     bench.bench_convert([int(n) for n in args.layers.split(",")], dtype=args.dtype)
   elif args.what == "train":
     bench.bench_train(args.config or "configs/tiny.py", args.overrides, args.iters, args.threads)
@@ -73,3 +87,22 @@ def _modes(args: argparse.Namespace) -> list[dict]:
       for cache in split(args.cache):
         modes.append(dict(decoding=decoding, cache=cache, **({decoding: value} if value is not None else {})))
   return modes
+
+
+def _cmd_gpu(args: argparse.Namespace) -> None:
+  from llada_jax import bench_gpu
+  from llada_jax.errors import UserError
+  if not args.out:
+    raise UserError("bench gpu writes its report to a directory: pass --out DIR")
+  if args.overrides:
+    raise UserError("bench gpu takes a config file, not --config.* overrides: each part sets its own batch")
+  parts = tuple(p for p in args.parts.split(",") if p)
+  unknown = sorted(set(parts) - set(bench_gpu.PARTS))
+  if unknown or not parts:
+    raise UserError(f"--parts {args.parts}: choose from {', '.join(bench_gpu.PARTS)}")
+  config_path = args.config or os.path.join(common.CONFIGS, "llada_1b.py")
+  if not os.path.isfile(config_path):
+    raise UserError(f"config file {config_path} does not exist; pass --config")
+  if args.budget <= 0:
+    raise UserError("--budget must be positive seconds")
+  bench_gpu.run(args.out, config_path, budget_s=args.budget, parts=parts)

@@ -6,9 +6,12 @@ tokenizer and dtype, the sampling and decoding flags (generate, chat; decoding a
 """
 
 import argparse
+import os
 
 from llada_jax.errors import UserError
 
+# configs/ of this checkout: llada_jax/cli/ is two levels below it.
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs")
 CONFIG_HELP = "an ml_collections config file with get_config(), e.g. configs/tiny.py"
 CHECKPOINT_HELP = ("a llada-jax checkpoint, a training workdir (its latest checkpoint), an HF LLaDA directory, or a "
                    "model id in the local HF cache (GSAI-ML/LLaDA-8B-Instruct)")

@@ -5,8 +5,6 @@ import os
 
 from llada_jax.cli import common
 
-# configs/ of this checkout: llada_jax/cli/ is two levels below it.
-_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs")
 
 
 def add_parsers(commands) -> None:
@@ -33,7 +31,7 @@ def add_parsers(commands) -> None:
 
 def _cmd_experiment(args: argparse.Namespace) -> None:
   from llada_jax import reversal
-  cfg = common.load_config(args, args.config or os.path.join(_CONFIGS, f"{args.name}.py"))
+  cfg = common.load_config(args, args.config or os.path.join(common.CONFIGS, f"{args.name}.py"))
   if args.pairs is not None:
     cfg.reversal.pairs = args.pairs
   if args.steps is not None:
