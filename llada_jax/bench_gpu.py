@@ -29,14 +29,20 @@ def run(out_dir: str, config_path: str, budget_s: float = 480.0, parts: tuple[st
   """Runs each part in its own process, writes OUT/report.json and OUT/report.md, and returns the report."""
   os.makedirs(out_dir, exist_ok=True)
   scale = budget_s / sum(BUDGET_SHARES.values())
-  report = {"date": time.strftime("%Y-%m-%d %H:%M"), "host": platform.node(), "parts": {}}
+  from llada_jax import plan
+  # The allocator's share the SLURM launcher gives training (and the plan's capacity assumes), unless set already.
+  env = {**os.environ, "XLA_PYTHON_CLIENT_MEM_FRACTION": os.environ.get(
+      "XLA_PYTHON_CLIENT_MEM_FRACTION", f"{plan.LAUNCHER_GPU_MEMORY_FRACTION:.2f}")}
+  report = {"date": time.strftime("%Y-%m-%d %H:%M"), "host": platform.node(), "parts": {},
+            "settings": {name: env.get(name, "") for name in ("XLA_PYTHON_CLIENT_MEM_FRACTION", "XLA_FLAGS")}}
   for number, part in enumerate(parts, 1):
     limit = BUDGET_SHARES[part] * scale
     log(f"[{number}/{len(parts)}] {part}: {_TITLES[part]} (time box {limit:.0f} s)")
     start = time.time()
     spec = json.dumps({"part": part, "config_path": config_path, "deadline": start + limit - 5})
     # Progress lines from the child go straight to this terminal (stderr); the result comes back on stdout.
-    child = subprocess.Popen([sys.executable, "-m", "llada_jax.bench_gpu", spec], stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen([sys.executable, "-m", "llada_jax.bench_gpu", spec], stdout=subprocess.PIPE, text=True,
+                             env=env)
     try:
       out, _ = child.communicate(timeout=limit)
     except subprocess.TimeoutExpired:
@@ -123,6 +129,7 @@ def markdown(report: dict) -> str:
   lines = [f"# llada-jax bench gpu — {report.get('device') or 'unknown device'}, {report['date']}", ""]
   if report.get("dry_run"):
     lines += ["A dry run: no GPU, tiny shapes. The numbers say the code runs, not how fast a GPU is.", ""]
+  lines += ["Settings: " + ", ".join(f"`{k}={v}`" for k, v in report["settings"].items()), ""]
   lines += ["| part | result | seconds |", "|---|---|---|"]
   lines += [f"| {part} | {_summary(part, r)} | {r['seconds']} |" for part, r in p.items()]
   if _ok(p.get("attention", {})):

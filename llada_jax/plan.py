@@ -24,6 +24,11 @@ GPU_TARGETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets",
 GPUS = tuple(sorted(f.removesuffix(".txtpb") for f in os.listdir(GPU_TARGETS) if f.endswith(".txtpb")))
 # The custom calls of fused attention kernels in a compiled program: cuDNN's flash attention, Pallas (splash) on TPU.
 FUSED_ATTENTION = {"cudnn": re.compile(r"__cudnn\$fmha"), "splash": re.compile(r"tpu_custom_call")}
+# JAX's default share of each GPU's memory for its allocator (XLA_PYTHON_CLIENT_MEM_FRACTION); what a process may use.
+JAX_GPU_MEMORY_FRACTION = 0.75
+# What launch/slurm_gpu.sbatch and `bench gpu` set instead (the rest holds the CUDA context and NCCL's buffers).
+LAUNCHER_GPU_MEMORY_FRACTION = 0.90
+_COLLECTIVE = re.compile(r" (all-gather|all-reduce|reduce-scatter|collective-permute|all-to-all)(-start)?\(")
 _OOM = re.compile(r"(?:Ran out of memory|exceed(?:s|ed)? available HBM|RESOURCE_EXHAUSTED)", re.I)
 _GIGS = re.compile(r"([0-9.]+)([GM])")
 
@@ -45,6 +50,7 @@ class Plan:
   memory: dict | None = None  # arguments, outputs, temporaries, aliased, total (bytes per device)
   xla_error: str | None = None  # XLA's out-of-memory message when the step does not fit
   fused_attention_calls: int | None = None  # fused attention kernel calls in the compiled step (cudnn, splash)
+  collectives: dict | None = None  # `collective_summary` of the compiled step
 
   @property
   def total_bytes(self) -> float:
@@ -126,8 +132,47 @@ def _gpu_devices(topology: str, chip: str):
                       f"compile-only one ({jax.default_backend()} backend now); run the plan in a process of its "
                       "own, or with JAX_PLATFORMS=cpu") from None
     raise UserError(f"--topology {topology}: XLA cannot compile for {chip} ({str(e).splitlines()[0][:200]})") from None
-  capacity = float(re.search(r"device_memory_size:\s*(\d+)", target).group(1))
-  return description.devices, capacity, None
+  memory = float(re.search(r"device_memory_size:\s*(\d+)", target).group(1))
+  fraction = gpu_memory_fraction()
+  source = "XLA_PYTHON_CLIENT_MEM_FRACTION" if "XLA_PYTHON_CLIENT_MEM_FRACTION" in os.environ else "JAX's default"
+  return description.devices, memory * fraction, (
+      f"a JAX process may use {fraction:.2f} of each GPU's {memory / GIB:.2f} GiB ({source}; "
+      f"launch/slurm_gpu.sbatch sets XLA_PYTHON_CLIENT_MEM_FRACTION={LAUNCHER_GPU_MEMORY_FRACTION:.2f})")
+
+
+def gpu_memory_fraction() -> float:
+  """The share of each GPU's memory JAX's allocator takes: XLA_PYTHON_CLIENT_MEM_FRACTION, else JAX's default."""
+  text = os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION")
+  if text is None:
+    return JAX_GPU_MEMORY_FRACTION
+  try:
+    fraction = float(text)
+  except ValueError:
+    fraction = -1.0
+  if not 0 < fraction <= 1:
+    raise UserError(f"XLA_PYTHON_CLIENT_MEM_FRACTION={text} must be a number in (0, 1], e.g. 0.90")
+  return fraction
+
+
+def collective_summary(hlo_text: str) -> dict:
+  """The collectives of a compiled (scheduled) program: how many of each kind, how many are exposed (synchronous:
+  nothing is scheduled to run while they do; XLA marks an asynchronous pair it could not overlap `is_sync`), and
+  the most in one computation other than the entry — a loop body, so in our steps the collectives of one layer."""
+  kinds: dict[str, int] = {}
+  per_computation: dict[str, int] = {}
+  exposed, computation = 0, None
+  for line in hlo_text.splitlines():
+    if line.endswith("{") and not line.startswith(" "):
+      computation = line.split(" ", 1)[0]
+      continue
+    match = _COLLECTIVE.search(line)
+    if not match or "=" not in line[:match.start()]:
+      continue
+    kinds[match.group(1)] = kinds.get(match.group(1), 0) + 1
+    per_computation[computation] = per_computation.get(computation, 0) + 1
+    exposed += not match.group(2) or '"is_sync":true' in line
+  bodies = [n for name, n in per_computation.items() if name != "ENTRY"]
+  return {"kinds": kinds, "total": sum(kinds.values()), "exposed": exposed, "per_loop_body": max(bodies, default=0)}
 
 
 def make_plan(cfg: ml_collections.ConfigDict, topology: str, mesh_text: str, per_device_batch: int | None,
@@ -150,7 +195,7 @@ def make_plan(cfg: ml_collections.ConfigDict, topology: str, mesh_text: str, per
   train.check_experiment(exp, mesh, process_count=1)
   optimizer = optim.make_optimizer(exp.train)
   start = time.time()
-  memory, xla_error, fused = None, None, None
+  memory, xla_error, fused, collectives = None, None, None, None
   step_fn, abstract, shardings = train.jit_train_step(model_config, exp.train, optimizer, mesh)
   with jax.set_mesh(mesh):
     state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
@@ -162,8 +207,10 @@ def make_plan(cfg: ml_collections.ConfigDict, topology: str, mesh_text: str, per
       xla_error = " ".join(str(e).split())[:400]
     else:
       memory = compiled_memory(compiled)
+      text = compiled.as_text()
+      collectives = collective_summary(text)
       if model_config.attention_impl in FUSED_ATTENTION:
-        fused = len(FUSED_ATTENTION[model_config.attention_impl].findall(compiled.as_text()))
+        fused = len(FUSED_ATTENTION[model_config.attention_impl].findall(text))
   tokens = exp.tokens_per_step
   plan = Plan(topology=topology, chips=len(devices), mesh=dict(mesh.shape),
               per_device_batch=exp.data.global_batch // batch_devices, seq_len=exp.data.seq_len,
@@ -171,7 +218,7 @@ def make_plan(cfg: ml_collections.ConfigDict, topology: str, mesh_text: str, per
               capacity_bytes=capacity, compile_seconds=time.time() - start, tokens_per_step=tokens,
               flops_per_step=flops.train_flops_per_step(exp),
               peak_flops=flops.peak_flops(devices[0]), memory=memory, xla_error=xla_error,
-              fused_attention_calls=fused)
+              fused_attention_calls=fused, collectives=collectives)
   return plan, caveat
 
 
@@ -212,6 +259,11 @@ def format_plan(plan: Plan, caveat: str | None) -> str:
                  f"{m['total']:.2f} GiB")
   else:
     lines.append(f"memory       XLA: {plan.xla_error}")
+  if plan.collectives and plan.collectives["total"]:
+    c = plan.collectives
+    kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(c["kinds"].items()))
+    lines.append(f"collectives  {kinds}; {c['exposed']} exposed (nothing overlaps them), at most "
+                 f"{c['per_loop_body']} in one loop body (a layer's)")
   lines.append(f"FLOPs        {plan.flops_per_step:.3e} per step ({plan.flops_per_step / plan.tokens_per_step:.3e} "
                "per token, "
                "full bidirectional attention)")

@@ -11,7 +11,8 @@ from conftest import REPO
 
 
 def _bench(tmp_path, *flags):
-  env = {**os.environ, "JAX_PLATFORMS": "cpu"}  # a CUDA plugin here would look for a GPU first
+  env = {k: v for k, v in os.environ.items() if k != "XLA_PYTHON_CLIENT_MEM_FRACTION"}
+  env["JAX_PLATFORMS"] = "cpu"  # a CUDA plugin here would look for a GPU first
   return subprocess.run([sys.executable, "-m", "llada_jax.cli", "bench", "gpu", "--out", str(tmp_path), *flags],
                         capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
 
@@ -48,6 +49,8 @@ def test_the_dry_run_runs_every_part_and_writes_both_reports(tmp_path):
 
   markdown = (tmp_path / "report.md").read_text()
   assert "A dry run" in markdown and "| model, 2 layers" in markdown and "| 8 |" in markdown
+  assert report["settings"]["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.90"
+  assert "`XLA_PYTHON_CLIENT_MEM_FRACTION=0.90`" in markdown
   last = done.stdout.strip().splitlines()[-1]
   assert re.fullmatch(r"gpu \(dry run, \d+ × cpu\): attention agrees, train [\d,]+ tokens/s \(MFU [\d.]+%\), sample "
                       r"[\d.]+× exact at batch 2, likelihood [\d.]+× at 8 pairs per call", last), last

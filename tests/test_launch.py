@@ -57,23 +57,60 @@ def test_tpu_pod_dry_run_runs_train_on_every_worker_with_the_flags_intact():
 @pytest.mark.parametrize("process_per,gpus_visible", [("gpu", True), ("node", False)])
 def test_slurm_dry_run_gives_every_task_the_coordinator_and_its_process_id(process_per, gpus_visible, tmp_path):
   env = {"SLURM_NTASKS": "16", "SLURM_JOB_NODELIST": "gpu[01-02]", "COORDINATOR": "gpu01", "PORT": "4321",
-         "PROCESS_PER": process_per, "VENV": "/shared/venv", "DRY_RUN": "1"}
-  srun = _words(_dry_run(["launch/slurm_gpu.sbatch", "runs/8b", *TRAIN_FLAGS], env))
+         "PROCESS_PER": process_per, "VENV": "/shared/venv", "DRY_RUN": "1", "XLA_FLAGS": ""}
+  setup, srun = _dry_run(["launch/slurm_gpu.sbatch", "runs/8b", *TRAIN_FLAGS], env).strip().splitlines()
+  # /shared/venv is not there: the job makes it and installs the gpu extra from this checkout, pinned.
+  assert setup == (f"python3 -m venv /shared/venv && /shared/venv/bin/pip install -q -c {REPO}/constraints.txt -e "
+                   f"{REPO}\\[gpu\\]")
+  srun = _words(srun)
   assert srun[:3] == ["srun", "--kill-on-bad-exit=1", "--ntasks=16"] and srun[3:5] == ["bash", "-c"]
-  task = srun[5]
-  # Run one task's command as SLURM would, with a stand-in llada-jax that prints what it was given.
-  bin_dir = tmp_path / "venv" / "bin"
-  bin_dir.mkdir(parents=True)
-  (bin_dir / "activate").write_text(f"export PATH={bin_dir}:$PATH\n")
-  (bin_dir / "llada-jax").write_text('#!/bin/sh\necho "GPUS=${CUDA_VISIBLE_DEVICES-all}"\nprintf "%s\\n" "$@"\n')
-  (bin_dir / "llada-jax").chmod(0o755)
-  task = task.replace(shlex.quote("/shared/venv/bin/activate"), shlex.quote(str(bin_dir / "activate")))
-  printed = subprocess.run(["bash", "-c", task], capture_output=True, text=True, check=True,
-                           env={"SLURM_PROCID": "5", "SLURM_LOCALID": "1", "PATH": os.environ["PATH"]}).stdout
-  gpus, *argv = printed.splitlines()
+  printed = _run_task(srun[5], tmp_path)
+  gpus, xla_flags, fraction, *argv = printed.splitlines()
   assert gpus == ("GPUS=1" if gpus_visible else "GPUS=all")
+  assert xla_flags == "XLA_FLAGS=" + " ".join(LAUNCHER_XLA_FLAGS) and fraction == "FRACTION=0.90"
   assert argv == ["train", "--no-progress", "--coordinator-address", "gpu01:4321", "--num-processes", "16",
                   "--process-id", "5", "--workdir", "runs/8b", *TRAIN_FLAGS]
+
+
+LAUNCHER_XLA_FLAGS = [f"--xla_gpu_{kind}_combine_threshold_bytes=1073741824"
+                      for kind in ("all_gather", "reduce_scatter", "all_reduce")]
+
+
+def _run_task(task, tmp_path, venv="/shared/venv"):
+  """One task's command run as SLURM would, with a stand-in llada-jax printing its GPUs, XLA settings and
+  arguments."""
+  bin_dir = tmp_path / "venv" / "bin"
+  bin_dir.mkdir(parents=True, exist_ok=True)
+  (bin_dir / "activate").write_text(f"export PATH={bin_dir}:$PATH\n")
+  (bin_dir / "llada-jax").write_text('#!/bin/sh\necho "GPUS=${CUDA_VISIBLE_DEVICES-all}"\necho "XLA_FLAGS=$XLA_FLAGS"\n'
+                                     'echo "FRACTION=$XLA_PYTHON_CLIENT_MEM_FRACTION"\nprintf "%s\\n" "$@"\n')
+  (bin_dir / "llada-jax").chmod(0o755)
+  task = task.replace(shlex.quote(f"{venv}/bin/activate"), shlex.quote(str(bin_dir / "activate")))
+  return subprocess.run(["bash", "-c", task], capture_output=True, text=True, check=True,
+                        env={"SLURM_PROCID": "5", "SLURM_LOCALID": "1", "PATH": os.environ["PATH"]}).stdout
+
+
+def test_slurm_keeps_a_ready_venv_and_the_users_xla_settings(tmp_path):
+  venv = tmp_path / "ready"
+  (venv / "bin").mkdir(parents=True)
+  (venv / "bin" / "python").write_text("#!/bin/sh\nexit 0\n")  # `import jax_plugins.xla_cuda12` succeeds
+  (venv / "bin" / "python").chmod(0o755)
+  env = {"SLURM_NTASKS": "8", "SLURM_JOB_NODELIST": "gpu01", "COORDINATOR": "gpu01", "VENV": str(venv),
+         "DRY_RUN": "1", "XLA_FLAGS": "--xla_gpu_all_gather_combine_threshold_bytes=0",
+         "XLA_PYTHON_CLIENT_MEM_FRACTION": "0.8"}
+  lines = _dry_run(["launch/slurm_gpu.sbatch", "runs/8b"], env).strip().splitlines()
+  assert len(lines) == 1  # nothing to install
+  _, xla_flags, fraction, *_ = _run_task(_words(lines[0])[5], tmp_path, venv=str(venv)).splitlines()
+  # XLA reads flags left to right: the user's, last, win.
+  assert xla_flags.split() == ["XLA_FLAGS=" + LAUNCHER_XLA_FLAGS[0], *LAUNCHER_XLA_FLAGS[1:],
+                               "--xla_gpu_all_gather_combine_threshold_bytes=0"]
+  assert fraction == "FRACTION=0.8"
+
+
+def test_the_launchers_memory_share_is_the_one_plan_names():
+  from llada_jax import plan
+  with open(os.path.join(REPO, "launch", "slurm_gpu.sbatch"), encoding="utf-8") as f:
+    assert f"XLA_PYTHON_CLIENT_MEM_FRACTION:-{plan.LAUNCHER_GPU_MEMORY_FRACTION:.2f}" in f.read()
 
 
 def test_slurm_launcher_refuses_to_run_outside_a_job():

@@ -2,13 +2,18 @@
 CPU devices otherwise."""
 
 import importlib.util
+import os
 import re
+import shlex
+import subprocess
+import sys
 
 import pytest
 
 from conftest import REPO
 from llada_jax import config as config_lib, flops, plan
 from llada_jax.config import model_config_from
+from llada_jax.errors import UserError
 from test_cli import one_error_line, run_cli
 
 SMALL = ["--config.model.d_model=128", "--config.model.n_heads=4", "--config.model.n_kv_heads=2",
@@ -95,14 +100,56 @@ def test_plan_for_gpu_nodes_compiles_with_cudnn_attention():
                 "--per-device-batch", "1", "--seq-len", "256", "--config.model.dtype=bfloat16", *SMALL)
   assert out.returncode == 0, out.stderr[-3000:]
   lines = out.stdout.strip().splitlines()
-  assert lines[-1].startswith("fits: ") and lines[-1].endswith(" of 79.14 GiB per device"), lines[-1]
+  # JAX's allocator takes 75% of an H100's 79.14 GiB unless told otherwise: that is what a process may use.
+  assert lines[-1].startswith("fits: ") and lines[-1].endswith(" of 59.36 GiB per device"), lines[-1]
+  assert "a JAX process may use 0.75 of each GPU's 79.14 GiB (JAX's default" in out.stdout
   assert "h100:2x8 (16 devices)" in out.stdout and "attention cudnn" in out.stdout
+  assert re.search(r"^collectives  \d+ all-gather, .*; \d+ exposed", out.stdout, re.M)
+
+
+GPU_8B = ["--config", "configs/llada_8b.py", "--topology", "h100:8", "--mesh", "fsdp=8", "--per-device-batch", "1"]
+
+
+def _plan_with(env: dict) -> tuple[float, dict]:
+  """(GiB per device, the collectives line's figures, the output) of the 8B on one H100 node, under `env`."""
+  out = subprocess.run([sys.executable, "-m", "llada_jax.cli", "plan", *GPU_8B], capture_output=True, text=True,
+                       cwd=REPO, env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "", **env}, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  total = float(re.search(r"→ total ([\d.]+) GiB", out.stdout).group(1))
+  line = re.search(r"^collectives  (.*)$", out.stdout, re.M).group(1)
+  figures = {kind: int(n) for n, kind in re.findall(r"(\d+) (all-gather|reduce-scatter|all-reduce)", line)}
+  figures["per_loop_body"] = int(re.search(r"at most (\d+) in one loop body", line).group(1))
+  return total, figures, out.stdout
+
+
+@needs_cuda_plugin
+def test_the_slurm_launchers_xla_settings_do_what_it_says():
+  """launch/slurm_gpu.sbatch keeps each XLA setting for what the plan shows: the combine thresholds gather a layer's
+  weights in fewer collectives at the same memory, and the memory share raises the plan's capacity."""
+  done = subprocess.run(["bash", "launch/slurm_gpu.sbatch", "runs/x"], capture_output=True, text=True, cwd=REPO,
+                        env={**os.environ, "SLURM_NTASKS": "8", "SLURM_JOB_NODELIST": "gpu01", "COORDINATOR": "gpu01",
+                             "DRY_RUN": "1", "XLA_FLAGS": ""})
+  task = shlex.split(shlex.split(done.stdout.strip().splitlines()[-1])[5])
+  settings = dict(word.split("=", 1) for word in task[1:3])
+  bare_total, bare, _ = _plan_with({})
+  total, launched, out = _plan_with(settings)
+  assert total == bare_total
+  assert launched["all-gather"] < bare["all-gather"] and launched["per_loop_body"] < bare["per_loop_body"]
+  assert out.strip().endswith(" of 71.23 GiB per device") and settings["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.90"
+
+
+def test_a_bad_memory_share_is_one_line(monkeypatch):
+  monkeypatch.setenv("XLA_PYTHON_CLIENT_MEM_FRACTION", "90%")
+  with pytest.raises(UserError, match=r"XLA_PYTHON_CLIENT_MEM_FRACTION=90% must be a number in \(0, 1\]"):
+    plan.gpu_memory_fraction()
 
 
 @needs_cuda_plugin
 @pytest.mark.parametrize("chip,memory_gib,peak", [("h100", 79.14, 989e12), ("h200", 140.40, 989e12),
                                                   ("a100", 79.26, 312e12), ("b200", 178.36, 2250e12)])
-def test_every_shipped_gpu_target_parses(chip, memory_gib, peak):
+def test_every_shipped_gpu_target_parses(chip, memory_gib, peak, monkeypatch):
+  monkeypatch.setenv("XLA_PYTHON_CLIENT_MEM_FRACTION", "1")
   devices, capacity, caveat = plan.devices_for(f"{chip}:8")
-  assert len(devices) == 8 and round(capacity / plan.GIB, 2) == memory_gib and caveat is None
+  assert len(devices) == 8 and round(capacity / plan.GIB, 2) == memory_gib
+  assert caveat.startswith(f"a JAX process may use 1.00 of each GPU's {memory_gib:.2f} GiB (XLA_PYTHON_CLIENT_MEM")
   assert flops.peak_flops(devices[0]) == peak
