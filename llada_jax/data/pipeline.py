@@ -13,6 +13,7 @@ import hashlib
 import grain
 
 from llada_jax.config import OBJECTIVES, SFT_SOURCES, DataConfig, source_problem
+from llada_jax.data import streaming
 from llada_jax.data.packing import Windows, packed_windows, sft_rows, too_small_message
 from llada_jax.data.prepared import prepared_windows, read_manifest
 from llada_jax.data.sources import (SPLITS, Corpus, conversation_key, conversations, corpus_of, documents,
@@ -32,10 +33,7 @@ def per_process_batch(data_cfg: DataConfig, process_count: int) -> int:
 def _examples(data_cfg: DataConfig, tokenizer, objective: str, split: str):
   """The random-access source of one split's examples for this objective."""
   corpus = corpus_of(data_cfg)
-  if objective not in OBJECTIVES:
-    raise UserError(f"train.objective={objective!r} is not one of {', '.join(OBJECTIVES)}")
-  if problem := source_problem(objective, corpus.source):
-    raise UserError(problem)
+  _check_objective(objective, corpus.source)
   if corpus.source == "array_record":
     examples = prepared_windows(corpus, tokenizer, split)
   elif corpus.source in SFT_SOURCES:
@@ -45,6 +43,13 @@ def _examples(data_cfg: DataConfig, tokenizer, objective: str, split: str):
   if not len(examples):
     raise UserError(_empty_split_message(corpus, split, data_stats(data_cfg, tokenizer)))
   return examples
+
+
+def _check_objective(objective: str, source: str) -> None:
+  if objective not in OBJECTIVES:
+    raise UserError(f"train.objective={objective!r} is not one of {', '.join(OBJECTIVES)}")
+  if problem := source_problem(objective, source):
+    raise UserError(problem)
 
 
 def _empty_split_message(corpus: Corpus, split: str, stats: dict) -> str:
@@ -65,9 +70,16 @@ def make_train_iterator(data_cfg: DataConfig, tokenizer, *, seed: int, process_i
   """This process's endless training batches: {"tokens": int32 [b, seq_len]} (+ "prompt_length": int32 [b] for SFT)
   with b = global_batch / process_count.
 
-  Every epoch is a fresh permutation derived from `seed`; the iterator's get_state()/set_state() resume it exactly.
+  Every epoch is a fresh permutation derived from `seed` (streams: see `streaming`); the iterator's
+  get_state()/set_state() resume it exactly.
   """
   batch = per_process_batch(data_cfg, process_count)
+  if data_cfg.source == "stream":
+    _check_objective(objective, data_cfg.source)
+    ds = streaming.train_dataset(data_cfg, tokenizer, seed=seed, process_index=process_index,
+                                 process_count=process_count, batch=batch)
+    it = iter(_read_ahead(ds, data_cfg.prefetch, data_cfg.num_workers))
+    return streaming.Checked(it, streaming.fingerprint(data_cfg, tokenizer, seed, process_count))
   examples = _examples(data_cfg, tokenizer, objective, "train")
   ds = grain.MapDataset.source(examples).shuffle(seed=_shuffle_seed(seed)).repeat()
   # Process p takes rows p·b … (p+1)·b−1 of every global batch, in the row order make_array_from_process_local_data
@@ -85,6 +97,11 @@ def make_eval_iterator(data_cfg: DataConfig, tokenizer, *, process_index: int = 
   builds this iterator at every evaluation, and starting workers would cost more than the pass.
   """
   batch = per_process_batch(data_cfg, process_count)
+  if data_cfg.source == "stream":
+    _check_objective(objective, data_cfg.source)
+    ds = streaming.val_dataset(data_cfg, tokenizer, process_index=process_index, process_count=process_count,
+                               batch=batch)
+    return iter(_read_ahead(ds, data_cfg.prefetch, 0))
   examples = _examples(data_cfg, tokenizer, objective, "val")
   total = -(-len(examples) // data_cfg.global_batch) * data_cfg.global_batch
   ds = grain.MapDataset.source(examples).shuffle(seed=_EVAL_SHUFFLE_SEED)
@@ -99,10 +116,16 @@ def _shuffle_seed(seed: int) -> int:
   return int.from_bytes(hashlib.sha256(f"llada_jax.data/{seed}".encode()).digest()[:4], "little")
 
 
-def _read_ahead(ds: grain.MapDataset, prefetch: int, num_workers: int) -> grain.IterDataset:
-  """Batches read `prefetch` ahead by as many threads, in `num_workers` processes when > 0 (batches are formed
-  before the split across workers, so the sequence does not depend on num_workers)."""
-  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=prefetch, prefetch_buffer_size=prefetch))
+def _read_ahead(ds: grain.MapDataset | grain.IterDataset, prefetch: int, num_workers: int) -> grain.IterDataset:
+  """Batches read `prefetch` ahead by as many threads, in `num_workers` processes when > 0. Random-access sources
+  form batches before the split across workers, so their sequence does not depend on num_workers; a stream's
+  workers each read their own units, so its sequence does (and a resume checks it)."""
+  if isinstance(ds, grain.MapDataset):
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=prefetch, prefetch_buffer_size=prefetch))
+  elif prefetch and not num_workers:
+    it = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=prefetch)
+  else:
+    it = ds
   if num_workers:
     _parse_absl_flags()
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers,
@@ -121,6 +144,8 @@ def _parse_absl_flags() -> None:
 def data_stats(data_cfg: DataConfig, tokenizer) -> dict[str, int]:
   """Counts per split for the run summary: documents/tokens/windows for pre-training; conversations, rows, and rows
   truncated or dropped as longer than seq_len for SFT. Free after the iterators are built (same caches)."""
+  if data_cfg.source == "stream":
+    return streaming.stats(data_cfg)
   corpus = corpus_of(data_cfg)
   if corpus.source == "array_record":
     splits = read_manifest(corpus.paths[0])["splits"]
@@ -136,6 +161,8 @@ def sample_prompt(data_cfg: DataConfig) -> str:
   """A prompt to show what a model learned: from the first validation document (the training split's when nothing is
   held out), its first line of three or more words — bare headings ("ACT IV") and speaker names give the model
   little to continue; for SFT sources the first user message."""
+  if data_cfg.source == "stream":
+    return prompt_line(streaming.first_document(data_cfg))
   corpus = corpus_of(data_cfg)
   if corpus.source == "array_record":
     return read_manifest(corpus.paths[0]).get("sample_prompt", "")

@@ -26,6 +26,10 @@ def make_tokenizer(data_cfg: DataConfig):
   from llada_jax.tokenizer import load_tokenizer
   if data_cfg.tokenizer:
     return load_tokenizer(data_cfg.tokenizer)
+  if data_cfg.source == "stream":
+    raise UserError("data.source=stream needs data.tokenizer (a tokenizer.json, a sentencepiece .model, or a "
+                    "directory holding one, e.g. an HF LLaDA checkpoint's): a streamed corpus is not read whole to "
+                    "train one; `llada-jax tokenizer train --input SAMPLE.txt --out DIR` trains one on a sample")
   corpus = corpus_of(data_cfg)
   if corpus.source == "array_record":
     return load_tokenizer(corpus.paths[0])
