@@ -396,6 +396,8 @@ def _parse_value(key: str, text: str, current: Any) -> Any:
     value = ast.literal_eval(text)
   except (ValueError, SyntaxError):
     raise UserError(f"--config.{key}={text!r} is not a valid {type(current).__name__}") from None
+  if isinstance(current, tuple) and isinstance(value, list):
+    value = tuple(value)
   if isinstance(current, float) and isinstance(value, int):
     value = float(value)
   if isinstance(current, int) and isinstance(value, float) and value.is_integer():  # 1e3 for a step count

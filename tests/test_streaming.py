@@ -284,3 +284,79 @@ def test_stream_config_errors_are_one_line(tmp_path, tokenizer):
   from llada_jax.data import make_tokenizer
   with pytest.raises(UserError, match="data.source=stream needs data.tokenizer"):
     make_tokenizer(DataConfig(source="stream", paths=str(tmp_path / "c.txt")))
+
+
+def _stream_run_cfg(tmp_path, tokenizer_dir, *overrides):
+  from test_train import tiny_cfg
+  for i in range(3):
+    write_parquet(tmp_path / f"web{i}.parquet", DOCS[i::4])
+  write_jsonl(tmp_path / "code.jsonl", DOCS[3::4])
+  streams = (f"({{'paths': '{tmp_path}/web*.parquet', 'weight': 3}}, {{'paths': '{tmp_path}/code.jsonl'}})")
+  return tiny_cfg("data.source=stream", f"data.streams={streams}", f"data.tokenizer={tokenizer_dir}",
+                  "data.val_fraction=0", "data.shard_bytes=100000", *overrides)
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tokenizer, tmp_path_factory):
+  directory = tmp_path_factory.mktemp("tok_dir")
+  tokenizer.save(str(directory))
+  return str(directory)
+
+
+def test_training_from_a_mixture_resumes_exactly_after_a_kill(tmp_path, tokenizer_dir):
+  from llada_jax import train
+  full = train.run(_stream_run_cfg(tmp_path, tokenizer_dir), str(tmp_path / "full"), progress=False)
+
+  def kill_after_checkpoint(step, _):
+    if step == 4:
+      raise KeyboardInterrupt
+
+  with pytest.raises(KeyboardInterrupt):
+    train.run(_stream_run_cfg(tmp_path, tokenizer_dir), str(tmp_path / "killed"), progress=False,
+              callback=kill_after_checkpoint)
+  resumed = train.run(_stream_run_cfg(tmp_path, tokenizer_dir), str(tmp_path / "killed"), resume=True,
+                      progress=False)
+  assert resumed.start_step == 3 and [s for s, _ in resumed.losses] == [4, 5, 6]
+  np.testing.assert_array_equal([v for _, v in resumed.losses], [v for s, v in full.losses if s > 3])
+  with pytest.raises(UserError, match=r"changed: shuffle_window"):
+    train.run(_stream_run_cfg(tmp_path, tokenizer_dir, "data.shuffle_window=7"), str(tmp_path / "killed"),
+              resume=True, progress=False)
+
+
+@pytest.mark.slow  # two processes, three runs: about a minute on 2 cores
+def test_two_processes_stream_their_shares_and_resume_exactly_after_kill_9(tmp_path, tokenizer_dir):
+  import subprocess
+  import sys
+  import time
+  from conftest import REPO
+  from llada_jax import checkpoint
+  from test_train import SMALL_MODEL, scalars
+  _stream_run_cfg(tmp_path, tokenizer_dir)  # writes the corpus
+  streams = f"({{'paths': '{tmp_path}/web*.parquet', 'weight': 3}}, {{'paths': '{tmp_path}/code.jsonl'}})"
+  flags = ["--config", "configs/tiny.py", *[f"--config.{o}" for o in SMALL_MODEL], "--config.data.seq_len=32",
+           "--config.data.global_batch=8", "--config.data.source=stream", f"--config.data.streams={streams}",
+           f"--config.data.tokenizer={tokenizer_dir}", "--config.data.val_fraction=0", "--config.data.num_workers=1",
+           "--config.data.shard_bytes=100000", "--config.train.steps=14", "--config.train.eval_every=0",
+           "--config.train.checkpoint_every=3", "--config.train.sample_after=false",
+           "--config.train.async_checkpoint=false", "--config.train.log_every=1"]
+  env = {**os.environ, "PORT": str(22000 + os.getpid() % 20000)}
+
+  def launch(workdir, *extra):
+    return subprocess.Popen(["bash", "launch/cpu_multiprocess.sh", str(workdir), *flags, *extra], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+  full = launch(tmp_path / "full")
+  assert full.wait(timeout=600) == 0, full.stdout.read()[-3000:]
+  killed = launch(tmp_path / "killed")
+  deadline = time.time() + 600
+  while 6 not in checkpoint.committed_steps(str(tmp_path / "killed")) and time.time() < deadline:
+    assert killed.poll() is None, killed.stdout.read()[-3000:]
+    time.sleep(0.2)
+  os.killpg(killed.pid, 9)  # the launcher and both training processes, mid-run
+  killed.wait()
+  assert max(checkpoint.committed_steps(str(tmp_path / "killed"))) < 14
+  resumed = launch(tmp_path / "killed", "--resume")
+  assert resumed.wait(timeout=600) == 0, resumed.stdout.read()[-3000:]
+  want = dict(scalars(str(tmp_path / "full" / "tensorboard"), "train/loss"))
+  got = dict(scalars(str(tmp_path / "killed" / "tensorboard"), "train/loss"))
+  assert sorted(want) == list(range(1, 15)) and all(got[s] == want[s] for s in range(1, 15)), (want, got)

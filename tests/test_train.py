@@ -357,8 +357,8 @@ def test_a_failed_async_save_stops_the_run_at_once(small_disk):
   assert os.listdir(small_disk / "run" / "checkpoints") == ["4"]
 
 
-def _scalars(events_dir: str, tag: str) -> list[int]:
-  """Steps of `tag` in the tensorboard event files: TFRecords of length, crc, Event proto, crc."""
+def scalars(events_dir: str, tag: str) -> list[tuple[int, float]]:
+  """(step, value) of `tag` in the tensorboard event files: TFRecords of length, crc, Event proto, crc."""
   import struct
   from tensorboardX.proto import event_pb2
   steps = []
@@ -370,7 +370,7 @@ def _scalars(events_dir: str, tag: str) -> list[int]:
       (length,) = struct.unpack("<Q", data[offset:offset + 8])
       event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
       offset += 12 + length + 4
-      steps += [event.step for value in event.summary.value if value.tag == tag]
+      steps += [(event.step, value.simple_value) for value in event.summary.value if value.tag == tag]
   return steps
 
 
@@ -378,14 +378,14 @@ def test_tensorboard_is_flushed_at_every_log_step(tmp_path):
   seen = {}
 
   def look(step, _):
-    seen[step] = _scalars(str(tmp_path / "tensorboard"), "train/loss")
+    seen[step] = [s for s, _ in scalars(str(tmp_path / "tensorboard"), "train/loss")]
     if step == 4:
       raise KeyboardInterrupt  # what survives is what was flushed: a kill loses nothing logged before it
 
   with pytest.raises(KeyboardInterrupt):
     train.run(tiny_cfg(), str(tmp_path), progress=False, callback=look)
   assert seen[4] == [1, 2, 3]
-  assert _scalars(str(tmp_path / "tensorboard"), "train/update_norm") == [1, 2, 3]
+  assert [s for s, _ in scalars(str(tmp_path / "tensorboard"), "train/update_norm")] == [1, 2, 3]
 
 
 @pytest.mark.slow  # over 40 s on 2 cores (suite time)
