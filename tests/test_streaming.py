@@ -326,7 +326,6 @@ def test_training_from_a_mixture_resumes_exactly_after_a_kill(tmp_path, tokenize
 @pytest.mark.slow  # two processes, three runs: about a minute on 2 cores
 def test_two_processes_stream_their_shares_and_resume_exactly_after_kill_9(tmp_path, tokenizer_dir):
   import subprocess
-  import sys
   import time
   from conftest import REPO
   from llada_jax import checkpoint
