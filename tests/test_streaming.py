@@ -5,6 +5,7 @@ exact resume (with workers too), refused resumes, bad data, and flat memory as t
 import gzip
 import json
 import os
+import re
 import tracemalloc
 
 import numpy as np
@@ -55,7 +56,7 @@ def write_array_record(path, docs):
 
 def documents_of(path, fmt, shard_bytes=1 << 20, field="text"):
   units = streaming.units_of((path,), fmt, field, shard_bytes)
-  return units, [text for unit in units for text in streaming._UnitIterator(unit, None, "error", 1 << 24)._documents()]
+  return units, [text for unit in units for text in streaming.unit_texts(unit, 1 << 24, "error")]
 
 
 @pytest.mark.parametrize("kind", ["parquet", "jsonl", "jsonl.gz", "jsonl.zst", "array_record"])
@@ -359,3 +360,32 @@ def test_two_processes_stream_their_shares_and_resume_exactly_after_kill_9(tmp_p
   want = dict(scalars(str(tmp_path / "full" / "tensorboard"), "train/loss"))
   got = dict(scalars(str(tmp_path / "killed" / "tensorboard"), "train/loss"))
   assert sorted(want) == list(range(1, 15)) and all(got[s] == want[s] for s in range(1, 15)), (want, got)
+
+
+def test_bench_data_reports_each_worker_count_against_the_tokenizer_and_the_host(tmp_path, tokenizer_dir):
+  import subprocess
+  import sys
+  from conftest import REPO
+  for i in range(2):
+    write_parquet(tmp_path / f"web{i}.parquet", DOCS[i::2])
+  done = subprocess.run([sys.executable, "-m", "llada_jax.cli", "bench", "data", "--config", "configs/tiny.py",
+                         "--config.data.source=stream", f"--config.data.paths={tmp_path}/web*.parquet",
+                         f"--config.data.tokenizer={tokenizer_dir}", "--config.data.val_fraction=0",
+                         "--workers", "0,1", "--seconds", "2", "--host", "h100:8"],
+                        capture_output=True, text=True, cwd=REPO, timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+  lines = done.stdout.strip().splitlines()
+  header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["workers", "tokens/s"])
+  rows = [line.split() for line in lines[header + 1:header + 3]]
+  assert [r[0] for r in rows] == ["0", "1"] and all(float(r[1].replace(",", "")) > 0 for r in rows)
+  assert "one host of 8 × h100 at 40% MFU trains on" in done.stdout
+  assert re.fullmatch(r"data: [\d,]+ tokens/s per host with [01] workers \([\d.]+× the tokenizer alone\)", lines[-1])
+
+
+def test_bench_data_needs_a_stream():
+  from llada_jax import bench_data
+  from llada_jax.config import Experiment, base_config
+  with pytest.raises(UserError, match="bench data measures data.source=stream"):
+    bench_data.bench_data(Experiment.from_config(base_config()), "c.py", None, [0], 1.0, "v5e:4")
+  with pytest.raises(UserError, match="--host v5x:4: expected CHIP:N"):
+    bench_data.host_consumption(Experiment.from_config(base_config()), "v5x:4")

@@ -24,8 +24,12 @@ def add_parsers(commands) -> None:
                           "step's tokens/s, MFU and peak memory against its compiled plan at the largest batch that "
                           "fits, an 8B-shaped model sampling exact against threshold + dual cache at batch 1 and 8, "
                           "and likelihoods at 1 against 8 pairs per call; writes OUT/report.json and OUT/report.md. "
-                          "Without a GPU it is a dry run at configs/tiny.py's shapes.")
-  p.add_argument("what", choices=["convert", "train", "sample", "kernels", "gpu"], help="what to measure")
+                          "Without a GPU it is a dry run at configs/tiny.py's shapes. data: tokens/s one host's "
+                          "data.source=stream pipeline delivers at each --workers count, next to the tokenizer's "
+                          "own encode_batch on one core on the same documents and to what one --host of chips trains "
+                          "on at 40%% MFU; last line `data: X "
+                          "tokens/s per host with N workers (R× the tokenizer alone)`.")
+  p.add_argument("what", choices=["convert", "train", "sample", "kernels", "gpu", "data"], help="what to measure")
   common.add_config_arg(p, required=False, help="train/sample/kernels: the config whose model and batch to time "
                         "(default configs/tiny.py); --config.key=value overrides apply. gpu: the train part's config "
                         "and the attention part's widths (default configs/llada_1b.py of this checkout)")
@@ -56,6 +60,10 @@ def add_parsers(commands) -> None:
   p.add_argument("--out", default=None, help="gpu: the directory for report.json and report.md (required)")
   p.add_argument("--budget", type=float, default=480.0, help="gpu: seconds for all parts together, shared out as "
                  "attention 1/8, train 3/8, sample 5/16, likelihood 3/16 (default 480)")
+  p.add_argument("--workers", default="0,1,2", help="data: comma-separated data.num_workers values (default 0,1,2)")
+  p.add_argument("--seconds", type=float, default=20.0, help="data: seconds timed per worker count (default 20)")
+  p.add_argument("--host", default="v5e:4", help="data: CHIP:N, the chips of one host the loader feeds (default "
+                 "v5e:4; e.g. h100:8)")
   p.add_argument("--parts", default=",".join(("attention", "train", "sample", "likelihood")),
                  help="gpu: comma-separated parts to run (default all)")
   p.set_defaults(func=_cmd_bench)
@@ -65,6 +73,8 @@ def _cmd_bench(args: argparse.Namespace) -> None:
   from llada_jax import bench
   if args.what == "gpu":
     _cmd_gpu(args)
+  elif args.what == "data":
+    _cmd_data(args)
   elif args.what == "convert":
     bench.bench_convert([int(n) for n in args.layers.split(",")], dtype=args.dtype)
   elif args.what == "train":
@@ -106,3 +116,20 @@ def _cmd_gpu(args: argparse.Namespace) -> None:
   if args.budget <= 0:
     raise UserError("--budget must be positive seconds")
   bench_gpu.run(args.out, config_path, budget_s=args.budget, parts=parts)
+
+
+def _cmd_data(args: argparse.Namespace) -> None:
+  from llada_jax import bench_data
+  from llada_jax.config import Experiment
+  from llada_jax.data import make_tokenizer
+  from llada_jax.errors import UserError
+  if not args.config:
+    raise UserError("bench data measures a config's input pipeline: pass --config (with data.source=stream)")
+  try:
+    workers = [int(w) for w in args.workers.split(",") if w.strip()]
+  except ValueError:
+    workers = []
+  if not workers or min(workers) < 0:
+    raise UserError(f"--workers {args.workers}: comma-separated worker counts ≥ 0, e.g. 0,1,2")
+  exp = Experiment.from_config(common.load_config(args))
+  bench_data.bench_data(exp, args.config, make_tokenizer(exp.data), workers, args.seconds, args.host)

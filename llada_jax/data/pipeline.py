@@ -9,6 +9,7 @@ tokenized once per process and cached.
 """
 
 import hashlib
+import os
 
 import grain
 
@@ -129,8 +130,20 @@ def _read_ahead(ds: grain.MapDataset | grain.IterDataset, prefetch: int, num_wor
   if num_workers:
     _parse_absl_flags()
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers,
-                                                     per_worker_buffer_size=max(prefetch, 1)))
+                                                     per_worker_buffer_size=max(prefetch, 1)),
+                        worker_init_fn=_one_core_per_worker)
   return it
+
+
+def _one_core_per_worker(worker_index: int, worker_count: int) -> None:
+  """Workers are the parallelism: each runs on one core of those the process may use, worker i on the i-th (mod
+  their number). Left alone, every worker would spread its interleaved readers' tokenization, Parquet decoding and
+  HF tokenizers' own threads over all cores, and N workers would oversubscribe the host N times."""
+  del worker_count
+  if hasattr(os, "sched_setaffinity"):
+    cores = sorted(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {cores[worker_index % len(cores)]})
+  os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
 
 def _parse_absl_flags() -> None:

@@ -302,6 +302,11 @@ class _DocumentsIterator(grain.DatasetIterator):
     self._empty = state["empty"]
 
 
+def unit_texts(unit: Unit, max_document_bytes: int, bad_data: str = "skip") -> Iterator[str]:
+  """The non-empty documents of one unit as text, untokenized (a prompt, the benchmark's reference text)."""
+  return _UnitIterator(unit, None, bad_data, max_document_bytes)._documents()
+
+
 @dataclasses.dataclass
 class _Bad:
   why: str
@@ -467,7 +472,7 @@ class Checked(grain.DatasetIterator):
   saved under another one."""
 
   def __init__(self, inner, fingerprint_: str):
-    super().__init__()
+    super().__init__(inner)  # closing this closes the pipeline (and its workers)
     self._inner, self._fingerprint = inner, fingerprint_
 
   def __next__(self):
@@ -516,8 +521,7 @@ def first_document(data_cfg: DataConfig) -> str:
     stream = streams_of(data_cfg)[0]
     units = units_of(split_files(stream, data_cfg)["train"][:1], stream.format, stream.field, data_cfg.shard_bytes)
   for unit in units[:4]:
-    iterator = _UnitIterator(unit, None, "skip", data_cfg.max_document_bytes)
-    text = next(iter(iterator._documents()), None)
+    text = next(unit_texts(unit, data_cfg.max_document_bytes), None)
     if text:
       return text
   return ""
