@@ -46,8 +46,9 @@ def _cmd_plan(args: argparse.Namespace) -> None:
     if "jax" not in sys.modules:  # simulated devices must be asked for before JAX starts
       os.environ["XLA_FLAGS"] = " ".join(filter(None, [os.environ.get("XLA_FLAGS"),
                                                         f"--xla_force_host_platform_device_count={count}"]))
-  elif args.topology.split(":", 1)[0].lower() in plan.GPUS and "jax" not in sys.modules:
-    # Compile-only GPUs come from the CUDA plugin without a GPU; a CUDA backend started here would look for one.
+  elif "jax" not in sys.modules:
+    # Only compiles happen here: compile-only TPUs come from libtpu and GPUs from the CUDA plugin without the chips,
+    # and a CUDA backend started here would look for a GPU (and say it found none) before the plan begins.
     os.environ["JAX_PLATFORMS"] = "cpu"
   cfg = common.load_config(args)
   if args.fit:

@@ -1,13 +1,15 @@
 """Input pipelines: corpora → fixed-length token windows (pre-training) or padded chat rows (SFT) → Grain iterators.
 
-Pre-training: documents (the built-in Shakespeare, text files, JSONL, or ArrayRecord shards made by `prepare_data`)
-are tokenized, joined with one EOS after each, and cut into `seq_len` windows. SFT: each conversation becomes
+Pre-training: documents (the built-in Shakespeare, text files, JSONL, ArrayRecord shards made by `prepare_data`, or
+streamed Parquet/JSONL/ArrayRecord files) are tokenized, joined with one EOS after each, and cut into `seq_len`
+windows. SFT: each conversation becomes
 `prompt + answer + EOS`, right-padded with EOS (docs/design.md §4), with its prompt length.
 
   sources.py        which corpus a `DataConfig` names; its documents or conversations; the validation split
   run_tokenizer.py  the run's tokenizer (named, stored with prepared data, or the cached built-in BPE)
   packing.py        windows and SFT rows as random-access sources; the batch element's keys
   prepared.py       ArrayRecord shards: `prepare_data` and reading them back
+  streaming.py      raw corpora read per host while training (`data.source=stream`): units, mixtures, workers
   pipeline.py       the Grain iterators the trainer calls, the summary's counts, the sample prompt
 """
 
