@@ -71,12 +71,31 @@ def rope_tables(length: int, head_dim: int, theta: float) -> tuple[jax.Array, ja
 
 
 def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
-  """Rotate-half RoPE computed in fp32. x: [batch, length, heads, head_dim]."""
+  """Rotate-half RoPE computed in fp32. x: [batch, length, heads, head_dim]; cos/sin: [length, head_dim], or
+  [batch, length, head_dim] when rows sit at different canvas positions."""
   x32 = x.astype(jnp.float32)
   half = x.shape[-1] // 2
   rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
-  cos, sin = cos[None, :, None, :], sin[None, :, None, :]
+  cos, sin = (t[None, :, None, :] if t.ndim == 2 else t[:, :, None, :] for t in (cos, sin))
   return (x32 * cos + rotated * sin).astype(x.dtype)
+
+
+def take_window(x: jax.Array, start: jax.Array | int, size: int) -> jax.Array:
+  """x[:, start:start + size] along axis 1, with `start` one offset for all rows or one per row ([batch]; a batch
+  stacked k times, as classifier-free guidance stacks the unconditional rows under the conditional ones, repeats
+  the offsets)."""
+  if jnp.ndim(start) == 0:
+    return jax.lax.dynamic_slice_in_dim(x, start, size, axis=1)
+  start = jnp.tile(start, x.shape[0] // start.shape[0])
+  return jax.vmap(lambda row, s: jax.lax.dynamic_slice_in_dim(row, s, size, axis=0))(x, start)
+
+
+def put_window(x: jax.Array, start: jax.Array | int, values: jax.Array) -> jax.Array:
+  """x with x[:, start:start + len] replaced by `values`, `start` shared or per row as in `take_window`."""
+  if jnp.ndim(start) == 0:
+    return jax.lax.dynamic_update_slice_in_dim(x, values, start, axis=1)
+  start = jnp.tile(start, x.shape[0] // start.shape[0])
+  return jax.vmap(lambda row, s, v: jax.lax.dynamic_update_slice_in_dim(row, v, s, axis=0))(x, start, values)
 
 
 class Blocks(nnx.Module):
@@ -105,8 +124,8 @@ class Blocks(nnx.Module):
     """One layer over x [batch, length, d_model]; returns (x, (keys, values)) with the keys/values it attended to.
 
     `cached=(keys, values, start)`: this layer's keys/values of a whole canvas [batch, canvas, kv_heads, head_dim]
-    and x's offset in it; x's fresh keys/values overwrite positions start.. and x's queries attend to the whole
-    canvas (cos/sin and key_mask then cover x's positions and the canvas respectively).
+    and x's offset in it (shared, or one per row); x's fresh keys/values overwrite positions start.. and x's
+    queries attend to the whole canvas (cos/sin and key_mask then cover x's positions and the canvas respectively).
     """
     c = self.config
     dt = x.dtype
@@ -122,8 +141,8 @@ class Blocks(nnx.Module):
     k = apply_rope(k, cos, sin)
     if cached is not None:
       cached_k, cached_v, start = cached
-      k = jax.lax.dynamic_update_slice_in_dim(cached_k, k.astype(cached_k.dtype), start, axis=1)
-      v = jax.lax.dynamic_update_slice_in_dim(cached_v, v.astype(cached_v.dtype), start, axis=1)
+      k = put_window(cached_k, start, k.astype(cached_k.dtype))
+      v = put_window(cached_v, start, v.astype(cached_v.dtype))
     att = ops.tokens_first(ops.attention(q, k, v, key_mask, c))
     attention_out = checkpoint_name(ops.project(att, self.attn_out[...].astype(dt), in_dims=2), "attention_out")
     x = x + attention_out.reshape(x.shape)
@@ -156,15 +175,15 @@ class LLaDA(nnx.Module):
                logits_window: tuple[jax.Array | int, int] | None = None) -> jax.Array:
     x = self.features(tokens, attention_mask)
     if logits_window is not None:
-      start, size = logits_window
-      x = jax.lax.dynamic_slice_in_dim(x, start, size, axis=1)
+      x = take_window(x, *logits_window)
     return self.head(x)
 
   def features(self, tokens: jax.Array, attention_mask: jax.Array | None, cache: "KVCache | None" = None,
                start: jax.Array | int = 0) -> jax.Array:
     """The final-norm hidden states [batch, length, d_model]: everything but the output head. With `cache` (a
     whole canvas's keys/values), `tokens` are canvas positions start..start+len whose fresh keys/values replace
-    the cached ones there, the queries attend to the whole canvas, and `attention_mask` covers the canvas."""
+    the cached ones there, the queries attend to the whole canvas, and `attention_mask` covers the canvas; `start`
+    may be one offset per row."""
     return self._features(tokens, attention_mask, cache, start, collect_kv=False)[0]
 
   def features_and_cache(self, tokens: jax.Array, attention_mask: jax.Array | None) -> tuple[jax.Array, "KVCache"]:
@@ -179,7 +198,10 @@ class LLaDA(nnx.Module):
     canvas = tokens.shape[1] if cache is None else cache.keys.shape[2]
     cos, sin = rope_tables(canvas, c.head_dim, c.rope_theta)
     if cache is not None:  # absolute canvas positions, as the uncached model sees them
-      cos, sin = (jax.lax.dynamic_slice_in_dim(t, start, tokens.shape[1]) for t in (cos, sin))
+      tables = (cos, sin) if jnp.ndim(start) == 0 else (jnp.broadcast_to(t, (tokens.shape[0], *t.shape))
+                                                         for t in (cos, sin))
+      cos, sin = (take_window(t, start, tokens.shape[1]) if t.ndim == 3 else
+                  jax.lax.dynamic_slice_in_dim(t, start, tokens.shape[1]) for t in tables)
     key_mask = None if attention_mask is None else attention_mask.astype(bool)
     x, kv = self._run_blocks(x, cos, sin, key_mask, cache, start, collect_kv)
     return rms_norm(x, self.ln_f[...], c.rms_norm_eps), (KVCache(*kv) if collect_kv else None)
@@ -254,7 +276,8 @@ def apply(params: Params, tokens: jax.Array, attention_mask: jax.Array | None = 
           config: ModelConfig, logits_window: tuple[jax.Array | int, int] | None = None) -> jax.Array:
   """Logits [batch, length, embedding_size] in the compute dtype. tokens: int [batch, length].
 
-  `logits_window=(start, size)` returns only positions start..start+size-1 (start may be traced, size static):
+  `logits_window=(start, size)` returns only positions start..start+size-1 (start may be traced, and one per row;
+  size static):
   every position still attends to the whole sequence, but the output head — most of the cost of a small model —
   runs only where the caller needs predictions (the sampler's current block).
   """

@@ -19,11 +19,15 @@ cache it is static, one compilation per block, since the window after the block 
 show each block as soon as it is final (`generate_blocks`); the steps inside a block are a `lax.scan` (exact) or a
 `lax.while_loop` (every other mode) with no host round trip. In a batch each row advances on its own: a row whose
 block holds no mask commits nothing more, the loop ends when every row is done, and each row reports its own model
-calls; a row's tokens do not depend on what else is in the batch.
+calls; a row's tokens do not depend on what else is in the batch. Rows may even sit at different blocks of the
+same canvas layout (one block index per row), so a server can add a request to a running batch at a block boundary.
 
-Randomness: exact step i (counted over all blocks) draws from `fold_in(rng, i)`, a dynamic step i of block b from
-`fold_in(fold_in(rng, b), i)`, each split into the Gumbel key and the `random`-remasking key; draws cover the
-positions whose logits are computed (the current block, or the whole canvas when the prompt holds mask tokens).
+Randomness: `rng` is one key per row, or one key from which row r takes `fold_in(rng, r)` (row 0 `rng` itself), and
+each row draws only from its own key: exact step i
+(counted over all blocks) from `fold_in(key, i)`, a dynamic step i of block b from `fold_in(fold_in(key, b), i)`,
+each split into the Gumbel key and the `random`-remasking key; draws cover the row's positions whose logits are
+computed (the current block, or the whole canvas when the prompt holds mask tokens). A row therefore samples the
+same tokens with its key alone or in any batch, at any temperature.
 Temperature sampling uses the Gumbel-max trick as `argmax(l/T − log(−log u))`, which selects exactly what the
 official float64 `argmax(exp(l) / (−log u)^T)` does for the same u, without overflow, so float32 suffices.
 """
@@ -180,6 +184,15 @@ def step_keys(rng: jax.Array, step: jax.Array) -> tuple[jax.Array, jax.Array]:
   return gumbel_key, remask_key
 
 
+def row_keys(rng: jax.Array, batch: int) -> jax.Array:
+  """One key per row: `rng` as given when it holds one per row; from a single key, row 0 takes `rng` itself and row
+  r > 0 `fold_in(rng, r)`. A row draws only from its own key, over its own positions, so with its key it samples
+  the same tokens alone or in any batch (any temperature)."""
+  if rng.ndim:
+    return rng
+  return jnp.concatenate([rng[None], jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, jnp.arange(1, batch))])
+
+
 def _rank(confidence: jax.Array) -> jax.Array:
   """Each position's rank by confidence within its row (0 = most confident; ties: lowest index first)."""
   order = jnp.argsort(-confidence, axis=-1, stable=True)
@@ -232,17 +245,20 @@ def guided_logits(params, x, attention_mask, prompt_index, *, config: ModelConfi
 
 
 def _predict(logits: jax.Array, keys, sampling: SamplingConfig, eos_id: int, eot_id: int):
-  """(x0, confidence) of every position of fp32 logits [batch, width, vocab]."""
-  gumbel_key, remask_key = keys
+  """(x0, confidence) of every position of fp32 logits [batch, width, vocab]; `keys` are each row's (Gumbel,
+  remasking) keys of this step."""
+  gumbel_keys, remask_keys = keys
+  per_row = lambda fn, keys_: jax.vmap(fn)(keys_)
   if sampling.logits_eos_inf:
     logits = logits.at[..., eos_id].set(-jnp.inf)
   if sampling.temperature > 0:
-    u = jax.random.uniform(gumbel_key, logits.shape, minval=jnp.finfo(jnp.float32).tiny)
+    tiny = jnp.finfo(jnp.float32).tiny
+    u = per_row(lambda key: jax.random.uniform(key, logits.shape[1:], minval=tiny), gumbel_keys)
     x0 = jnp.argmax(logits / sampling.temperature - jnp.log(-jnp.log(u)), axis=-1)
   else:
     x0 = jnp.argmax(logits, axis=-1)
   if sampling.remasking == "random":
-    return x0, jax.random.uniform(remask_key, x0.shape)
+    return x0, per_row(lambda key: jax.random.uniform(key, x0.shape[1:]), remask_keys)
   if sampling.confidence_eos_eot_inf:
     # The official chained assignment: EoT always, EOS only when the noisy logits alias the logits (T = 0).
     logits = logits.at[..., eot_id].set(-jnp.inf)
@@ -257,7 +273,11 @@ _STATIC = ("config", "sampling", "prompt_length", "window", "return_history")
 
 def _sample_block(params, x, attention_mask, prompt_index, rng, block, *, config: ModelConfig,
                   sampling: SamplingConfig, prompt_length: int, window: bool, return_history: bool):
-  """Fills block `block` of the canvas x [batch, total]: (x, model calls per row, history or None)."""
+  """Fills block `block` of the canvas x [batch, total]: (x, model calls per row, history or None).
+
+  `rng` is one key for every row or one per row ([batch]); `block` one index for every row or one per row (rows
+  at different blocks share the program: what a server batching requests at block boundaries needs; the prefix
+  cache takes a shared, static block)."""
   if sampling.is_exact:
     return _exact_block(params, x, attention_mask, prompt_index, rng, block, config=config, sampling=sampling,
                         prompt_length=prompt_length, window=window, return_history=return_history)
@@ -276,28 +296,30 @@ def _exact_block(params, x, attention_mask, prompt_index, rng, block, *, config,
   batch, total = x.shape
   mask_id = sampling.mask_token(config)
   steps_per_block = sampling.steps // sampling.num_blocks
+  rngs, block = row_keys(rng, batch), jnp.broadcast_to(block, (batch,))
   positions = jnp.arange(total)[None, :]
   start = prompt_length + block * sampling.block_length
   block_end = start + sampling.block_length
-  in_block = (positions >= start) & (positions < block_end)
+  in_block = (positions >= start[:, None]) & (positions < block_end[:, None])
   schedule = transfer_schedule(jnp.sum((x == mask_id) & in_block, axis=1), steps_per_block)
   # Only the current block's logits are needed: positions after it are never committed and earlier ones hold no
   # masks, unless the prompt itself contains mask tokens (the official code may fill those): then use the whole
   # canvas. `window` is static, so this is decided on the host.
   window_start, window_size = (start, sampling.block_length) if window else (0, total)
-  in_reach = jax.lax.dynamic_slice_in_dim(positions, window_start, window_size, axis=1) < block_end
+  in_reach = model_lib.take_window(jnp.broadcast_to(positions, (batch, total)), window_start, window_size) < \
+      block_end[:, None]
 
   def one_step(x, i):
     logits = guided_logits(params, x, attention_mask, prompt_index, config=config, cfg_scale=sampling.cfg_scale,
                            mask_id=mask_id, logits_window=(window_start, window_size))
-    x0, confidence = _predict(logits, step_keys(rng, block * steps_per_block + i), sampling, config.eos_token_id,
-                              config.eot_token_id)
-    current = jax.lax.dynamic_slice_in_dim(x, window_start, window_size, axis=1)
+    keys = jax.vmap(step_keys)(rngs, block * steps_per_block + i)
+    x0, confidence = _predict(logits, keys, sampling, config.eos_token_id, config.eot_token_id)
+    current = model_lib.take_window(x, window_start, window_size)
     masked = current == mask_id
     confidence = jnp.where(masked & in_reach, confidence, -jnp.inf)
     x0 = jnp.where(masked, x0.astype(x.dtype), current)
     commit = _commit_top_k(confidence, schedule[:, i])
-    x = jax.lax.dynamic_update_slice_in_dim(x, jnp.where(commit, x0, current), window_start, axis=1)
+    x = model_lib.put_window(x, window_start, jnp.where(commit, x0, current))
     return x, (x if return_history else None)
 
   x, history = jax.lax.scan(one_step, x, jnp.arange(steps_per_block))
@@ -309,11 +331,13 @@ def _dynamic_block(params, x, attention_mask, prompt_index, rng, block, *, confi
   batch, total = x.shape
   size = sampling.block_length
   mask_id = sampling.mask_token(config)
+  static = sampling.cache == "prefix"  # the prefix cache's window is shaped by the (static, shared) block
+  block = block if static else jnp.broadcast_to(block, (batch,))
   start = prompt_length + block * size
-  rng = jax.random.fold_in(rng, block)
+  rngs = jax.vmap(jax.random.fold_in)(row_keys(rng, batch), jnp.broadcast_to(block, (batch,)))
   guide = functools.partial(with_guidance, cfg_scale=sampling.cfg_scale, mask_id=mask_id)
-  block_logits = lambda hidden, offset: model_lib.head(
-      params, jax.lax.dynamic_slice_in_dim(hidden, offset, size, axis=1), config=config)
+  block_logits = lambda hidden, offset: model_lib.head(params, model_lib.take_window(hidden, offset, size),
+                                                       config=config)
   def first_call(x):
     if sampling.cache == "none":
       return guided_logits(params, x, attention_mask, prompt_index, config=config, cfg_scale=sampling.cfg_scale,
@@ -330,8 +354,8 @@ def _dynamic_block(params, x, attention_mask, prompt_index, rng, block, *, confi
     if sampling.cache == "none":
       return first_call(x)[0]
     width = size if sampling.cache == "dual" else total - start  # prefix: start is static (_sample_block_static)
-    part = jax.lax.dynamic_slice_in_dim(x, start, width, axis=1)
-    part_prompt = jax.lax.dynamic_slice_in_dim(prompt_index, start, width, axis=1)
+    part = model_lib.take_window(x, start, width)
+    part_prompt = model_lib.take_window(prompt_index, start, width)
 
     def run(tokens, mask):  # with CFG, tokens and cache both hold the conditional rows, then the unconditional
       hidden = model_lib.features(params, tokens, mask, config=config, cache=cache, start=start)
@@ -339,8 +363,9 @@ def _dynamic_block(params, x, attention_mask, prompt_index, rng, block, *, confi
     return guide(run, part, attention_mask, part_prompt)[0]
 
   def commit(x, logits, i):
-    x0, confidence = _predict(logits, step_keys(rng, i), sampling, config.eos_token_id, config.eot_token_id)
-    current = jax.lax.dynamic_slice_in_dim(x, start, size, axis=1)
+    keys = jax.vmap(step_keys, in_axes=(0, None))(rngs, i)
+    x0, confidence = _predict(logits, keys, sampling, config.eos_token_id, config.eot_token_id)
+    current = model_lib.take_window(x, start, size)
     candidates = current == mask_id
     confidence = jnp.where(candidates, confidence, -jnp.inf)
     if sampling.decoding == "threshold":
@@ -349,9 +374,9 @@ def _dynamic_block(params, x, attention_mask, prompt_index, rng, block, *, confi
       chosen = _commit_factor(confidence, candidates, sampling.factor)
     else:
       chosen = _commit_top_k(confidence, schedule[:, i])
-    return jax.lax.dynamic_update_slice_in_dim(x, jnp.where(chosen, x0.astype(x.dtype), current), start, axis=1)
+    return model_lib.put_window(x, start, jnp.where(chosen, x0.astype(x.dtype), current))
 
-  block_masked = lambda x: jnp.sum(jax.lax.dynamic_slice_in_dim(x, start, size, axis=1) == mask_id, axis=1)
+  block_masked = lambda x: jnp.sum(model_lib.take_window(x, start, size) == mask_id, axis=1)
   if sampling.decoding == "exact":  # the step schedule, with a cache
     schedule = transfer_schedule(block_masked(x), sampling.steps // sampling.num_blocks)
   logits, cache = first_call(x)
@@ -413,6 +438,20 @@ def generate_blocks(params, prompt, attention_mask=None, *, config: ModelConfig,
                                      prompt_length=prompt_length, window=window, return_history=return_history)
     row_nfe = row_nfe + calls
     yield BlockUpdate(block, x, row_nfe, history)
+
+
+def fill_blocks(params, canvas, attention_mask, prompt_index, rngs, blocks, *, config: ModelConfig,
+                sampling: SamplingConfig, prompt_length: int) -> tuple[jax.Array, jax.Array]:
+  """One block of every row of a canvas [batch, prompt_length + gen_length], each row at its own block: (canvas,
+  model calls per row). What a server needs to add requests to a running batch at block boundaries: row r, with
+  its key rngs[r], gets exactly the tokens `generate_blocks` gives it alone. The rows' prompts hold no mask tokens;
+  the prefix cache (whose window follows one shared block) is not available here."""
+  if sampling.cache == "prefix":
+    raise UserError("cache=prefix follows one block shared by every row; use cache=dual or none")
+  x, calls, _ = _sample_block_traced(params, canvas, attention_mask, prompt_index, rngs, jnp.asarray(blocks, jnp.int32),
+                                     config=config.for_inference(), sampling=sampling, prompt_length=prompt_length,
+                                     window=True, return_history=False)
+  return x, calls
 
 
 def generate(params, prompt, attention_mask=None, *, config: ModelConfig, sampling: SamplingConfig | None = None,

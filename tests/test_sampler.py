@@ -1,5 +1,7 @@
 """The jitted sampler against the official sampling rules ported onto the PyTorch reference: token-identical."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -39,17 +41,17 @@ def _injected_noise(rng, args, batch, prompt_length, full_canvas=False):
   length = prompt_length + args["gen_length"]
   draws = []
   for i in range(args["steps"]):
-    gumbel_key, remask_key = sampler.step_keys(rng, i)
+    keys = [sampler.step_keys(key, i) for key in sampler.row_keys(rng, batch)]  # each row draws from its own key
     start = 0 if full_canvas else prompt_length + (i // steps_per_block) * args["block_length"]
     width = length if full_canvas else args["block_length"]
     if args.get("temperature", 0) > 0:
       full = np.full((batch, length, 128), 0.5)
-      full[:, start:start + width] = jax.random.uniform(gumbel_key, (batch, width, 128),
-                                                        minval=jnp.finfo(jnp.float32).tiny)
+      full[:, start:start + width] = [jax.random.uniform(gumbel, (width, 128), minval=jnp.finfo(jnp.float32).tiny)
+                                      for gumbel, _ in keys]
       draws.append(full)
     if args.get("remasking") == "random":
       full = np.full((batch, length), 0.5)
-      full[:, start:start + width] = jax.random.uniform(remask_key, (batch, width))
+      full[:, start:start + width] = [jax.random.uniform(remask, (width,)) for _, remask in keys]
       draws.append(full)
   it = iter(draws)
   return lambda shape: torch.from_numpy(np.asarray(next(it), np.float64))
@@ -271,6 +273,50 @@ def test_rows_are_batch_invariant(sharp_pair, args):
   assert len(set(batch.row_nfe.tolist())) > 1  # the rows really did advance on their own
   assert not np.any(tokens == MASK)
   np.testing.assert_array_equal(tokens[:, :prompt.shape[1]], prompt)
+
+
+@pytest.mark.parametrize("args", [dict(temperature=0.8), dict(temperature=0.8, remasking="random"),
+                                  dict(decoding="threshold", threshold=0.3, cache="dual", temperature=0.8)],
+                         ids=["exact", "random_remasking", "threshold_dual"])
+def test_a_row_samples_the_same_tokens_with_its_key_alone_or_in_a_batch(sharp_pair, args):
+  """Sampling at temperature > 0: each row draws from its own key, so the row is the same sampled alone."""
+  model, _ = sharp_pair
+  rows = [np.random.default_rng(i).integers(0, 100, n) for i, n in enumerate([4, 9, 6])]
+  prompt, mask = sampler.left_pad(rows, EOS)
+  keys = jax.random.split(jax.random.key(3), 3)
+  options = dict(gen_length=16, block_length=8, steps=16, **args)
+  batch = np.asarray(model.generate(prompt, attention_mask=mask, rng=keys, **options).tokens)
+  for i, row in enumerate(rows):
+    alone = model.generate(row[None], rng=keys[i], **options)
+    np.testing.assert_array_equal(batch[i, -16:], np.asarray(alone.tokens)[0, -16:])
+  assert len({tuple(r) for r in batch[:, -16:].tolist()}) == 3
+  # One key for the batch: row 0 draws from it, row r from fold_in(key, r).
+  shared = np.asarray(model.generate(prompt, attention_mask=mask, rng=keys[0], **options).tokens)
+  np.testing.assert_array_equal(shared[0], batch[0])
+
+
+@pytest.mark.parametrize("args", [dict(), dict(decoding="threshold", threshold=0.3, cache="dual", temperature=0.8)],
+                         ids=["exact", "threshold_dual"])
+def test_rows_at_different_blocks_share_one_program(sharp_pair, args):
+  """`fill_blocks` advances row A from block 1 to 2 and row B from block 0 to 1 in one call, each exactly as it
+  advances alone: a server can add a request to a running batch at a block boundary."""
+  model, _ = sharp_pair
+  options = sampler.SamplingConfig(gen_length=24, block_length=8, steps=24, **args)
+  prompts = [np.random.default_rng(i).integers(0, 100, 6) for i in range(2)]
+  keys = jax.random.split(jax.random.key(5), 2)
+  alone = [[np.asarray(u.tokens)[0] for u in sampler.generate_blocks(model.params, p[None], config=model.config,
+                                                                      sampling=options, rng=k)]
+           for p, k in zip(prompts, keys)]
+  fresh = np.concatenate([prompts[1], np.full(24, MASK)])
+  canvas = np.stack([alone[0][0], fresh])  # A has its first block, B nothing yet
+  prompt_index = np.stack([np.arange(30) < 6] * 2)
+  x, calls = sampler.fill_blocks(model.params, jnp.asarray(canvas, jnp.int32), None, jnp.asarray(prompt_index), keys,
+                                 [1, 0], config=model.config, sampling=options, prompt_length=6)
+  np.testing.assert_array_equal(np.asarray(x), np.stack([alone[0][1], alone[1][0]]))
+  assert np.all(np.asarray(calls) >= 1)
+  with pytest.raises(UserError, match="cache=prefix follows one block"):
+    sampler.fill_blocks(model.params, jnp.asarray(canvas), None, jnp.asarray(prompt_index), keys, [1, 0],
+                        config=model.config, sampling=dataclasses.replace(options, cache="prefix"), prompt_length=6)
 
 
 @pytest.mark.parametrize("args", [dict(), dict(decoding="threshold", threshold=0.3, cache="dual")])
