@@ -168,7 +168,10 @@ class Api:
     ran = {"gen_length": sampling.gen_length, "block_length": sampling.block_length, "steps": sampling.steps,
            "decoding": sampling.decoding, "cache": sampling.cache, "seed": job.seed}
     if stream:
-      return StreamingResponse(self._events(request, job, events, meta, chat), media_type="text/event-stream")
+      options = body.get("stream_options") or {}
+      usage = isinstance(options, dict) and options.get("include_usage") is True
+      return StreamingResponse(self._events(request, job, events, meta, chat, len(prompt) if usage else None),
+                               media_type="text/event-stream")
     return await self._whole(job, events, meta, ran, chat, len(prompt))
 
   def _prompt(self, body: dict, chat: bool) -> list[int]:
@@ -231,10 +234,12 @@ class Api:
                          "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": tokens,
                                    "total_tokens": prompt_tokens + tokens, "model_calls": calls}, "llada": ran})
 
-  async def _events(self, request: Request, job, events, meta, chat: bool):
+  async def _events(self, request: Request, job, events, meta, chat: bool, prompt_tokens: int | None):
+    """Server-sent events: each block's new text per choice, each choice's end, then (with stream_options
+    include_usage) a chunk with no choices and the usage, then [DONE]."""
     kind = "chat.completion.chunk" if chat else "text_completion"
     chunk = lambda choice: "data: " + json.dumps({**meta, "object": kind, "choices": [choice]}) + "\n\n"
-    deadline, finished = job.created + self.request_timeout, False
+    deadline, finished, tokens, calls = job.created + self.request_timeout, False, 0, 0
     try:
       if chat:
         for i in range(job.n):
@@ -257,6 +262,10 @@ class Api:
           return
         if event.get("done"):
           finished = True
+          if prompt_tokens is not None:
+            usage = {"prompt_tokens": prompt_tokens, "completion_tokens": tokens,
+                     "total_tokens": prompt_tokens + tokens, "model_calls": calls}
+            yield "data: " + json.dumps({**meta, "object": kind, "choices": [], "usage": usage}) + "\n\n"
           yield "data: [DONE]\n\n"
           return
         if "text" in event:
@@ -264,6 +273,7 @@ class Api:
           yield chunk({"index": event["index"], **({"delta": delta} if chat else {"text": event["text"]}),
                        "finish_reason": None})
         if "finish_reason" in event:
+          tokens, calls = tokens + event["tokens"], calls + event["calls"]
           yield chunk({"index": event["index"], **({"delta": {}} if chat else {"text": ""}),
                        "finish_reason": event["finish_reason"]})
     finally:  # a client that went away mid-stream frees its rows at the engine's next step

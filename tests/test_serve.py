@@ -6,6 +6,7 @@ import concurrent.futures
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -52,7 +53,7 @@ def served(checkpoint):
     time.sleep(0.05)
   port = sock.getsockname()[1]
   client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
-  yield dict(client=client, port=port, model=model, tokenizer=tokenizer, engine=engine, api=api)
+  yield dict(client=client, port=port, model=model, tokenizer=tokenizer, engine=engine, api=api, checkpoint=checkpoint)
   running.should_exit = True
   thread.join(timeout=30)
 
@@ -213,3 +214,44 @@ def test_the_cli_serves_and_drains_on_sigterm(checkpoint):
     assert "Traceback" not in proc.stderr.read()
   finally:
     proc.kill()
+
+
+def test_stream_usage_and_a_sharded_engine_give_the_same_tokens(served):
+  """stream_options.include_usage ends a stream with the usage; an engine whose parameters are sharded over the
+  local devices (--mesh fsdp=-1) samples the same tokens as the one-device engine."""
+  s = served
+  chunks = list(s["client"].completions.create(model="tiny", prompt="ROMEO:", max_tokens=8, seed=2, stream=True,
+                                               stream_options={"include_usage": True}))
+  assert chunks[-1].usage.completion_tokens >= 1 and not chunks[-1].choices
+  from llada_jax.pretrained import load_pretrained
+  from llada_jax.sharding import local_mesh
+  mesh = local_mesh("fsdp=-1")  # every local device (8 in the tests)
+  sharded = load_pretrained(s["checkpoint"], mesh=mesh)
+  engine = engine_lib.Engine(sharded.params, sharded.config, s["tokenizer"], max_batch=2, mesh=mesh)
+  texts = []
+  done = threading.Event()
+  job = engine_lib.Request(s["tokenizer"].encode("ROMEO:", add_bos=s["tokenizer"].add_bos_token),
+                           engine_lib.request_sampling(DEFAULTS, 8, 96, 3), seed=2,
+                           emit=lambda e: texts.append(e.get("text", "")) or (e.get("done") and done.set()))
+  engine.start()
+  try:
+    engine.submit(job)
+    assert done.wait(120)
+  finally:
+    engine.stop()
+  assert "".join(texts) == "".join(c.choices[0].text for c in chunks[:-1] if c.choices)
+
+
+def test_bench_serve_reports_each_concurrency_and_the_last_line(checkpoint):
+  done = subprocess.run([sys.executable, "-m", "llada_jax.cli", "bench", "serve", "--checkpoint", checkpoint,
+                         "--concurrency", "1,2", "--requests", "4", "--max-tokens", "8", "--max-batch", "2"],
+                        capture_output=True, text=True, cwd=REPO, timeout=600, env={**os.environ,
+                                                                                    "JAX_PLATFORMS": "cpu"})
+  assert done.returncode == 0, done.stderr[-3000:]
+  lines = done.stdout.strip().splitlines()
+  header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["clients", "requests"])
+  rows = [line.split() for line in lines[header + 1:header + 3]]
+  assert [r[:2] for r in rows] == [["1", "4"], ["2", "4"]] and all(r[-2] == "0" for r in rows)  # no errors
+  assert re.search(r"time to first block, one client: p50 [\d.]+s, [\d.]+× the direct call's", done.stdout)
+  assert re.fullmatch(r"serve: [\d,.]+ tokens/s at 2 concurrent \([\d.]+× one at a time\), p99 first block [\d.]+ s",
+                      lines[-1])

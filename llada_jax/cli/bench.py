@@ -28,8 +28,13 @@ def add_parsers(commands) -> None:
                           "data.source=stream pipeline delivers at each --workers count, next to the tokenizer's "
                           "own encode_batch on one core on the same documents and to what one --host of chips trains "
                           "on at 40%% MFU; last line `data: X "
-                          "tokens/s per host with N workers (R× the tokenizer alone)`.")
-  p.add_argument("what", choices=["convert", "train", "sample", "kernels", "gpu", "data"], help="what to measure")
+                          "tokens/s per host with N workers (R× the tokenizer alone)`. serve: a load generator against "
+                          "llada-jax serve on loopback (--checkpoint, the checkpoint's sampling defaults): for each "
+                          "--concurrency, clients send streaming completions back to back; tokens/s, p50/p99 time to "
+                          "the first block and to the end, batch occupancy, errors, memory; last line `serve: X "
+                          "tokens/s at 8 concurrent (R× one at a time), p99 first block Y s`.")
+  p.add_argument("what", choices=["convert", "train", "sample", "kernels", "gpu", "data", "serve"],
+                 help="what to measure")
   common.add_config_arg(p, required=False, help="train/sample/kernels: the config whose model and batch to time "
                         "(default configs/tiny.py); --config.key=value overrides apply. gpu: the train part's config "
                         "and the attention part's widths (default configs/llada_1b.py of this checkout)")
@@ -61,7 +66,14 @@ def add_parsers(commands) -> None:
   p.add_argument("--budget", type=float, default=480.0, help="gpu: seconds for all parts together, shared out as "
                  "attention 1/8, train 3/8, sample 5/16, likelihood 3/16 (default 480)")
   p.add_argument("--workers", default="0,1,2", help="data: comma-separated data.num_workers values (default 0,1,2)")
-  p.add_argument("--seconds", type=float, default=20.0, help="data: seconds timed per worker count (default 20)")
+  p.add_argument("--seconds", type=float, default=None, help="data: seconds timed per worker count (default 20); "
+                 "serve: the most seconds per concurrency level (default 120)")
+  p.add_argument("--concurrency", default="1,4,8,16", help="serve: comma-separated numbers of concurrent clients "
+                 "(default 1,4,8,16)")
+  p.add_argument("--requests", type=int, default=32, help="serve: the most requests per concurrency level "
+                 "(default 32)")
+  p.add_argument("--max-tokens", type=int, default=64, help="serve: max_tokens of every request (default 64)")
+  p.add_argument("--max-batch", type=int, default=16, help="serve: the server's --max-batch (default 16)")
   p.add_argument("--host", default="v5e:4", help="data: CHIP:N, the chips of one host the loader feeds (default "
                  "v5e:4; e.g. h100:8)")
   p.add_argument("--parts", default=",".join(("attention", "train", "sample", "likelihood")),
@@ -75,6 +87,8 @@ def _cmd_bench(args: argparse.Namespace) -> None:
     _cmd_gpu(args)
   elif args.what == "data":
     _cmd_data(args)
+  elif args.what == "serve":
+    _cmd_serve(args)
   elif args.what == "convert":
     bench.bench_convert([int(n) for n in args.layers.split(",")], dtype=args.dtype)
   elif args.what == "train":
@@ -132,4 +146,19 @@ def _cmd_data(args: argparse.Namespace) -> None:
   if not workers or min(workers) < 0:
     raise UserError(f"--workers {args.workers}: comma-separated worker counts ≥ 0, e.g. 0,1,2")
   exp = Experiment.from_config(common.load_config(args))
-  bench_data.bench_data(exp, args.config, make_tokenizer(exp.data), workers, args.seconds, args.host)
+  bench_data.bench_data(exp, args.config, make_tokenizer(exp.data), workers, args.seconds or 20.0, args.host)
+
+
+def _cmd_serve(args: argparse.Namespace) -> None:
+  from llada_jax import bench_serve
+  from llada_jax.errors import UserError
+  if not args.checkpoint:
+    raise UserError("bench serve loads a model: pass --checkpoint (e.g. runs/tiny)")
+  try:
+    levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
+  except ValueError:
+    levels = []
+  if not levels or min(levels) < 1 or args.requests < 1 or args.max_tokens < 1 or args.max_batch < 1:
+    raise UserError("--concurrency takes counts ≥ 1 (e.g. 1,4,8,16); --requests, --max-tokens, --max-batch ≥ 1")
+  bench_serve.bench_serve(args.checkpoint, levels, args.requests, args.seconds or 120.0, args.max_tokens,
+                          args.max_batch)
