@@ -265,6 +265,9 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, resume: bool = False, r
   summary.checkpoint_dir = os.path.join(workdir, "checkpoints", str(store.latest_step()))  # as the user named it
   summary.best_step = store.best_step()
   summary.data_stats = data_lib.data_stats(exp.data, tokenizer)
+  if exp.data.source == "stream" and exp.data.bad_data == "skip":
+    from llada_jax.data import streaming
+    summary.data_stats["skipped_documents"] = streaming.skipped_documents(train_iter.get_state())
   summary.tensorboard_dir = tensorboard_dir
   if jax.process_index() == 0 and (summary.losses or summary.val_losses):
     from llada_jax import plots

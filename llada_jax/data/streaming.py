@@ -207,6 +207,7 @@ class _UnitIterator(grain.DatasetIterator):
     self._texts = None
     self._ready: list[np.ndarray] = []
     self._returned = 0
+    self._skipped = 0  # bad documents passed over (data.bad_data=skip)
 
   def _open(self, skip: int = 0) -> None:
     self._texts = self._documents()
@@ -220,9 +221,9 @@ class _UnitIterator(grain.DatasetIterator):
     if not self._ready:
       chunk = [text for _, text in zip(range(_TOKENIZE_CHUNK), self._texts)]
       if not chunk:
-        if self._returned >= 0:  # one marker at the end, saying how many documents the unit held
+        if self._returned >= 0:  # one marker at the end: the documents the unit held, those skipped as bad
           documents, self._returned = self._returned, -1
-          return {_END: documents}
+          return {_END: documents, _SKIPPED: self._skipped}
         raise StopIteration
       eos = self._tokenizer.eos_id
       self._ready = [np.asarray(ids + [eos], np.int32) for ids in self._tokenizer.encode_batch(chunk)][::-1]
@@ -254,6 +255,7 @@ class _UnitIterator(grain.DatasetIterator):
           if self._bad_data != "skip":
             raise UserError(f"{where}: {bad} (set data.bad_data=skip to skip such documents)") from None
           logging.warning("skipped a document (data.bad_data=skip): %s: %s", where, bad)
+          self._skipped += 1
     except UserError:
       raise
     except Exception as e:  # a truncated or unreadable file
@@ -261,7 +263,7 @@ class _UnitIterator(grain.DatasetIterator):
                       "paths") from None
 
 
-_END = "unit_end"  # the key of the marker a unit's documents end with (removed by `_Documents`)
+_END, _SKIPPED = "unit_end", "skipped"  # the keys of the marker a unit's documents end with (removed by `_Documents`)
 
 
 class _Documents(grain.IterDataset):
@@ -280,7 +282,7 @@ class _DocumentsIterator(grain.DatasetIterator):
 
   def __init__(self, parent, units: int, what: str):
     super().__init__(parent)
-    self._units, self._what, self._empty = units, what, 0
+    self._units, self._what, self._empty, self._skipped = units, what, 0, 0
 
   def __next__(self) -> dict:
     while True:
@@ -289,17 +291,18 @@ class _DocumentsIterator(grain.DatasetIterator):
         self._empty = 0
         return element
       self._empty = 0 if element[_END] else self._empty + 1
+      self._skipped += element[_SKIPPED]
       # Units are shuffled each epoch, so while any holds a document, fewer than two epochs' worth end empty in a row.
       if self._empty > 2 * self._units:
         raise UserError(f"{self._what}: none of its {self._units} units on this process holds a document (empty "
                         "values or blank lines only); fix or remove the files")
 
   def get_state(self) -> dict:
-    return {"parent": self._parent.get_state(), "empty": self._empty}
+    return {"parent": self._parent.get_state(), "empty": self._empty, _SKIPPED: self._skipped}
 
   def set_state(self, state: dict) -> None:
     self._parent.set_state(state["parent"])
-    self._empty = state["empty"]
+    self._empty, self._skipped = state["empty"], state[_SKIPPED]
 
 
 def unit_texts(unit: Unit, max_document_bytes: int, bad_data: str = "skip") -> Iterator[str]:
@@ -465,6 +468,18 @@ def val_dataset(data_cfg: DataConfig, tokenizer, *, process_index: int, process_
   windows = _windows(units, data_cfg, tokenizer, 0, "the validation files", shuffle=False)
   return windows.batch(batch * process_count, drop_remainder=True).map(
       lambda rows: {TOKENS: rows[TOKENS][process_index * batch:(process_index + 1) * batch]})
+
+
+def skipped_documents(state) -> int:
+  """Bad documents this process's pipeline skipped (data.bad_data=skip), summed over the `_Documents` states in its
+  iterator state (every stream's, in every worker; up to a shuffle window behind what was consumed)."""
+  if isinstance(state, dict):
+    if {"parent", "empty", _SKIPPED} <= state.keys():
+      return state[_SKIPPED]
+    return sum(skipped_documents(value) for value in state.values())
+  if isinstance(state, list):
+    return sum(skipped_documents(value) for value in state)
+  return 0
 
 
 class Checked(grain.DatasetIterator):
