@@ -5,7 +5,6 @@ time to the first block and to the whole answer, the engine's batch occupancy, e
 import http.client
 import json
 import resource
-import socket
 import threading
 import time
 
@@ -15,25 +14,6 @@ from llada_jax.errors import UserError
 
 PROMPTS = ["ROMEO:", "JULIET: O Romeo, Romeo!", "Enter the Prince.", "What light through yonder window breaks?",
            "Good night, good night!", "A plague o' both your houses!", "Ay me!", "Is she not down so late?"]
-
-
-def start_server(engine, tokenizer, defaults, max_sequence_length: int):
-  """(port, stop): the API on an ephemeral loopback port in a background thread."""
-  import uvicorn
-  from llada_jax import server
-  api = server.Api(engine, tokenizer, model_name="bench", defaults=defaults, api_key=None, request_timeout=600,
-                   max_sequence_length=max_sequence_length)
-  sock = socket.create_server(("127.0.0.1", 0))
-  running = uvicorn.Server(uvicorn.Config(api.app(on_start=engine.start, on_stop=engine.stop), log_level="warning"))
-  thread = threading.Thread(target=running.run, kwargs={"sockets": [sock]}, daemon=True)
-  thread.start()
-  while not running.started:
-    time.sleep(0.05)
-
-  def stop():
-    running.should_exit = True
-    thread.join(timeout=60)
-  return sock.getsockname()[1], stop
 
 
 def one_request(port: int, body: dict) -> dict:
@@ -140,7 +120,10 @@ def bench_serve(checkpoint: str, levels: list[int], requests: int, seconds: floa
       f"({sampling.describe()})")
   direct = _direct_first_block(model, tokenizer, sampling)
   log(f"a direct generate_blocks call, the same request alone: first block after {direct:.3f}s")
-  port, stop = start_server(engine, tokenizer, defaults, model.config.max_sequence_length)
+  from llada_jax import server
+  api = server.Api(engine, tokenizer, model_name="bench", defaults=defaults, api_key=None, request_timeout=600,
+                   max_sequence_length=model.config.max_sequence_length)
+  port, stop = server.serve_in_background(api, engine)
   rows = []
   try:
     one_request(port, {**body, "prompt": PROMPTS[0]})  # the first request through the HTTP stack

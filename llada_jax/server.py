@@ -12,6 +12,7 @@ import contextlib
 import json
 import time
 import uuid
+from typing import Callable
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -279,3 +280,21 @@ class Api:
     finally:  # a client that went away mid-stream frees its rows at the engine's next step
       if not finished:
         job.cancelled = True
+
+
+def serve_in_background(api: Api, engine) -> tuple[int, Callable[[], None]]:
+  """(port, stop): `api` on an ephemeral loopback port in a background thread, for benchmarks and tests."""
+  import socket
+  import threading
+  import uvicorn
+  sock = socket.create_server(("127.0.0.1", 0))
+  running = uvicorn.Server(uvicorn.Config(api.app(on_start=engine.start, on_stop=engine.stop), log_level="warning"))
+  thread = threading.Thread(target=running.run, kwargs={"sockets": [sock]}, daemon=True)
+  thread.start()
+  while not running.started:
+    time.sleep(0.05)
+
+  def stop():
+    running.should_exit = True
+    thread.join(timeout=60)
+  return sock.getsockname()[1], stop

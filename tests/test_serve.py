@@ -8,7 +8,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -18,7 +17,6 @@ import jax
 import numpy as np
 import openai
 import pytest
-import uvicorn
 
 from conftest import REPO, tiny_hf_config, write_hf_dir
 from llada_jax import data, engine as engine_lib, sampler, server
@@ -45,17 +43,10 @@ def served(checkpoint):
   engine = engine_lib.Engine(model.params, model.config, tokenizer, max_batch=4, max_queue=16)
   api = server.Api(engine, tokenizer, model_name="tiny", defaults=DEFAULTS, api_key=None, request_timeout=120,
                    max_sequence_length=model.config.max_sequence_length)
-  sock = socket.create_server(("127.0.0.1", 0))
-  running = uvicorn.Server(uvicorn.Config(api.app(on_start=engine.start, on_stop=engine.stop), log_level="warning"))
-  thread = threading.Thread(target=running.run, kwargs={"sockets": [sock]}, daemon=True)
-  thread.start()
-  while not running.started:
-    time.sleep(0.05)
-  port = sock.getsockname()[1]
+  port, stop = server.serve_in_background(api, engine)
   client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
   yield dict(client=client, port=port, model=model, tokenizer=tokenizer, engine=engine, api=api, checkpoint=checkpoint)
-  running.should_exit = True
-  thread.join(timeout=30)
+  stop()
 
 
 def alone(s, prompt_ids, seed, max_tokens, index=0, **fields) -> str:

@@ -139,12 +139,7 @@ def _cmd_data(args: argparse.Namespace) -> None:
   from llada_jax.errors import UserError
   if not args.config:
     raise UserError("bench data measures a config's input pipeline: pass --config (with data.source=stream)")
-  try:
-    workers = [int(w) for w in args.workers.split(",") if w.strip()]
-  except ValueError:
-    workers = []
-  if not workers or min(workers) < 0:
-    raise UserError(f"--workers {args.workers}: comma-separated worker counts ≥ 0, e.g. 0,1,2")
+  workers = _counts(args.workers, "--workers", least=0, example="0,1,2")
   exp = Experiment.from_config(common.load_config(args))
   bench_data.bench_data(exp, args.config, make_tokenizer(exp.data), workers, args.seconds or 20.0, args.host)
 
@@ -154,11 +149,20 @@ def _cmd_serve(args: argparse.Namespace) -> None:
   from llada_jax.errors import UserError
   if not args.checkpoint:
     raise UserError("bench serve loads a model: pass --checkpoint (e.g. runs/tiny)")
-  try:
-    levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
-  except ValueError:
-    levels = []
-  if not levels or min(levels) < 1 or args.requests < 1 or args.max_tokens < 1 or args.max_batch < 1:
-    raise UserError("--concurrency takes counts ≥ 1 (e.g. 1,4,8,16); --requests, --max-tokens, --max-batch ≥ 1")
+  levels = _counts(args.concurrency, "--concurrency", least=1, example="1,4,8,16")
+  if min(args.requests, args.max_tokens, args.max_batch) < 1:
+    raise UserError("--requests, --max-tokens and --max-batch must be ≥ 1")
   bench_serve.bench_serve(args.checkpoint, levels, args.requests, args.seconds or 120.0, args.max_tokens,
                           args.max_batch)
+
+
+def _counts(text: str, flag: str, least: int, example: str) -> list[int]:
+  """A comma-separated list of whole numbers ≥ `least`, or one line saying what the flag takes."""
+  from llada_jax.errors import UserError
+  try:
+    counts = [int(part) for part in text.split(",") if part.strip()]
+  except ValueError:
+    counts = []
+  if not counts or min(counts) < least:
+    raise UserError(f"{flag} {text}: comma-separated counts ≥ {least}, e.g. {example}")
+  return counts
