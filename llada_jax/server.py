@@ -10,6 +10,7 @@ becomes final, then `data: [DONE]`. Every bad request is a 4xx JSON error in Ope
 import asyncio
 import contextlib
 import json
+import math
 import time
 import uuid
 from typing import Callable
@@ -47,7 +48,8 @@ def _field(body: dict, name: str):
     return None
   if name in _NUMBERS:
     kind, low, high = _NUMBERS[name]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or (
+        kind is int and value != int(value)):
       raise BadRequest(f"{name} must be {'an integer' if kind is int else 'a number'}, got {json.dumps(value)}",
                        param=name)
     if not low <= value <= high:

@@ -246,3 +246,44 @@ def test_bench_serve_reports_each_concurrency_and_the_last_line(checkpoint):
   assert re.search(r"time to first block, one client: p50 [\d.]+s, [\d.]+× the direct call's", done.stdout)
   assert re.fullmatch(r"serve: [\d,.]+ tokens/s at 2 concurrent \([\d.]+× one at a time\), p99 first block [\d.]+ s",
                       lines[-1])
+
+
+def test_a_fuzz_of_request_bodies_never_breaks_the_server(served):
+  """300 bodies drawn from the API's fields with values of every JSON type (seeded): each answer is a 200 or a 4xx
+  JSON error, never a 5xx or a dropped connection, and the server stays healthy."""
+  import random
+  rng = random.Random(0)
+  fields = ["prompt", "messages", "max_tokens", "temperature", "stop", "seed", "n", "stream", "steps", "block_length",
+            "decoding", "threshold", "factor", "cache", "cfg_scale", "remasking", "stream_options", "logprobs"]
+  values = [None, True, False, 0, 1, 4, -3, 2 ** 70, 0.5, -1.5, 1e300, float("nan"), "", "x", "exact", "dual",
+            "threshold", [], ["a"], [1, 2], {}, {"include_usage": True}, [{"role": "user", "content": "Hi"}],
+            [{"role": "user"}], "ROMEO:"]
+  for i in range(300):
+    body = {name: rng.choice(values) for name in rng.sample(fields, rng.randint(0, 6))}
+    if rng.random() < 0.5:
+      body.setdefault("prompt", "ROMEO:")
+    if body.get("stream") is True or (isinstance(body.get("max_tokens"), int) and body["max_tokens"] > 16):
+      body["max_tokens"] = 4  # keep the accepted ones short
+    path = "/v1/chat/completions" if "messages" in body and rng.random() < 0.7 else "/v1/completions"
+    connection = http.client.HTTPConnection("127.0.0.1", served["port"], timeout=60)
+    connection.request("POST", path, json.dumps(body), {"content-type": "application/json"})
+    response = connection.getresponse()
+    payload = response.read()
+    assert response.status == 200 or 400 <= response.status < 500, (i, body, response.status, payload[:300])
+    if response.status != 200:
+      assert "message" in json.loads(payload)["error"], (i, body)
+  assert served["client"].models.list().data[0].id == "tiny"
+
+
+def test_a_request_over_its_time_is_a_504_and_frees_its_rows(served):
+  s = served
+  s["api"].request_timeout = 0.0
+  try:
+    code, reply = _post(s["port"], "/v1/completions", {"prompt": "ROMEO:", "max_tokens": 16})
+    assert code == 504 and "--request-timeout" in reply["error"]["message"]
+  finally:
+    s["api"].request_timeout = 120
+  deadline = time.time() + 60
+  while s["engine"].running_rows and time.time() < deadline:
+    time.sleep(0.1)
+  assert s["engine"].running_rows == 0
