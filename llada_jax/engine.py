@@ -61,7 +61,6 @@ class _Row:
   block: int = 0
   calls: int = 0
   sent: str = ""
-  tokens: int = 0
   finish: str | None = None
 
 
@@ -234,7 +233,7 @@ class Engine:
       row.request.emit({"index": row.index, "text": text[len(row.sent):]})
       row.sent = text
     if finish:
-      row.finish, row.tokens = finish, len(ids)
+      row.finish = finish
       row.request.emit({"index": row.index, "finish_reason": finish, "tokens": len(ids), "calls": row.calls})
       self.stats["tokens"] += len(ids)
       self._maybe_end(row.request)

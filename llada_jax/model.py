@@ -198,10 +198,8 @@ class LLaDA(nnx.Module):
     canvas = tokens.shape[1] if cache is None else cache.keys.shape[2]
     cos, sin = rope_tables(canvas, c.head_dim, c.rope_theta)
     if cache is not None:  # absolute canvas positions, as the uncached model sees them
-      tables = (cos, sin) if jnp.ndim(start) == 0 else (jnp.broadcast_to(t, (tokens.shape[0], *t.shape))
-                                                         for t in (cos, sin))
-      cos, sin = (take_window(t, start, tokens.shape[1]) if t.ndim == 3 else
-                  jax.lax.dynamic_slice_in_dim(t, start, tokens.shape[1]) for t in tables)
+      cos, sin = (take_window(jnp.broadcast_to(t, (tokens.shape[0], *t.shape)), start, tokens.shape[1])
+                  for t in (cos, sin))
     key_mask = None if attention_mask is None else attention_mask.astype(bool)
     x, kv = self._run_blocks(x, cos, sin, key_mask, cache, start, collect_kv)
     return rms_norm(x, self.ln_f[...], c.rms_norm_eps), (KVCache(*kv) if collect_kv else None)

@@ -443,17 +443,19 @@ def train_dataset(data_cfg: DataConfig, tokenizer, *, seed: int, process_index: 
   return ds.batch(batch, drop_remainder=True)
 
 
-def val_units(data_cfg: DataConfig) -> list[Unit]:
-  """The validation units: the named files, or each stream's held-out files."""
+def _val_files(data_cfg: DataConfig) -> list[tuple[tuple[str, ...], str, str]]:
+  """(files, format, field) of the validation data: the named files, or each stream's held-out files."""
   if data_cfg.val_paths:
     from llada_jax.data.sources import resolve_paths
     files = resolve_paths("stream", data_cfg.val_paths)
-    first = streams_of(data_cfg)[0]
-    return units_of(files, _format_of(files[0]), first.field, data_cfg.shard_bytes)
-  units = []
-  for stream in streams_of(data_cfg):
-    units += units_of(split_files(stream, data_cfg)["val"], stream.format, stream.field, data_cfg.shard_bytes)
-  return units
+    return [(files, _format_of(files[0]), streams_of(data_cfg)[0].field)]
+  return [(split_files(stream, data_cfg)["val"], stream.format, stream.field) for stream in streams_of(data_cfg)]
+
+
+def val_units(data_cfg: DataConfig) -> list[Unit]:
+  """The validation units: the named files, or each stream's held-out files."""
+  return [unit for files, fmt, field in _val_files(data_cfg) for unit in units_of(files, fmt, field,
+                                                                                  data_cfg.shard_bytes)]
 
 
 def val_dataset(data_cfg: DataConfig, tokenizer, *, process_index: int, process_count: int,
@@ -514,14 +516,15 @@ def _difference(saved: str | None, now: str) -> str:
 
 
 def stats(data_cfg: DataConfig) -> dict[str, int]:
-  """What the run summary can say without reading the corpus: files, units and bytes of each split."""
-  counts = {"streams": len(streams_of(data_cfg))}
-  train = [u for stream in streams_of(data_cfg)
-           for u in units_of(split_files(stream, data_cfg)["train"], stream.format, stream.field, data_cfg.shard_bytes)]
-  for name, units in (("train", train), ("val", val_units(data_cfg))):
-    counts[f"{name}_files"] = len({u.path for u in units})
-    counts[f"{name}_units"] = len(units)
-    counts[f"{name}_file_bytes"] = sum(_file_size(p) for p in {u.path for u in units})
+  """What the run summary can say without reading the corpus: files and bytes of each split (file sizes only: the
+  units' metadata was read when the pipeline was built and is not read again)."""
+  streams = streams_of(data_cfg)
+  files = {"train": [p for stream in streams for p in split_files(stream, data_cfg)["train"]],
+           "val": [p for group, _, _ in _val_files(data_cfg) for p in group]}
+  counts = {"streams": len(streams)}
+  for name, paths in files.items():
+    counts[f"{name}_files"] = len(set(paths))
+    counts[f"{name}_file_bytes"] = sum(_file_size(p) for p in set(paths))
   return counts
 
 
