@@ -16,9 +16,9 @@ import time
 
 import numpy as np
 
-PARTS = ("attention", "train", "sample", "likelihood")
+PARTS = ("attention", "train", "sample", "likelihood", "serve")
 # Seconds per part within the default 8-minute budget: compiling the 1B train step at a few batches dominates.
-BUDGET_SHARES = {"attention": 60, "train": 180, "sample": 150, "likelihood": 90}
+BUDGET_SHARES = {"attention": 50, "train": 160, "sample": 120, "likelihood": 70, "serve": 80}
 # Relative L2 error allowed between cuDNN and the XLA path in bf16 (an element carries 2^-8 relative error;
 # independent roundings over a reduction stay well inside this).
 BF16_TOLERANCE = 2e-2
@@ -70,7 +70,8 @@ def run(out_dir: str, config_path: str, budget_s: float = 480.0, parts: tuple[st
 _TITLES = {"attention": "cuDNN against the XLA path, outputs and gradients in bf16",
            "train": "train step tokens/s, MFU and peak memory against the compiled plan",
            "sample": "an 8B-shaped model sampling, exact against threshold + dual cache",
-           "likelihood": "Monte-Carlo likelihood, pairs per call 1 against 8"}
+           "likelihood": "Monte-Carlo likelihood, pairs per call 1 against 8",
+           "serve": "an 8B-shaped model behind llada-jax serve, 1 against 8 concurrent clients"}
 
 
 def _ok(result: dict) -> bool:
@@ -94,7 +95,11 @@ def _summary(part: str, r: dict) -> str:
             f"device; peak {_gib(r['peak_bytes'])} against the plan's {_gib(r['plan_bytes'])}")
   if part == "sample":
     return "; ".join(f"batch {b['batch']}: {b['speed_up']:.2f}× exact" for b in r["batches"])
-  return f"{r['speed_up']:.2f}× pairs/s at {r['pairs_per_call'][-1]} pairs per call"
+  if part == "likelihood":
+    return f"{r['speed_up']:.2f}× pairs/s at {r['pairs_per_call'][-1]} pairs per call"
+  one, most = r["levels"][0], r["levels"][-1]
+  return (f"{most['tokens_per_s']:,.1f} tokens/s at {most['concurrency']} concurrent, {r['speed_up']:.2f}× one "
+          f"client's; {sum(level['errors'] for level in r['levels'])} errors; first block {one['first_p50']:.3f} s")
 
 
 def _gib(n) -> str:
@@ -119,6 +124,10 @@ def last_line(report: dict) -> str:
     ll = parts["likelihood"]
     words.append(f"likelihood {ll['speed_up']:.2f}× at {ll['pairs_per_call'][-1]} pairs per call" if _ok(ll)
                  else f"likelihood {ll['status']}")
+  if "serve" in parts:
+    sv = parts["serve"]
+    words.append(f"serve {sv['speed_up']:.2f}× at {sv['levels'][-1]['concurrency']} concurrent" if _ok(sv)
+                 else f"serve {sv['status']}")
   where = report.get("device") or "no device"
   return f"gpu{' (dry run, ' + where + ')' if report.get('dry_run') else ' (' + where + ')'}: " + ", ".join(words)
 
@@ -164,6 +173,17 @@ def markdown(report: dict) -> str:
     lines += [f"| {n} | {rate:,.2f} |" for n, rate in zip(ll["pairs_per_call"], ll["pairs_per_s"])]
     lines += ["", f"Largest difference between the two settings' log-likelihoods: {ll['max_difference']:.2e} nats, "
               f"{ll['relative_difference']:.1e} of their mean size (bf16 rounding at another batch shape)."]
+  if _ok(p.get("serve", {})):
+    sv = p["serve"]
+    lines += ["", f"## Serving: {sv['model']}, random weights, {sv['gen_length']} tokens in blocks of "
+              f"{sv['block_length']}, max batch {sv['max_batch']} (compiled in {sv['warm_up_s']:.1f} s)", "",
+              f"One client's first block: {sv['first_block']['served'] * 1e3:.1f} ms through the server, "
+              f"{sv['first_block']['direct'] * 1e3:.1f} ms by a direct `generate_blocks` call.", "",
+              "| clients | requests | tokens/s | first block p50 / p99 | whole answer p50 | batch occupancy | errors |",
+              "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['concurrency']} | {r['requests']} | {r['tokens_per_s']:,.1f} | {r['first_p50']:.3f} / "
+              f"{r['first_p99']:.3f} s | {r['total_p50']:.2f} s | {r['occupancy']:.0%} | {r['errors']} |"
+              for r in sv["levels"]]
   return "\n".join(lines) + "\n"
 
 
@@ -437,7 +457,59 @@ def part_likelihood(config_path: str, deadline: float) -> dict:
           "relative_difference": float(np.max(np.abs(values[0] - values[1])) / np.mean(np.abs(values[1])))}
 
 
-_PARTS = {"attention": part_attention, "train": part_train, "sample": part_sample, "likelihood": part_likelihood}
+def part_serve(config_path: str, deadline: float) -> dict:
+  """`llada-jax serve` under load: an 8B-shaped model (4 layers, random weights, the built-in tokenizer's 8192 ids
+  so that every sampled id decodes) behind the HTTP server on loopback; one client's time to the first block
+  against a direct call's, then 1 and 8 concurrent streaming clients: tokens/s and the gain of batching."""
+  import tempfile
+  import jax
+  from llada_jax import bench_serve, data, engine as engine_lib, model as model_lib, sampler, server
+  from llada_jax.pretrained import LLaDAModel
+  from llada_jax.tokenizer import train_tokenizer
+  info = _device()
+  dry = info["dry_run"]
+  vocab = 512 if dry else 8192
+  with tempfile.TemporaryDirectory() as scratch:
+    tokenizer = train_tokenizer(data.builtin_documents()[:4] if dry else data.builtin_documents(), vocab, scratch)
+  ids = dict(vocab_size=vocab, embedding_size=vocab, bos_token_id=1, eos_token_id=2, pad_token_id=2, mask_token_id=3,
+             eot_token_id=6, param_dtype="bfloat16", dtype="bfloat16")
+  if dry:
+    config = _widths(config_path, True, **ids)
+  else:
+    from llada_jax import config as config_lib
+    config = config_lib.ModelConfig(n_layers=4, **ids)
+  params = jax.jit(model_lib.init_params, static_argnums=0)(config, jax.random.key(0))
+  gen_length, block_length, max_batch, seconds = (32, 16, 2, 5.0) if dry else (256, 32, 8, 25.0)
+  defaults = sampler.SamplingConfig(gen_length=gen_length, steps=gen_length, block_length=block_length)
+  engine = engine_lib.Engine(params, config, tokenizer, max_batch=max_batch, max_queue=4 * max_batch)
+  warm = engine.warm_up(defaults, prompt_length=16)
+  _progress(f"compiled the block program for batch sizes {engine.buckets} in {warm:.1f} s")
+  api = server.Api(engine, tokenizer, model_name="bench", defaults=defaults, api_key=None, request_timeout=600,
+                   max_sequence_length=config.max_sequence_length)
+  port, stop = server.serve_in_background(api, engine)
+  levels = []
+  try:
+    first = bench_serve.first_block_pairs(port, LLaDAModel(config, params, stored_sampling=defaults), tokenizer,
+                                          defaults, gen_length, pairs=10)
+    _progress(f"first block {first['served'] * 1e3:.1f} ms served, {first['direct'] * 1e3:.1f} ms direct")
+    for clients in (1, max_batch):
+      left = (deadline - time.time()) / (2 if clients == 1 else 1) - 5
+      levels.append(bench_serve.load(port, engine, clients, 10_000, min(seconds, max(left, 1.0)),
+                                     {"max_tokens": gen_length}, log=_progress))
+      _progress(f"{clients} concurrent: {levels[-1]['tokens_per_s']:,.1f} tokens/s, {levels[-1]['errors']} errors")
+  finally:
+    stop()
+  keep = ("concurrency", "requests", "errors", "error_examples", "tokens_per_s", "first_p50", "first_p99",
+          "total_p50", "occupancy")
+  return {"status": "ok", **info, "model": f"{'configs/tiny.py' if dry else 'the 8B widths with 4 layers'} "
+          f"({config.num_params():,} parameters, vocabulary {vocab})", "gen_length": gen_length,
+          "block_length": block_length, "max_batch": max_batch, "warm_up_s": warm, "first_block": first,
+          "levels": [{k: r[k] for k in keep} for r in levels],
+          "speed_up": levels[-1]["tokens_per_s"] / levels[0]["tokens_per_s"]}
+
+
+_PARTS = {"attention": part_attention, "train": part_train, "sample": part_sample, "likelihood": part_likelihood,
+          "serve": part_serve}
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ request's `emit` callback, which the HTTP layer turns into server-sent events.
 import bisect
 import contextlib
 import dataclasses
+import functools
 import logging
 import math
 import threading
@@ -57,7 +58,6 @@ class _Row:
   index: int
   canvas: np.ndarray
   attention: np.ndarray
-  key: jax.Array
   block: int = 0
   calls: int = 0
   sent: str = ""
@@ -102,6 +102,7 @@ class Engine:
       self._waiting.append(request)
       self.stats["requests"] += 1
       self._wake.notify()
+    time.sleep(0)
 
   def start(self) -> None:
     self._thread = threading.Thread(target=self._loop, name="llada-engine", daemon=True)
@@ -163,8 +164,7 @@ class Engine:
     canvas[:width - len(request.prompt)] = self.tokenizer.eos_id  # left pads, masked as keys
     attention[:width - len(request.prompt)] = 0
     canvas[width - len(request.prompt):width] = request.prompt
-    key = jax.random.key(request.seed)
-    return _Row(request, index, canvas, attention, key if index == 0 else jax.random.fold_in(key, index))
+    return _Row(request, index, canvas, attention)
 
   def _step(self, key: tuple) -> None:
     width, sampling = key
@@ -207,14 +207,15 @@ class Engine:
       del self._groups[key]
 
   def _fill(self, rows: list[_Row], sampling, width: int):
-    canvas = jnp.asarray(np.stack([row.canvas for row in rows]))
-    attention = jnp.asarray(np.stack([row.attention for row in rows]))
-    prompt_index = jnp.asarray(np.arange(canvas.shape[1]) < width)[None].repeat(len(rows), 0)
-    keys = jnp.stack([row.key for row in rows])
-    blocks = np.asarray([row.block for row in rows], np.int32)
+    # The rows' keys (low 32 bits of the seed, as jax.random.key takes a seed) are made inside the program: on the
+    # host a step is numpy only, one dispatch, which keeps a lone request's first block close to a direct call's.
+    seeds = np.asarray([row.request.seed & 0xFFFFFFFF for row in rows], np.uint32)
     with jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext():
-      x, calls = sampler.fill_blocks(self.params, canvas, attention, prompt_index, keys, blocks, config=self.config,
-                                     sampling=sampling, prompt_length=width)
+      x, calls = _advance(self.params, np.stack([row.canvas for row in rows]),
+                          np.stack([row.attention for row in rows]), seeds,
+                          np.asarray([row.index for row in rows], np.int32),
+                          np.asarray([row.block for row in rows], np.int32), config=self.config, sampling=sampling,
+                          width=width)
     return np.asarray(x), np.asarray(calls)
 
   def _after_block(self, row: _Row, sampling, width: int) -> None:
@@ -244,6 +245,19 @@ class Engine:
       self.stats["cancelled" if request.cancelled else "finished"] += 1
       self.latency_seconds.observe(time.time() - request.created)
       request.emit({"done": True})
+
+
+@functools.partial(jax.jit, static_argnames=("config", "sampling", "width"))
+def _advance(params, canvas, attention, seeds, choices, blocks, *, config, sampling, width):
+  """`sampler.fill_blocks` for rows given as seeds and choice indices: choice 0 takes `jax.random.key(seed)`,
+  choice j > 0 `fold_in` of it by j (as `sampler.row_keys` splits one key over a batch)."""
+  def row_key(seed, choice):
+    key = jax.random.key(seed)
+    return jnp.where(choice == 0, jax.random.key_data(key), jax.random.key_data(jax.random.fold_in(key, choice)))
+  keys = jax.random.wrap_key_data(jax.vmap(row_key)(seeds, choices))
+  prompt_index = jnp.broadcast_to(jnp.arange(canvas.shape[1]) < width, canvas.shape)
+  return sampler.fill_blocks(params, canvas, attention, prompt_index, keys, blocks, config=config, sampling=sampling,
+                             prompt_length=width)
 
 
 class Histogram:

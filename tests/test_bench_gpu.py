@@ -21,7 +21,8 @@ def test_the_dry_run_runs_every_part_and_writes_both_reports(tmp_path):
   done = _bench(tmp_path, "--budget", "480")
   assert done.returncode == 0, done.stderr
   report = json.loads((tmp_path / "report.json").read_text())
-  assert report["dry_run"] is True and set(report["parts"]) == {"attention", "train", "sample", "likelihood"}
+  assert report["dry_run"] is True and set(report["parts"]) == {"attention", "train", "sample", "likelihood",
+                                                                   "serve"}
   assert all(part["status"] == "ok" for part in report["parts"].values()), report["parts"]
 
   attention = report["parts"]["attention"]
@@ -47,13 +48,19 @@ def test_the_dry_run_runs_every_part_and_writes_both_reports(tmp_path):
   likelihood = report["parts"]["likelihood"]
   assert likelihood["pairs_per_call"] == [1, 8] and likelihood["relative_difference"] < 1e-3  # speed only
 
+  serve = report["parts"]["serve"]
+  assert [level["concurrency"] for level in serve["levels"]] == [1, 2] and serve["speed_up"] > 0
+  assert all(level["errors"] == 0 and level["requests"] > 0 for level in serve["levels"])
+  assert 0 < serve["first_block"]["direct"] < 1 and 0 < serve["first_block"]["served"] < 1
+
   markdown = (tmp_path / "report.md").read_text()
   assert "A dry run" in markdown and "| model, 2 layers" in markdown and "| 8 |" in markdown
   assert report["settings"]["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.90"
   assert "`XLA_PYTHON_CLIENT_MEM_FRACTION=0.90`" in markdown
   last = done.stdout.strip().splitlines()[-1]
   assert re.fullmatch(r"gpu \(dry run, \d+ × cpu\): attention agrees, train [\d,]+ tokens/s \(MFU [\d.]+%\), sample "
-                      r"[\d.]+× exact at batch 2, likelihood [\d.]+× at 8 pairs per call", last), last
+                      r"[\d.]+× exact at batch 2, likelihood [\d.]+× at 8 pairs per call, serve [\d.]+× at 2 "
+                      r"concurrent", last), last
 
 
 def test_a_part_over_its_time_box_is_reported_and_the_rest_still_run(tmp_path):

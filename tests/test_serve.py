@@ -19,7 +19,7 @@ import openai
 import pytest
 
 from conftest import REPO, tiny_hf_config, write_hf_dir
-from llada_jax import data, engine as engine_lib, sampler, server
+from llada_jax import bench_serve, data, engine as engine_lib, sampler, server
 from llada_jax.pretrained import load_for_inference
 from llada_jax.tokenizer import train_tokenizer
 
@@ -66,6 +66,8 @@ def test_a_completion_is_the_samplers_text_and_says_what_ran(served):
   out = s["client"].completions.create(model="tiny", prompt="ROMEO:", max_tokens=10, seed=7)
   ids = s["tokenizer"].encode("ROMEO:", add_bos=s["tokenizer"].add_bos_token)
   assert out.choices[0].text == alone(s, ids, 7, 10)
+  wide = s["client"].completions.create(model="tiny", prompt="ROMEO:", max_tokens=10, seed=2 ** 40 + 9)
+  assert wide.choices[0].text == alone(s, ids, 2 ** 40 + 9, 10)  # a seed past 32 bits keys as jax.random.key's
   extra = out.model_extra["llada"]
   assert extra["gen_length"] == 12 and extra["block_length"] == 4  # 10 rounded up to whole blocks
   assert out.usage.prompt_tokens == len(ids) and out.choices[0].finish_reason in ("length", "stop")
@@ -233,6 +235,12 @@ def test_stream_usage_and_a_sharded_engine_give_the_same_tokens(served):
   assert "".join(texts) == "".join(c.choices[0].text for c in chunks[:-1] if c.choices)
 
 
+def test_the_memory_slope_is_megabytes_per_minute():
+  assert bench_serve._slope_per_minute([(0.0, 100.0), (30.0, 101.5), (60.0, 102.0), (90.0, 103.5)]) == pytest.approx(
+      2.2)
+  assert bench_serve._slope_per_minute([(0.0, 100.0), (1.0, 900.0)]) == 0.0  # too few samples to say
+
+
 def test_bench_serve_reports_each_concurrency_and_the_last_line(checkpoint):
   done = subprocess.run([sys.executable, "-m", "llada_jax.cli", "bench", "serve", "--checkpoint", checkpoint,
                          "--concurrency", "1,2", "--requests", "4", "--max-tokens", "8", "--max-batch", "2"],
@@ -242,8 +250,10 @@ def test_bench_serve_reports_each_concurrency_and_the_last_line(checkpoint):
   lines = done.stdout.strip().splitlines()
   header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["clients", "requests"])
   rows = [line.split() for line in lines[header + 1:header + 3]]
-  assert [r[:2] for r in rows] == [["1", "4"], ["2", "4"]] and all(r[-2] == "0" for r in rows)  # no errors
-  assert re.search(r"time to first block, one client: p50 [\d.]+s, [\d.]+× the direct call's", done.stdout)
+  assert [r[:2] for r in rows] == [["1", "4"], ["2", "4"]] and all(r[-3] == "0" for r in rows)  # no errors
+  assert re.search(r"time to first block, one client: [\d.]+ ms served, [\d.]+ ms by a direct generate_blocks call "
+                   r"\([\d.]+×, medians of 20 alternating\)", done.stdout)
+  assert all(re.fullmatch(r"\d+→\d+", r[-2]) and re.fullmatch(r"[+-]\d+\.\d", r[-1]) for r in rows)
   assert re.fullmatch(r"serve: [\d,.]+ tokens/s at 2 concurrent \([\d.]+× one at a time\), p99 first block [\d.]+ s",
                       lines[-1])
 

@@ -4,6 +4,7 @@ nothing)."""
 import argparse
 import os
 
+from llada_jax import bench_gpu
 from llada_jax.cli import common
 
 
@@ -63,8 +64,9 @@ def add_parsers(commands) -> None:
   p.add_argument("--dtype", choices=["float32", "bfloat16"], default="bfloat16",
                  help="convert: weight dtype (default bfloat16)")
   p.add_argument("--out", default=None, help="gpu: the directory for report.json and report.md (required)")
-  p.add_argument("--budget", type=float, default=480.0, help="gpu: seconds for all parts together, shared out as "
-                 "attention 1/8, train 3/8, sample 5/16, likelihood 3/16 (default 480)")
+  p.add_argument("--budget", type=float, default=480.0, help="gpu: seconds for all parts together, shared out in "
+                 "proportion " + ", ".join(f"{part} {share}" for part, share in bench_gpu.BUDGET_SHARES.items())
+                 + " (default 480)")
   p.add_argument("--workers", default="0,1,2", help="data: comma-separated data.num_workers values (default 0,1,2)")
   p.add_argument("--seconds", type=float, default=None, help="data: seconds timed per worker count (default 20); "
                  "serve: the most seconds per concurrency level (default 120)")
@@ -76,8 +78,8 @@ def add_parsers(commands) -> None:
   p.add_argument("--max-batch", type=int, default=16, help="serve: the server's --max-batch (default 16)")
   p.add_argument("--host", default="v5e:4", help="data: CHIP:N, the chips of one host the loader feeds (default "
                  "v5e:4; e.g. h100:8)")
-  p.add_argument("--parts", default=",".join(("attention", "train", "sample", "likelihood")),
-                 help="gpu: comma-separated parts to run (default all)")
+  p.add_argument("--parts", default=",".join(bench_gpu.PARTS), help="gpu: comma-separated parts to run (default "
+                 "all: " + ",".join(bench_gpu.PARTS) + ")")
   p.set_defaults(func=_cmd_bench)
 
 
@@ -114,7 +116,6 @@ def _modes(args: argparse.Namespace) -> list[dict]:
 
 
 def _cmd_gpu(args: argparse.Namespace) -> None:
-  from llada_jax import bench_gpu
   from llada_jax.errors import UserError
   if not args.out:
     raise UserError("bench gpu writes its report to a directory: pass --out DIR")
