@@ -102,7 +102,7 @@ class Engine:
       self._waiting.append(request)
       self.stats["requests"] += 1
       self._wake.notify()
-    time.sleep(0)
+    time.sleep(0)  # hands the GIL over: the engine thread starts the block while the caller answers its client
 
   def start(self) -> None:
     self._thread = threading.Thread(target=self._loop, name="llada-engine", daemon=True)
