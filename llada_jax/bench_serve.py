@@ -56,10 +56,11 @@ def _rss_mb() -> float:
     return int(f.read().split()[1]) * resource.getpagesize() / 1e6
 
 
-def _slope_per_minute(samples: list[tuple[float, float]]) -> float:
-  """The least-squares slope of (seconds, MB) samples, in MB per minute; 0 with fewer than 3."""
-  if len(samples) < 3:
-    return 0.0
+def _slope_per_minute(samples: list[tuple[float, float]]) -> float | None:
+  """The least-squares slope of (seconds, MB) samples, in MB per minute; None over less than 30 seconds, where a
+  page or two of allocation would read as a trend."""
+  if len(samples) < 3 or samples[-1][0] - samples[0][0] < 30:
+    return None
   t, mb = np.asarray(samples).T
   return float(np.polyfit(t, mb, 1)[0] * 60)
 
@@ -187,8 +188,9 @@ def bench_serve(checkpoint: str, levels: list[int], requests: int, seconds: floa
     log(f"{r['concurrency']:>8} {r['requests']:>9} {r['tokens_per_s']:>9.1f} "
         f"{r['tokens_per_s'] / base['tokens_per_s']:>9.2f}× {r['first_p50']:>9.2f}s {r['first_p99']:>9.2f}s "
         f"{r['total_p50']:>9.2f}s {r['total_p99']:>9.2f}s {r['occupancy']:>10.0%} {r['errors']:>7} "
-        f"{r['rss_start_mb']:>6.0f}→{r['rss_end_mb']:<6.0f} {r['rss_late_slope']:>+7.1f}")
-  log("MB/min: the slope of resident memory over each level's second half")
+        f"{r['rss_start_mb']:>6.0f}→{r['rss_end_mb']:<6.0f} "
+        f"{'—' if r['rss_late_slope'] is None else format(r['rss_late_slope'], '+.1f'):>7}")
+  log("MB/min: the slope of resident memory over each level's second half (— where that is under 30 s)")
   if any(r["errors"] for r in rows):
     log("errors: " + "; ".join(e for r in rows for e in r["error_examples"]))
   top = next((r for r in rows if r["concurrency"] == 8), rows[-1])

@@ -46,6 +46,7 @@ class Request:
   n: int = 1
   seed: int = 0
   stop: tuple[str, ...] = ()
+  max_tokens: int | None = None  # the text stops here (sampling.gen_length rounds it up to whole blocks)
   emit: Callable[[dict], None] = lambda event: None  # called from the engine thread
   created: float = dataclasses.field(default_factory=time.time)
   cancelled: bool = False
@@ -88,7 +89,7 @@ class Engine:
     self._wake = threading.Condition()
     self._thread: threading.Thread | None = None
     self._stopping = False
-    self.stats = {"requests": 0, "finished": 0, "cancelled": 0, "tokens": 0, "steps": 0, "rows_stepped": 0,
+    self.stats = {"requests": 0, "finished": 0, "cancelled": 0, "failed": 0, "tokens": 0, "steps": 0, "rows_stepped": 0,
                   "slots_stepped": 0}
     self.first_block_seconds, self.latency_seconds = Histogram(), Histogram()
     self._ends = (tokenizer.eos_id, tokenizer.eot_id)
@@ -96,7 +97,10 @@ class Engine:
   # ---- from any thread ----
 
   def submit(self, request: Request) -> None:
+    if request.n > self.max_batch:
+      raise UserError(f"n={request.n} is more than the {self.max_batch} rows this server runs at once (--max-batch)")
     with self._wake:
+      self._drop_cancelled_waiting()
       if len(self._waiting) >= self.max_queue:
         raise QueueFull(f"{len(self._waiting)} requests are waiting (--max-queue {self.max_queue}); retry later")
       self._waiting.append(request)
@@ -141,16 +145,28 @@ class Engine:
           self._wake.wait()
         if self._stopping:
           return
-      self._admit()
-      for key in list(self._groups):
-        self._step(key)
+      try:
+        self._admit()
+        for key in list(self._groups):
+          self._step(key)
+      except Exception as e:  # a bug here must end the running requests with an error, not leave them waiting
+        log.exception("the engine loop failed")
+        self._fail([row for rows in self._groups.values() for row in rows], e)
+        self._groups.clear()
+        self._running = 0
+
+  def _drop_cancelled_waiting(self) -> None:
+    """Requests whose client left (or whose time ran out) while waiting leave the queue; called holding _wake."""
+    if any(request.cancelled for request in self._waiting):
+      kept = [request for request in self._waiting if not request.cancelled]
+      self.stats["cancelled"] += len(self._waiting) - len(kept)
+      self._waiting = deque(kept)
 
   def _admit(self) -> None:
     with self._wake:
+      self._drop_cancelled_waiting()
       while self._waiting and self.running_rows + self._waiting[0].n <= self.max_batch:
         request = self._waiting.popleft()
-        if request.cancelled:
-          continue
         width = prompt_width(len(request.prompt))
         key = (width, request.sampling)
         rows = self._groups.setdefault(key, [])
@@ -168,11 +184,11 @@ class Engine:
 
   def _step(self, key: tuple) -> None:
     width, sampling = key
-    rows = [row for row in self._groups[key] if not row.request.cancelled]
     for row in self._groups[key]:
       if row.request.cancelled and row.finish is None:
         row.finish = "cancelled"
         self._maybe_end(row.request)
+    rows = [row for row in self._groups[key] if row.finish is None]  # one reading of `cancelled` per row
     if not rows:
       self._forget(key, [])
       return
@@ -181,9 +197,7 @@ class Engine:
       canvas, calls = self._fill(rows + [rows[0]] * (size - len(rows)), sampling, width)
     except Exception as e:  # a failed program ends its requests with the error, not the server
       log.exception("the block program failed")
-      for row in rows:
-        row.request.cancelled = True
-        row.request.emit({"error": f"generation failed: {str(e).splitlines()[0][:300]}"})
+      self._fail(self._groups[key], e)
       self._forget(key, [])
       return
     self.stats["steps"] += 1
@@ -197,6 +211,23 @@ class Engine:
         self.first_block_seconds.observe(now - row.request.created)
       self._after_block(row, sampling, width)
     self._forget(key, [row for row in rows if row.finish is None])
+
+  def _fail(self, rows: list[_Row], error: Exception) -> None:
+    """Ends the requests of `rows` with `error` (each once)."""
+    message = f"generation failed: {(str(error).splitlines() or [type(error).__name__])[0][:300]}"
+    for request in {id(row.request): row.request for row in rows}.values():
+      request.cancelled = True
+      self.stats["failed"] += 1
+      self._send(request, {"error": message})
+
+  @staticmethod
+  def _send(request: Request, event: dict) -> None:
+    """`request.emit(event)`; a callback that fails (its event loop closed) cancels its own request only."""
+    try:
+      request.emit(event)
+    except Exception:
+      log.exception("a request's event callback failed; the request is cancelled")
+      request.cancelled = True
 
   def _forget(self, key: tuple, keep: list[_Row]) -> None:
     """The group keeps only `keep`: finished and cancelled rows free their slots."""
@@ -219,32 +250,47 @@ class Engine:
     return np.asarray(x), np.asarray(calls)
 
   def _after_block(self, row: _Row, sampling, width: int) -> None:
-    """Sends the row's new text, and ends it at EOS/EoT, a stop string or its last block."""
-    final = row.canvas[width:width + row.block * sampling.block_length]
+    """Sends the row's new text, and ends it at EOS/EoT, a stop string or its last block. Text that could be the
+    start of a stop string waits for the next block, so no part of a stop string is ever sent."""
+    request = row.request
+    final = row.canvas[width:width + row.block * sampling.block_length][:request.max_tokens]
     ends = np.flatnonzero(np.isin(final, self._ends))
     ids = final[:ends[0]] if len(ends) else final
     text = self.tokenizer.decode(ids, skip_special_tokens=True)
     finish = "stop" if len(ends) else ("length" if row.block == sampling.num_blocks else None)
-    cut = min((text.find(s) for s in row.request.stop if s and s in text), default=-1)
+    tokens = len(ids)
+    cut = min((text.find(s) for s in request.stop if s and s in text), default=-1)
     if cut >= 0:
-      text, finish = text[:cut], "stop"
+      text, finish, tokens = text[:cut], "stop", self._tokens_covering(ids, cut)
     elif finish is None:
       text = text.rstrip("\ufffd")  # a character whose bytes straddle the block boundary waits for the rest
+      text = text[:len(text) - _stop_prefix(text, request.stop)]
     if text.startswith(row.sent) and len(text) > len(row.sent):
-      row.request.emit({"index": row.index, "text": text[len(row.sent):]})
+      self._send(request, {"index": row.index, "text": text[len(row.sent):]})
       row.sent = text
     if finish:
       row.finish = finish
-      row.request.emit({"index": row.index, "finish_reason": finish, "tokens": len(ids), "calls": row.calls})
-      self.stats["tokens"] += len(ids)
-      self._maybe_end(row.request)
+      self._send(request, {"index": row.index, "finish_reason": finish, "tokens": tokens, "calls": row.calls})
+      self.stats["tokens"] += tokens
+      self._maybe_end(request)
+
+  def _tokens_covering(self, ids: np.ndarray, chars: int) -> int:
+    """The fewest leading ids whose text holds `chars` characters: a stopped row's usage counts up to the stop."""
+    low, high = 0, len(ids)
+    while low < high:
+      middle = (low + high) // 2
+      if len(self.tokenizer.decode(ids[:middle], skip_special_tokens=True).rstrip("\ufffd")) >= chars:
+        high = middle
+      else:
+        low = middle + 1
+    return low
 
   def _maybe_end(self, request: Request) -> None:
     rows = [r for rows in self._groups.values() for r in rows if r.request is request]
     if all(r.finish is not None for r in rows):
       self.stats["cancelled" if request.cancelled else "finished"] += 1
       self.latency_seconds.observe(time.time() - request.created)
-      request.emit({"done": True})
+      self._send(request, {"done": True})
 
 
 @functools.partial(jax.jit, static_argnames=("config", "sampling", "width"))
@@ -258,6 +304,11 @@ def _advance(params, canvas, attention, seeds, choices, blocks, *, config, sampl
   prompt_index = jnp.broadcast_to(jnp.arange(canvas.shape[1]) < width, canvas.shape)
   return sampler.fill_blocks(params, canvas, attention, prompt_index, keys, blocks, config=config, sampling=sampling,
                              prompt_length=width)
+
+
+def _stop_prefix(text: str, stops: tuple[str, ...]) -> int:
+  """How many characters at the end of `text` could begin one of `stops` (held back until the next block)."""
+  return max((k for s in stops for k in range(min(len(s) - 1, len(text)), 0, -1) if text.endswith(s[:k])), default=0)
 
 
 class Histogram:
@@ -277,8 +328,9 @@ class Histogram:
 def request_sampling(base: sampler.SamplingConfig, max_tokens: int | None, max_sequence_length: int,
                      prompt_length: int, **fields) -> sampler.SamplingConfig:
   """The SamplingConfig of one request: the server's defaults with the request's fields; `max_tokens` becomes
-  gen_length rounded up to a whole number of blocks, and `steps` (unless given) keeps the defaults' steps per
-  token, rounded up to a multiple of the blocks. Raises UserError (HTTP 400) with what to change."""
+  gen_length rounded up to a whole number of blocks (the text still ends at max_tokens: `Request.max_tokens`), and
+  `steps` (at most gen_length) keeps the defaults' steps per token unless given, rounded up to a multiple of the
+  blocks. Raises UserError (HTTP 400) with what to change."""
   fields = {k: v for k, v in fields.items() if v is not None}
   if fields.get("cache") == "prefix":
     raise UserError("cache=prefix is not served (its window follows one block shared by the batch); use dual or none")
@@ -290,8 +342,11 @@ def request_sampling(base: sampler.SamplingConfig, max_tokens: int | None, max_s
   blocks = gen // block
   if "steps" in fields:
     steps = int(fields.pop("steps"))
+    if steps > gen:  # a block is one uninterruptible call: a huge count would hold every other request back
+      raise UserError(f"steps={steps} is more than the {gen} tokens asked for (max_tokens rounded to blocks of "
+                      f"{block}); each step commits at least one token, so give at most {gen}")
   else:
-    steps = math.ceil(gen * base.steps / base.gen_length)
+    steps = min(gen, math.ceil(gen * base.steps / base.gen_length))
   steps = max(blocks, -(-steps // blocks) * blocks)
   if prompt_width(prompt_length) + gen > max_sequence_length:
     raise UserError(f"the prompt ({prompt_length} tokens, placed in a canvas of {prompt_width(prompt_length)}) and "

@@ -1,8 +1,9 @@
 """`llada-jax serve`'s HTTP side: an OpenAI-compatible API (Starlette on uvicorn) over the batching `engine`.
 
 POST /v1/completions and /v1/chat/completions (the tokenizer's chat template), GET /v1/models, /health and /metrics
-(Prometheus text). Request fields map onto SamplingConfig: max_tokens (rounded up to whole blocks; the response's
-`llada` object says what ran), temperature, stop, seed, n, stream, and the diffusion fields steps, block_length,
+(Prometheus text). Request fields map onto SamplingConfig: max_tokens or max_completion_tokens (the canvas rounds it
+up to whole blocks, the text ends at it; the response's `llada` object says what ran), temperature, stop, seed, n
+(at most --max-batch), stream, and the diffusion fields steps, block_length,
 decoding, threshold, factor, cache, cfg_scale, remasking. Streaming sends one server-sent event per block as it
 becomes final, then `data: [DONE]`. Every bad request is a 4xx JSON error in OpenAI's shape; the server stays up.
 """
@@ -78,6 +79,7 @@ class Api:
     self.engine, self.tokenizer, self.model_name, self.defaults = engine, tokenizer, model_name, defaults
     self.api_key, self.request_timeout, self.max_sequence_length = api_key, request_timeout, max_sequence_length
     self.created = int(time.time())
+    self.mask_id = defaults.mask_token(engine.config)
 
   def app(self, on_start=None, on_stop=None) -> Starlette:
     @contextlib.asynccontextmanager
@@ -116,7 +118,7 @@ class Api:
              "# TYPE llada_running_rows gauge", f"llada_running_rows {e.running_rows}",
              "# TYPE llada_batch_occupancy gauge",
              f"llada_batch_occupancy {s['rows_stepped'] / s['slots_stepped'] if s['slots_stepped'] else 0:.4f}"]
-    for name in ("requests", "finished", "cancelled", "tokens", "steps"):
+    for name in ("requests", "finished", "cancelled", "failed", "tokens", "steps"):
       lines += [f"# TYPE llada_{name}_total counter", f"llada_{name}_total {s[name]}"]
     for name, hist in (("time_to_first_block_seconds", e.first_block_seconds),
                        ("request_latency_seconds", e.latency_seconds)):
@@ -145,12 +147,17 @@ class Api:
     try:
       if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object")
+      if body.get("max_tokens") is None and body.get("max_completion_tokens") is not None:
+        body = {**body, "max_tokens": body["max_completion_tokens"]}  # the newer name of the same cap
+      if body.get("logprobs") or body.get("top_logprobs"):
+        raise BadRequest("logprobs are not served: a diffusion model's tokens are not drawn one after another from "
+                         "a next-token distribution; leave logprobs out", param="logprobs")
       prompt = self._prompt(body, chat)
       fields = {name: _field(body, name) for name in (*_NUMBERS, *_CHOICES)}
-      n, seed = fields.pop("n") or 1, fields.pop("seed")
+      n, seed, max_tokens = fields.pop("n") or 1, fields.pop("seed"), fields.pop("max_tokens")
       try:
-        sampling = engine_lib.request_sampling(self.defaults, fields.pop("max_tokens"), self.max_sequence_length,
-                                               len(prompt), **fields)
+        sampling = engine_lib.request_sampling(self.defaults, max_tokens, self.max_sequence_length, len(prompt),
+                                               **fields)
       except UserError as e:
         raise BadRequest(str(e)) from None
       stream = body.get("stream", False)
@@ -161,11 +168,14 @@ class Api:
       return _error(str(e), e.status, e.param)
     loop, events = asyncio.get_running_loop(), asyncio.Queue()
     job = engine_lib.Request(prompt, sampling, n=n, seed=seed if seed is not None else uuid.uuid4().int % 2 ** 31,
-                             stop=stops, emit=lambda event: loop.call_soon_threadsafe(events.put_nowait, event))
+                             stop=stops, max_tokens=max_tokens,
+                             emit=lambda event: loop.call_soon_threadsafe(events.put_nowait, event))
     try:
       self.engine.submit(job)
     except engine_lib.QueueFull as e:
       return _error(str(e), 429)
+    except UserError as e:
+      return _error(str(e), 400, "n")
     meta = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}", "created": int(time.time()),
             "model": self.model_name}
     ran = {"gen_length": sampling.gen_length, "block_length": sampling.block_length, "steps": sampling.steps,
@@ -175,7 +185,7 @@ class Api:
       usage = isinstance(options, dict) and options.get("include_usage") is True
       return StreamingResponse(self._events(request, job, events, meta, chat, len(prompt) if usage else None),
                                media_type="text/event-stream")
-    return await self._whole(job, events, meta, ran, chat, len(prompt))
+    return await self._whole(request, job, events, meta, ran, chat, len(prompt))
 
   def _prompt(self, body: dict, chat: bool) -> list[int]:
     if chat:
@@ -198,21 +208,33 @@ class Api:
       ids = self.tokenizer.encode(prompt, add_bos=self.tokenizer.add_bos_token)
     if not ids:
       raise BadRequest("the prompt is empty", param="messages" if chat else "prompt")
+    if self.mask_id in ids:
+      raise BadRequest(f"the prompt holds the mask token (id {self.mask_id}); the server fills only the answer",
+                       param="messages" if chat else "prompt")
     return ids
 
-  async def _next(self, job, events: asyncio.Queue, deadline: float) -> dict:
-    try:
-      return await asyncio.wait_for(events.get(), timeout=max(0.0, deadline - time.time()))
-    except asyncio.TimeoutError:
-      job.cancelled = True
-      raise
+  async def _next(self, request: Request, job, events: asyncio.Queue, deadline: float) -> dict | None:
+    """The job's next event, or None when the client has gone; raises TimeoutError past the deadline. Either way
+    out cancels the job, which frees its rows at the engine's next step."""
+    while True:
+      if await request.is_disconnected():
+        job.cancelled = True
+        return None
+      try:
+        return await asyncio.wait_for(events.get(), timeout=min(1.0, max(0.0, deadline - time.time())))
+      except asyncio.TimeoutError:
+        if time.time() >= deadline:
+          job.cancelled = True
+          raise
 
-  async def _whole(self, job, events, meta, ran, chat: bool, prompt_tokens: int):
+  async def _whole(self, request: Request, job, events, meta, ran, chat: bool, prompt_tokens: int):
     texts, finishes, tokens, calls = [""] * job.n, [None] * job.n, 0, 0
     deadline = job.created + self.request_timeout
     try:
       while True:
-        event = await self._next(job, events, deadline)
+        event = await self._next(request, job, events, deadline)
+        if event is None:  # nobody is left to answer
+          return _error("the client closed the connection", 499)
         if "error" in event:
           return _error(event["error"], 503)
         if event.get("done"):
@@ -248,17 +270,13 @@ class Api:
         for i in range(job.n):
           yield chunk({"index": i, "delta": {"role": "assistant"}, "finish_reason": None})
       while True:
-        if await request.is_disconnected():
-          job.cancelled = True
-          return
         try:
-          event = await asyncio.wait_for(events.get(), timeout=min(1.0, max(0.0, deadline - time.time())))
+          event = await self._next(request, job, events, deadline)
         except asyncio.TimeoutError:
-          if time.time() < deadline:
-            continue
-          job.cancelled = True
           yield "data: " + json.dumps({"error": {"message": "the request took longer than --request-timeout",
                                                  "type": "timeout", "code": 504}}) + "\n\n"
+          return
+        if event is None:
           return
         if "error" in event:
           yield "data: " + json.dumps({"error": {"message": event["error"], "type": "server_error"}}) + "\n\n"

@@ -49,14 +49,21 @@ def served(checkpoint):
   stop()
 
 
-def alone(s, prompt_ids, seed, max_tokens, index=0, **fields) -> str:
-  """The text the sampler gives this request's row by itself: the server's canvas layout, key and cut at EOS."""
+def row_tokens(s, prompt_ids, seed, max_tokens, index=0, **fields) -> np.ndarray:
+  """The tokens the sampler gives this request's row by itself (the server's canvas layout and key), up to
+  max_tokens."""
   sampling = engine_lib.request_sampling(DEFAULTS, max_tokens, 96, len(prompt_ids), **fields)
   width = engine_lib.prompt_width(len(prompt_ids))
   prompt, mask = sampler.left_pad([prompt_ids], s["tokenizer"].eos_id, width)
   key = jax.random.key(seed)
   key = key if index == 0 else jax.random.fold_in(key, index)
-  tokens = np.asarray(s["model"].generate(prompt, attention_mask=mask, sampling=sampling, rng=key).tokens)[0, width:]
+  tokens = s["model"].generate(prompt, attention_mask=mask, sampling=sampling, rng=key).tokens
+  return np.asarray(tokens)[0, width:width + max_tokens]
+
+
+def alone(s, prompt_ids, seed, max_tokens, index=0, **fields) -> str:
+  """The text of `row_tokens`, cut at EOS."""
+  tokens = row_tokens(s, prompt_ids, seed, max_tokens, index, **fields)
   ends = np.flatnonzero(np.isin(tokens, [s["tokenizer"].eos_id, s["tokenizer"].eot_id]))
   return s["tokenizer"].decode(tokens[:ends[0]] if len(ends) else tokens, skip_special_tokens=True)
 
@@ -69,7 +76,8 @@ def test_a_completion_is_the_samplers_text_and_says_what_ran(served):
   wide = s["client"].completions.create(model="tiny", prompt="ROMEO:", max_tokens=10, seed=2 ** 40 + 9)
   assert wide.choices[0].text == alone(s, ids, 2 ** 40 + 9, 10)  # a seed past 32 bits keys as jax.random.key's
   extra = out.model_extra["llada"]
-  assert extra["gen_length"] == 12 and extra["block_length"] == 4  # 10 rounded up to whole blocks
+  assert extra["gen_length"] == 12 and extra["block_length"] == 4  # 10 rounded up to whole blocks, the text cut at 10
+  assert out.usage.completion_tokens <= 10
   assert out.usage.prompt_tokens == len(ids) and out.choices[0].finish_reason in ("length", "stop")
 
 
@@ -119,6 +127,10 @@ BAD = [({"prompt": 5}, 400, "prompt must be a string"),
        ({"prompt": "x", "cache": "prefix"}, 400, "cache must be one of none, dual"),
        ({"prompt": "x", "threshold": 0}, 400, "threshold=0 is outside"),
        ({"prompt": "x", "max_tokens": 90}, 400, "exceed the model's context of 96 tokens"),
+       ({"prompt": "x", "max_tokens": 8, "steps": 9}, 400, "steps=9 is more than the 8 tokens asked for"),
+       ({"prompt": "x", "n": 5}, 400, "n=5 is more than the 4 rows this server runs at once"),
+       ({"prompt": "x", "logprobs": 2}, 400, "logprobs are not served"),
+       ({"prompt": "ROMEO <|mdm_mask|>"}, 400, "the prompt holds the mask token (id 3)"),
        ({"prompt": "x", "stop": [1]}, 400, "stop must be a string or a list"),
        ({"prompt": "x", "stream": "yes"}, 400, "stream must be true or false"),
        ({"prompt": ""}, 400, "the prompt is empty"),
@@ -163,14 +175,20 @@ def test_the_api_key_and_a_full_queue(served):
     s["engine"].max_queue = 16
 
 
-def test_a_client_leaving_mid_stream_frees_its_rows(served):
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_client_leaving_frees_its_rows(served, stream):
   s = served
   cancelled = s["engine"].stats["cancelled"]
   connection = http.client.HTTPConnection("127.0.0.1", s["port"], timeout=60)
-  body = {"prompt": "ROMEO:", "max_tokens": 64, "stream": True, "extra": 1, "steps": 64, "block_length": 4}
+  body = {"prompt": "ROMEO:", "max_tokens": 64, "stream": stream, "extra": 1, "steps": 64, "block_length": 4}
   connection.request("POST", "/v1/completions", json.dumps(body), {"content-type": "application/json"})
-  response = connection.getresponse()
-  assert response.status == 200 and response.readline().startswith(b"data: ")
+  if stream:
+    response = connection.getresponse()
+    assert response.status == 200 and response.readline().startswith(b"data: ")
+  else:  # gone while the answer is being made
+    deadline = time.time() + 60
+    while not s["engine"].running_rows and time.time() < deadline:
+      time.sleep(0.005)
   connection.close()
   deadline = time.time() + 60
   while (s["engine"].stats["cancelled"] == cancelled or s["engine"].running_rows) and time.time() < deadline:
@@ -238,7 +256,8 @@ def test_stream_usage_and_a_sharded_engine_give_the_same_tokens(served):
 def test_the_memory_slope_is_megabytes_per_minute():
   assert bench_serve._slope_per_minute([(0.0, 100.0), (30.0, 101.5), (60.0, 102.0), (90.0, 103.5)]) == pytest.approx(
       2.2)
-  assert bench_serve._slope_per_minute([(0.0, 100.0), (1.0, 900.0)]) == 0.0  # too few samples to say
+  assert bench_serve._slope_per_minute([(0.0, 100.0), (1.0, 900.0)]) is None  # too few samples to say
+  assert bench_serve._slope_per_minute([(0.0, 100.0), (10.0, 101.0), (20.0, 102.0)]) is None  # too short
 
 
 def test_bench_serve_reports_each_concurrency_and_the_last_line(checkpoint):
@@ -253,7 +272,7 @@ def test_bench_serve_reports_each_concurrency_and_the_last_line(checkpoint):
   assert [r[:2] for r in rows] == [["1", "4"], ["2", "4"]] and all(r[-3] == "0" for r in rows)  # no errors
   assert re.search(r"time to first block, one client: [\d.]+ ms served, [\d.]+ ms by a direct generate_blocks call "
                    r"\([\d.]+×, medians of 20 alternating\)", done.stdout)
-  assert all(re.fullmatch(r"\d+→\d+", r[-2]) and re.fullmatch(r"[+-]\d+\.\d", r[-1]) for r in rows)
+  assert all(re.fullmatch(r"\d+→\d+", r[-2]) and re.fullmatch(r"[+-]\d+\.\d|—", r[-1]) for r in rows)
   assert re.fullmatch(r"serve: [\d,.]+ tokens/s at 2 concurrent \([\d.]+× one at a time\), p99 first block [\d.]+ s",
                       lines[-1])
 
@@ -297,3 +316,72 @@ def test_a_request_over_its_time_is_a_504_and_frees_its_rows(served):
   while s["engine"].running_rows and time.time() < deadline:
     time.sleep(0.1)
   assert s["engine"].running_rows == 0
+
+
+def test_a_stop_string_across_a_block_boundary_is_never_sent(served):
+  s = served
+  tokenizer = s["tokenizer"]
+  ids = tokenizer.encode("ROMEO:", add_bos=tokenizer.add_bos_token)
+  for seed in range(40):  # a seed whose first two blocks of 4 tokens give text on both sides of the boundary
+    tokens = row_tokens(s, ids, seed, 16, temperature=0.9)
+    first, both = (tokenizer.decode(tokens[:k], skip_special_tokens=True) for k in (4, 8))
+    if not np.isin(tokens[:8], [tokenizer.eos_id, tokenizer.eot_id]).any() and first and len(both) > len(first):
+      stop = first[-1] + both[len(first)]
+      if both.find(stop) == len(first) - 1:
+        break
+  else:
+    pytest.fail("no seed gives text on both sides of the first block boundary")
+  text = alone(s, ids, seed, 16, temperature=0.9)
+  expected = text[:text.find(stop)]
+  ask = dict(model="tiny", prompt="ROMEO:", max_tokens=16, seed=seed, temperature=0.9, stop=[stop])
+  whole = s["client"].completions.create(**ask)
+  assert whole.choices[0].text == expected and whole.choices[0].finish_reason == "stop"
+  covering = next(k for k in range(len(tokens) + 1) if len(tokenizer.decode(tokens[:k], skip_special_tokens=True))
+                  >= len(expected))
+  assert whole.usage.completion_tokens == covering  # counted up to the stop, not to the end of the block
+  pieces = [c.choices[0].text for c in s["client"].completions.create(**ask, stream=True) if c.choices]
+  assert "".join(pieces) == expected
+
+
+def test_requests_that_leave_the_queue_or_break_the_loop_free_everything(served):
+  s = served
+  engine = engine_lib.Engine(s["model"].params, s["model"].config, s["tokenizer"], max_batch=2, max_queue=2)
+  waiting = [engine_lib.Request([1, 50], DEFAULTS) for _ in range(2)]
+  for request in waiting:
+    engine.submit(request)
+    request.cancelled = True  # their clients left before the engine started
+  events = []
+  engine.submit(engine_lib.Request([1, 50], DEFAULTS, emit=events.append))  # not a 429: the queue lost the two
+  assert engine.stats["cancelled"] == 2 and engine.queue_depth == 1
+
+  def broken(event):
+    raise RuntimeError("the event loop is closed")
+
+  def finished(sink: list) -> bool:
+    return bool(sink) and ("done" in sink[-1] or "error" in sink[-1])
+
+  engine.submit(engine_lib.Request([1, 60], DEFAULTS, emit=broken))
+  engine.start()
+  try:
+    deadline = time.time() + 60
+    while not finished(events) or engine.running_rows:
+      assert time.time() < deadline
+      time.sleep(0.05)
+    # A failing callback cancels its own request only; the one beside it in the batch ends normally.
+    assert "done" in events[-1] and any("text" in e for e in events) and engine.stats["cancelled"] == 3
+    # A fault inside a step (a stop that is not a string stands in for a bug) ends that step's requests with an
+    # error, and the engine serves the next request.
+    faulty, beside, after = [], [], []
+    engine.submit(engine_lib.Request([1, 50], DEFAULTS, stop=(5,), emit=faulty.append))
+    engine.submit(engine_lib.Request([1, 60], DEFAULTS, emit=beside.append))
+    while not (finished(faulty) and finished(beside)):
+      assert time.time() < deadline
+      time.sleep(0.05)
+    assert "error" in faulty[-1] and engine.stats["failed"] >= 1 and engine.running_rows == 0
+    engine.submit(engine_lib.Request([1, 50], DEFAULTS, emit=after.append))
+    while not finished(after):
+      assert time.time() < deadline
+      time.sleep(0.05)
+    assert "done" in after[-1] and any("text" in e for e in after)
+  finally:
+    engine.stop()

@@ -1,6 +1,7 @@
 """`llada-jax serve`: an OpenAI-compatible HTTP server batching requests at block boundaries."""
 
 import argparse
+import math
 
 from llada_jax.cli import common
 from llada_jax.errors import UserError
@@ -66,7 +67,7 @@ def _cmd_serve(args: argparse.Namespace) -> None:
   except OSError as e:
     raise UserError(f"cannot listen on {args.host}:{args.port} ({e.strerror}); choose another --port") from None
   config = uvicorn.Config(api.app(on_start=engine.start, on_stop=engine.stop), log_level="warning",
-                          timeout_graceful_shutdown=int(args.request_timeout))
+                          timeout_graceful_shutdown=math.ceil(args.request_timeout))
   print(f"serving on http://{args.host}:{sock.getsockname()[1]}/v1 (max batch {args.max_batch}, queue "
         f"{args.max_queue})", flush=True)
   uvicorn.Server(config).run(sockets=[sock])
