@@ -96,15 +96,18 @@ class Engine:
 
   # ---- from any thread ----
 
-  def submit(self, request: Request) -> None:
-    if request.n > self.max_batch:
-      raise UserError(f"n={request.n} is more than the {self.max_batch} rows this server runs at once (--max-batch)")
+  def submit(self, *requests: Request) -> None:
+    """Queues `requests`, all or none (a full queue raises QueueFull; n over max_batch, UserError)."""
+    if any(request.n > self.max_batch for request in requests):
+      raise UserError(f"n={max(r.n for r in requests)} is more than the {self.max_batch} rows this server runs at "
+                      "once (--max-batch)")
     with self._wake:
       self._drop_cancelled_waiting()
-      if len(self._waiting) >= self.max_queue:
-        raise QueueFull(f"{len(self._waiting)} requests are waiting (--max-queue {self.max_queue}); retry later")
-      self._waiting.append(request)
-      self.stats["requests"] += 1
+      if len(self._waiting) + len(requests) > self.max_queue:
+        raise QueueFull(f"{len(self._waiting)} requests are waiting and {len(requests)} more would exceed "
+                        f"--max-queue {self.max_queue}; retry later")
+      self._waiting.extend(requests)
+      self.stats["requests"] += len(requests)
       self._wake.notify()
     time.sleep(0)  # hands the GIL over: the engine thread starts the block while the caller answers its client
 

@@ -1,11 +1,12 @@
 """`llada-jax serve`'s HTTP side: an OpenAI-compatible API (Starlette on uvicorn) over the batching `engine`.
 
 POST /v1/completions and /v1/chat/completions (the tokenizer's chat template), GET /v1/models, /health and /metrics
-(Prometheus text). Request fields map onto SamplingConfig: max_tokens or max_completion_tokens (the canvas rounds it
-up to whole blocks, the text ends at it; the response's `llada` object says what ran), temperature, stop, seed, n
-(at most --max-batch), stream, and the diffusion fields steps, block_length,
-decoding, threshold, factor, cache, cfg_scale, remasking. Streaming sends one server-sent event per block as it
-becomes final, then `data: [DONE]`. Every bad request is a 4xx JSON error in OpenAI's shape; the server stays up.
+(Prometheus text). A completion's prompt may be several (strings or token ids), each queued on its own. Request
+fields map onto SamplingConfig: max_tokens or max_completion_tokens (the canvas rounds it up to whole blocks, the
+text ends at it; the response's `llada` object says what ran), temperature, stop, seed, n (at most --max-batch),
+stream, and the diffusion fields steps, block_length, decoding, threshold, factor, cache, cfg_scale, remasking.
+Streaming sends one server-sent event per block as it becomes final, then `data: [DONE]`. Every bad request is a
+4xx JSON error in OpenAI's shape; the server stays up.
 """
 
 import asyncio
@@ -27,6 +28,7 @@ from llada_jax.errors import UserError
 _NUMBERS = {"temperature": (float, 0.0, 10.0), "cfg_scale": (float, 0.0, 100.0), "threshold": (float, 1e-6, 1e6),
             "factor": (float, 1e-6, 1e6), "max_tokens": (int, 1, 1 << 20), "steps": (int, 1, 1 << 20),
             "block_length": (int, 1, 1 << 20), "n": (int, 1, 16), "seed": (int, 0, 2 ** 63 - 1)}
+MAX_PROMPTS = 64  # prompts in one completion request (each is queued as a request of its own)
 _CHOICES = {"decoding": ("exact", "threshold", "factor"), "cache": ("none", "dual"),
             "remasking": ("low_confidence", "random")}
 
@@ -69,6 +71,37 @@ def _stops(body: dict) -> tuple[str, ...]:
   if not isinstance(stops, list) or len(stops) > 4 or not all(isinstance(s, str) for s in stops):
     raise BadRequest("stop must be a string or a list of at most 4 strings", param="stop")
   return tuple(stops)
+
+
+def _is_id(value) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+class _Jobs:
+  """The engine requests of one API request, one per prompt, seen as one: choice j of prompt p is index p·n + j,
+  usage adds up, and the end comes once every part has ended. `forward` runs on the event loop."""
+
+  def __init__(self, jobs: list[engine_lib.Request], events: asyncio.Queue):
+    self.jobs, self.events, self.open = jobs, events, len(jobs)
+    self.n, self.created = len(jobs) * jobs[0].n, jobs[0].created
+
+  @property
+  def cancelled(self) -> bool:
+    return all(job.cancelled for job in self.jobs)
+
+  @cancelled.setter
+  def cancelled(self, value: bool) -> None:
+    for job in self.jobs:
+      job.cancelled = value
+
+  def forward(self, part: int, event: dict) -> None:
+    if "index" in event:
+      event = {**event, "index": part * self.jobs[part].n + event["index"]}
+    if event.get("done"):
+      self.open -= 1
+      if self.open:
+        return
+    self.events.put_nowait(event)
 
 
 class Api:
@@ -152,12 +185,12 @@ class Api:
       if body.get("logprobs") or body.get("top_logprobs"):
         raise BadRequest("logprobs are not served: a diffusion model's tokens are not drawn one after another from "
                          "a next-token distribution; leave logprobs out", param="logprobs")
-      prompt = self._prompt(body, chat)
+      prompts = self._prompts(body, chat)
       fields = {name: _field(body, name) for name in (*_NUMBERS, *_CHOICES)}
       n, seed, max_tokens = fields.pop("n") or 1, fields.pop("seed"), fields.pop("max_tokens")
       try:
-        sampling = engine_lib.request_sampling(self.defaults, max_tokens, self.max_sequence_length, len(prompt),
-                                               **fields)
+        sampling = engine_lib.request_sampling(self.defaults, max_tokens, self.max_sequence_length,
+                                               max(map(len, prompts)), **fields)
       except UserError as e:
         raise BadRequest(str(e)) from None
       stream = body.get("stream", False)
@@ -167,11 +200,13 @@ class Api:
     except BadRequest as e:
       return _error(str(e), e.status, e.param)
     loop, events = asyncio.get_running_loop(), asyncio.Queue()
-    job = engine_lib.Request(prompt, sampling, n=n, seed=seed if seed is not None else uuid.uuid4().int % 2 ** 31,
-                             stop=stops, max_tokens=max_tokens,
-                             emit=lambda event: loop.call_soon_threadsafe(events.put_nowait, event))
+    seed = seed if seed is not None else uuid.uuid4().int % 2 ** 31
+    job = _Jobs([engine_lib.Request(prompt, sampling, n=n, seed=seed, stop=stops, max_tokens=max_tokens)
+                 for prompt in prompts], events)
+    for p, part in enumerate(job.jobs):
+      part.emit = lambda event, p=p: loop.call_soon_threadsafe(job.forward, p, event)
     try:
-      self.engine.submit(job)
+      self.engine.submit(*job.jobs)
     except engine_lib.QueueFull as e:
       return _error(str(e), 429)
     except UserError as e:
@@ -179,39 +214,53 @@ class Api:
     meta = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}", "created": int(time.time()),
             "model": self.model_name}
     ran = {"gen_length": sampling.gen_length, "block_length": sampling.block_length, "steps": sampling.steps,
-           "decoding": sampling.decoding, "cache": sampling.cache, "seed": job.seed}
+           "decoding": sampling.decoding, "cache": sampling.cache, "seed": seed}
+    prompt_tokens = sum(map(len, prompts))
     if stream:
       options = body.get("stream_options") or {}
       usage = isinstance(options, dict) and options.get("include_usage") is True
-      return StreamingResponse(self._events(request, job, events, meta, chat, len(prompt) if usage else None),
+      return StreamingResponse(self._events(request, job, events, meta, chat, prompt_tokens if usage else None),
                                media_type="text/event-stream")
-    return await self._whole(request, job, events, meta, ran, chat, len(prompt))
+    return await self._whole(request, job, events, meta, ran, chat, prompt_tokens)
 
-  def _prompt(self, body: dict, chat: bool) -> list[int]:
+  def _prompts(self, body: dict, chat: bool) -> list[list[int]]:
+    """The request's prompts as token ids: a chat's messages through the chat template, or a completion's `prompt`
+    as OpenAI takes it (a string, a list of strings, a list of token ids, or a list of such lists)."""
     if chat:
-      messages = body.get("messages")
-      if not isinstance(messages, list) or not messages or not all(
-          isinstance(m, dict) and m.get("role") in ("system", "user", "assistant") and isinstance(m.get("content"), str)
-          for m in messages):
-        raise BadRequest('messages must be a non-empty list of {"role": "system"|"user"|"assistant", "content": '
-                         'string}', param="messages")
-      try:
-        ids = self.tokenizer.encode_chat(messages, add_generation_prompt=True)
-      except UserError as e:
-        raise BadRequest(str(e), param="messages") from None
-    else:
-      prompt = body.get("prompt")
-      if isinstance(prompt, list) and len(prompt) == 1:
-        prompt = prompt[0]
-      if not isinstance(prompt, str):
-        raise BadRequest("prompt must be a string (one prompt per request)", param="prompt")
-      ids = self.tokenizer.encode(prompt, add_bos=self.tokenizer.add_bos_token)
+      return [self._checked(self._chat_ids(body), "messages")]
+    prompt = body.get("prompt")
+    if isinstance(prompt, str) or (isinstance(prompt, list) and prompt and all(_is_id(i) for i in prompt)):
+      prompt = [prompt]
+    if not isinstance(prompt, list) or not prompt or len(prompt) > MAX_PROMPTS or not all(
+        isinstance(p, str) or (isinstance(p, list) and all(_is_id(i) for i in p)) for p in prompt):
+      raise BadRequest(f"prompt must be a string, a list of token ids, or a list of 1 to {MAX_PROMPTS} of either",
+                       param="prompt")
+    return [self._checked(self.tokenizer.encode(p, add_bos=self.tokenizer.add_bos_token) if isinstance(p, str)
+                          else list(p), "prompt") for p in prompt]
+
+  def _checked(self, ids: list[int], param: str) -> list[int]:
     if not ids:
-      raise BadRequest("the prompt is empty", param="messages" if chat else "prompt")
+      raise BadRequest("the prompt is empty", param=param)
     if self.mask_id in ids:
       raise BadRequest(f"the prompt holds the mask token (id {self.mask_id}); the server fills only the answer",
-                       param="messages" if chat else "prompt")
+                       param=param)
+    if max(ids) >= self.engine.config.vocab_size:
+      raise BadRequest(f"token id {max(ids)} is outside the vocabulary of {self.engine.config.vocab_size}",
+                       param=param)
     return ids
+
+  def _chat_ids(self, body: dict) -> list[int]:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages or not all(
+        isinstance(m, dict) and m.get("role") in ("system", "user", "assistant") and isinstance(m.get("content"), str)
+        for m in messages):
+      raise BadRequest('messages must be a non-empty list of {"role": "system"|"user"|"assistant", "content": '
+                       'string}', param="messages")
+    try:
+      return self.tokenizer.encode_chat(messages, add_generation_prompt=True)
+    except UserError as e:
+      raise BadRequest(str(e), param="messages") from None
+
 
   async def _next(self, request: Request, job, events: asyncio.Queue, deadline: float) -> dict | None:
     """The job's next event, or None when the client has gone; raises TimeoutError past the deadline. Either way
@@ -236,6 +285,7 @@ class Api:
         if event is None:  # nobody is left to answer
           return _error("the client closed the connection", 499)
         if "error" in event:
+          job.cancelled = True  # the request's other prompts stop too
           return _error(event["error"], 503)
         if event.get("done"):
           break

@@ -118,7 +118,10 @@ def test_a_request_gets_the_same_tokens_alone_or_among_others(served):
   assert s["engine"].stats["steps"] - steps_before < 6 * 4
 
 
-BAD = [({"prompt": 5}, 400, "prompt must be a string"),
+BAD = [({"prompt": 5}, 400, "prompt must be a string, a list of token ids, or a list of 1 to 64"),
+       ({"prompt": ["x"] * 65}, 400, "a list of 1 to 64 of either"),
+       ({"prompt": [1, -2]}, 400, "prompt must be a string"),
+       ({"prompt": [1, 99999]}, 400, "token id 99999 is outside the vocabulary of 400"),
        ({"prompt": "x", "max_tokens": 0}, 400, "max_tokens=0 is outside"),
        ({"prompt": "x", "max_tokens": "8"}, 400, "max_tokens must be an integer"),
        ({"prompt": "x", "temperature": -1}, 400, "temperature=-1 is outside"),
@@ -171,6 +174,11 @@ def test_the_api_key_and_a_full_queue(served):
   try:
     with pytest.raises(openai.RateLimitError, match="--max-queue 0"):
       s["client"].completions.create(model="tiny", prompt="x", max_tokens=4)
+    s["engine"].max_queue = 2
+    requests = s["engine"].stats["requests"]
+    with pytest.raises(openai.RateLimitError, match="3 more would exceed --max-queue 2"):
+      s["client"].completions.create(model="tiny", prompt=["x", "y", "z"], max_tokens=4)
+    assert s["engine"].stats["requests"] == requests  # all of a request's prompts are queued, or none
   finally:
     s["engine"].max_queue = 16
 
@@ -385,3 +393,22 @@ def test_requests_that_leave_the_queue_or_break_the_loop_free_everything(served)
     assert "done" in after[-1] and any("text" in e for e in after)
   finally:
     engine.stop()
+
+
+def test_several_prompts_in_one_request_are_each_served_as_alone(served):
+  s = served
+  tokenizer = s["tokenizer"]
+  texts = ["ROMEO:", "Enter the Prince."]
+  ids = [tokenizer.encode(t, add_bos=tokenizer.add_bos_token) for t in texts]
+  out = s["client"].completions.create(model="tiny", prompt=[texts[0], ids[1]], max_tokens=8, seed=5, n=2,
+                                       temperature=0.9)
+  got = {c.index: c.text for c in out.choices}
+  # Choice j of prompt p is index p·n + j, with the tokens a request for that prompt alone gets.
+  assert got == {2 * p + j: alone(s, ids[p], 5, 8, index=j, temperature=0.9) for p in range(2) for j in range(2)}
+  assert out.usage.prompt_tokens == len(ids[0]) + len(ids[1])
+  streamed = {}
+  for chunk in s["client"].completions.create(model="tiny", prompt=texts, max_tokens=8, seed=5, n=2,
+                                              temperature=0.9, stream=True):
+    for choice in chunk.choices:
+      streamed[choice.index] = streamed.get(choice.index, "") + choice.text
+  assert streamed == got
