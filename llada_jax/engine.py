@@ -298,12 +298,9 @@ class Engine:
 
 @functools.partial(jax.jit, static_argnames=("config", "sampling", "width"))
 def _advance(params, canvas, attention, seeds, choices, blocks, *, config, sampling, width):
-  """`sampler.fill_blocks` for rows given as seeds and choice indices: choice 0 takes `jax.random.key(seed)`,
-  choice j > 0 `fold_in` of it by j (as `sampler.row_keys` splits one key over a batch)."""
-  def row_key(seed, choice):
-    key = jax.random.key(seed)
-    return jnp.where(choice == 0, jax.random.key_data(key), jax.random.key_data(jax.random.fold_in(key, choice)))
-  keys = jax.random.wrap_key_data(jax.vmap(row_key)(seeds, choices))
+  """`sampler.fill_blocks` for rows given as seeds and choice indices: choice j of a request draws from
+  `sampler.row_key(jax.random.key(seed), j)`, as row j of a batch sampled from that one key does."""
+  keys = jax.vmap(lambda seed, choice: sampler.row_key(jax.random.key(seed), choice))(seeds, choices)
   prompt_index = jnp.broadcast_to(jnp.arange(canvas.shape[1]) < width, canvas.shape)
   return sampler.fill_blocks(params, canvas, attention, prompt_index, keys, blocks, config=config, sampling=sampling,
                              prompt_length=width)
@@ -335,8 +332,6 @@ def request_sampling(base: sampler.SamplingConfig, max_tokens: int | None, max_s
   `steps` (at most gen_length) keeps the defaults' steps per token unless given, rounded up to a multiple of the
   blocks. Raises UserError (HTTP 400) with what to change."""
   fields = {k: v for k, v in fields.items() if v is not None}
-  if fields.get("cache") == "prefix":
-    raise UserError("cache=prefix is not served (its window follows one block shared by the batch); use dual or none")
   gen = int(max_tokens) if max_tokens is not None else base.gen_length
   if gen < 1:
     raise UserError(f"max_tokens={gen} must be at least 1")

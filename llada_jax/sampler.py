@@ -184,13 +184,18 @@ def step_keys(rng: jax.Array, step: jax.Array) -> tuple[jax.Array, jax.Array]:
   return gumbel_key, remask_key
 
 
+def row_key(rng: jax.Array, index: jax.Array | int) -> jax.Array:
+  """The key of row (or choice) `index` drawn from one key: `rng` itself for 0, `fold_in(rng, index)` after."""
+  return jnp.where(index == 0, rng, jax.random.fold_in(rng, index))
+
+
 def row_keys(rng: jax.Array, batch: int) -> jax.Array:
-  """One key per row: `rng` as given when it holds one per row; from a single key, row 0 takes `rng` itself and row
-  r > 0 `fold_in(rng, r)`. A row draws only from its own key, over its own positions, so with its key it samples
-  the same tokens alone or in any batch (any temperature)."""
+  """One key per row: `rng` as given when it holds one per row; from a single key, row r takes `row_key(rng,
+  r)`. A row draws only from its own key, over its own positions, so with its key it samples the same tokens alone
+  or in any batch (any temperature)."""
   if rng.ndim:
     return rng
-  return jnp.concatenate([rng[None], jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, jnp.arange(1, batch))])
+  return jax.vmap(row_key, in_axes=(None, 0))(rng, jnp.arange(batch))
 
 
 def _rank(confidence: jax.Array) -> jax.Array:

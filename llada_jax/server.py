@@ -85,14 +85,10 @@ class _Jobs:
     self.jobs, self.events, self.open = jobs, events, len(jobs)
     self.n, self.created = len(jobs) * jobs[0].n, jobs[0].created
 
-  @property
-  def cancelled(self) -> bool:
-    return all(job.cancelled for job in self.jobs)
-
-  @cancelled.setter
-  def cancelled(self, value: bool) -> None:
+  def cancel(self) -> None:
+    """Frees every part's rows (or queue place) at the engine's next step."""
     for job in self.jobs:
-      job.cancelled = value
+      job.cancelled = True
 
   def forward(self, part: int, event: dict) -> None:
     if "index" in event:
@@ -267,13 +263,13 @@ class Api:
     out cancels the job, which frees its rows at the engine's next step."""
     while True:
       if await request.is_disconnected():
-        job.cancelled = True
+        job.cancel()
         return None
       try:
         return await asyncio.wait_for(events.get(), timeout=min(1.0, max(0.0, deadline - time.time())))
       except asyncio.TimeoutError:
         if time.time() >= deadline:
-          job.cancelled = True
+          job.cancel()
           raise
 
   async def _whole(self, request: Request, job, events, meta, ran, chat: bool, prompt_tokens: int):
@@ -285,7 +281,7 @@ class Api:
         if event is None:  # nobody is left to answer
           return _error("the client closed the connection", 499)
         if "error" in event:
-          job.cancelled = True  # the request's other prompts stop too
+          job.cancel()  # the request's other prompts stop too
           return _error(event["error"], 503)
         if event.get("done"):
           break
@@ -297,7 +293,7 @@ class Api:
     except asyncio.TimeoutError:
       return _error(f"the request took longer than --request-timeout {self.request_timeout:g} s", 504)
     except asyncio.CancelledError:  # the client went away
-      job.cancelled = True
+      job.cancel()
       raise
     if chat:
       choices = [{"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": f}
@@ -349,7 +345,7 @@ class Api:
                        "finish_reason": event["finish_reason"]})
     finally:  # a client that went away mid-stream frees its rows at the engine's next step
       if not finished:
-        job.cancelled = True
+        job.cancel()
 
 
 def serve_in_background(api: Api, engine) -> tuple[int, Callable[[], None]]:
